@@ -1,0 +1,25 @@
+# make repro: set up (once) and run the whole pipeline on the offline demo.
+# make test:  set up (once) and run the test suite.
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+export HF_HUB_OFFLINE ?= 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: repro test setup clean
+
+setup: $(READY)
+
+$(READY): requirements.txt
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+repro: $(READY)
+	dvc repro
+
+test: $(READY)
+	python -m pytest
+
+clean:
+	rm -rf $(VENV)

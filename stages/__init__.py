@@ -1,0 +1,1 @@
+"""stylemix pipeline stages: one module per DVC stage, plus a few shared helpers."""

@@ -1,0 +1,23 @@
+"""base: pin the base model. `tiny` is built here into models/base/; any other model is
+resolved (downloaded once, for a hub id) and its identity recorded in models/base/source.json,
+so every stage that depends on models/base reruns when the weights behind the name change."""
+from pathlib import Path
+
+from stages import params
+from stages.base_model import TINY_DIR, build_tiny, identity
+from stages.errors import run_stage
+from stages.outputs import atomic_dir, write_json
+
+
+def main() -> None:
+    p = params.load("base")
+    source = identity(p.base.model, p.base.revision)
+    with atomic_dir(TINY_DIR) as tmp:
+        if source["kind"] == "tiny":
+            build_tiny(tmp)
+        write_json(Path(tmp) / "source.json", source)
+    print(f"base: {source['kind']} model {p.base.model} pinned in {TINY_DIR}/source.json")
+
+
+if __name__ == "__main__":
+    run_stage(main)

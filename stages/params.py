@@ -1,0 +1,224 @@
+"""The typed schema of params.yaml, and the one loader every stage uses.
+
+`load(*sections)` validates the whole file (a bad value anywhere stops any stage before it
+works) but hands back only the sections the stage declared in dvc.yaml, so no stage can read
+a value behind DVC's back.
+"""
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.errors import StyleMixError
+
+PARAMS_FILE = Path("params.yaml")
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+TINY_MODELS = ("tiny",)
+# LoRA target presets: the main reference's attention projections, and the caption-aware
+# reference's cross-attention query/value only.
+TARGET_PRESETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "cross_attn_qv": ["attn2.to_q", "attn2.to_v"],
+}
+Positive = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def model_kind(model: str) -> str:
+    """Which of the four kinds of base model a `base.model` value names."""
+    if model in TINY_MODELS:
+        return "tiny"
+    path = Path(model).expanduser()
+    if model.endswith(".safetensors"):
+        return "single_file"
+    if path.is_dir():
+        return "local"
+    if HUB_ID.match(model) and not model.startswith((".", "/", "~")):
+        return "hub"
+    raise ValueError(
+        "not tiny, an existing diffusers folder, a .safetensors checkpoint, "
+        "or a hub id like runwayml/stable-diffusion-v1-5"
+    )
+
+
+class Base(Section):
+    model: str = "tiny"
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    resolution: Annotated[int, Field(ge=32)] = 512
+
+    @field_validator("model")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        model_kind(value)
+        return value
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be divisible by 8 (the VAE downsamples by 8)")
+        return value
+
+
+class Sample(Section):
+    styles: list[Literal["watercolor", "pixelart", "cartoon", "sketch"]]
+    images_per_style: Annotated[int, Field(ge=3)] = 24
+    seed: int = 0
+
+
+class Style(Section):
+    source: str
+    trigger: Annotated[str, Field(min_length=1)]
+    resample: Literal["lanczos", "bicubic", "bilinear", "area", "nearest"] = "lanczos"
+    template: str = "{trigger}, {caption}"
+    overrides: dict[str, str] = {}
+
+    @field_validator("trigger")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        if "{trigger}" not in value or "{caption}" not in value:
+            raise ValueError("must contain {trigger} and {caption}")
+        return value
+
+
+class Filter(Section):
+    laplacian_min: Annotated[float, Field(ge=0)] = 100.0
+    analysis_size: Annotated[int, Field(ge=64)] = 512
+    min_side: Positive = 16
+    dedup_distance: Annotated[int, Field(ge=0)] | None = 4
+
+
+class Caption(Section):
+    backend: Literal["sidecar", "blip", "blip2"] = "sidecar"
+    model: str = "Salesforce/blip-image-captioning-base"
+    batch_size: Positive = 8
+    max_new_tokens: Positive = 40
+
+
+class Lora(Section):
+    rank: Positive = 4
+    alpha: Annotated[float, Field(gt=0)] = 4.0
+    targets: Literal["attn", "cross_attn_qv"] | list[str] = "attn"
+    text_encoder: bool = False
+
+
+class Combo(Section):
+    weights: dict[str, float]
+    method: Literal["linear", "svd", "ties", "dare_linear", "dare_ties"] = "linear"
+    rank: Positive | None = None
+    density: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "Combo":
+        if len(self.weights) < 2:
+            raise ValueError("a combination needs at least two styles in weights")
+        if self.method in ("ties", "dare_linear", "dare_ties") and self.density is None:
+            raise ValueError(f"method {self.method} needs an explicit density in (0, 1]")
+        return self
+
+
+class Merge(Section):
+    combos: dict[str, Combo] = {}
+
+
+class Params(Section):
+    base: Base | None = None
+    sample: Sample | None = None
+    styles: dict[str, Style] | None = None
+    filter: Filter | None = None
+    caption: Caption | None = None
+    lora: Lora | None = None
+    merge: Merge | None = None
+
+    @field_validator("styles")
+    @classmethod
+    def _style_names_and_triggers(cls, styles: dict[str, Style] | None) -> dict[str, Style] | None:
+        if not styles:
+            raise ValueError("declare at least one style")
+        seen: dict[str, str] = {}
+        for name, style in styles.items():
+            if not NAME.match(name):
+                raise ValueError(f"style name {name!r} must be lowercase letters, digits, _")
+            if style.trigger in seen:
+                raise ValueError(
+                    f"styles.{name}.trigger = {style.trigger!r} is also the trigger of "
+                    f"styles.{seen[style.trigger]}: give each style its own"
+                )
+            seen[style.trigger] = name
+        return styles
+
+    @model_validator(mode="after")
+    def _combos_name_styles(self) -> "Params":
+        if self.merge and self.styles is not None:
+            for combo, spec in self.merge.combos.items():
+                unknown = sorted(set(spec.weights) - set(self.styles))
+                if unknown:
+                    raise ValueError(
+                        f"merge.combos.{combo} names unknown style(s) {', '.join(unknown)}; "
+                        f"styles are: {', '.join(self.styles)}"
+                    )
+        return self
+
+
+def _one_line(err: ValidationError, source: Path) -> str:
+    """Pydantic's report, as one line naming each key, its value and what is allowed."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key (check its spelling against params.yaml's schema)")
+        elif e["type"] == "missing":
+            parts.append(f"{key}: missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            shown = "" if isinstance(e["input"], dict) else f" = {e['input']!r}"
+            parts.append(f"{key}{shown}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate(raw: dict, source: Path = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise StyleMixError(_one_line(err, source)) from None
+
+
+def load(*sections: str, path: Path | str = PARAMS_FILE) -> Params:
+    """Validate the whole params file; return it with only `sections` filled in."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise StyleMixError(f"{path}: cannot read ({err.strerror}); run from the repo root") from None
+    except yaml.YAMLError as err:
+        raise StyleMixError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise StyleMixError(f"{path}: must be a mapping of sections")
+    params = validate(raw, path)
+    missing = [s for s in sections if getattr(params, s) is None]
+    if missing:
+        raise StyleMixError(f"{path}: section(s) {', '.join(missing)} missing")
+    hidden = {s: None for s in Params.model_fields if s not in sections}
+    return params.model_copy(update=hidden)
+
+
+def style(params: Params, name: str) -> Style:
+    """The named style, or a one-line error listing the styles that exist."""
+    if name not in params.styles:
+        raise StyleMixError(f"unknown style {name!r}; params.yaml styles are: {', '.join(params.styles)}")
+    return params.styles[name]

@@ -1,0 +1,29 @@
+"""The one progress bar every long loop uses: count, rate and ETA, plus optional live fields."""
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+T = TypeVar("T")
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s", style="progress.data.speed")
+
+
+def progress(*extra: str) -> Progress:
+    """A rich Progress with count, rate and ETA; `extra` names task fields shown after them."""
+    fields = [TextColumn(f"{name} {{task.fields[{name}]}}") for name in extra]
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeRemainingColumn(), *fields)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    items = list(items) if total is None else items
+    with progress() as bar:
+        task = bar.add_task(description, total=len(items) if total is None else total)
+        for item in items:
+            yield item
+            bar.advance(task)

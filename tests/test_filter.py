@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from stages import params
+from stages.errors import StyleMixError
+from stages.filter import filter_style
+from stages.outputs import read_jsonl
+from stages.sample import build_style
+
+
+@pytest.fixture(scope="module")
+def pixel_source(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pixelart")
+    build_style("pixelart", folder, count=6, seed=0)
+    return folder
+
+
+def run(source, tmp_path, **cfg):
+    style = params.Style(source=str(source), trigger="pixstyle", resample="nearest")
+    return filter_style("pixelart", style, params.Filter(**cfg), 64, tmp_path / "filtered", tmp_path / "reports")
+
+
+def test_planted_edge_cases_are_sorted_out(pixel_source, tmp_path):
+    result = run(pixel_source, tmp_path)
+    reasons = {r["file"]: r["reason"] for r in result["rejected_files"]}
+    assert reasons == {"blurred_0.png": "blurry", "blurred_1.png": "blurry", "blurred_2.png": "blurry",
+                       "truncated.png": "unreadable", "empty.jpg": "unreadable", "notes.jpg": "unreadable",
+                       "tiny.png": "too small"}
+    kept = read_jsonl(tmp_path / "filtered/pixelart/index.jsonl")
+    assert {k["file_name"] for k in kept} >= {"gray.png", "rgba.png", "rotated.png", "pixelart_000.png"}
+    assert result["kept"] == len(kept) == 9
+    assert all(k["original_size"] == [32, 32] and k["laplacian"] >= 100 for k in kept)
+    assert (tmp_path / "filtered/pixelart/pixelart_000.txt").read_text().strip()  # sidecar travels along
+    summary = json.loads((tmp_path / "reports/pixelart/summary.json").read_text())
+    assert summary == {"kept": 9, "rejected": 7, "rejected_by_reason": {"blurry": 3, "unreadable": 3, "too small": 1}}
+    assert (tmp_path / "reports/pixelart/rejected.png").stat().st_size > 0
+
+
+def test_near_duplicates_are_dropped(pixel_source, tmp_path):
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(pixel_source, source)
+    shutil.copy(source / "pixelart_000.png", source / "pixelart_000_copy.png")
+    reasons = {r["file"]: r["detail"] for r in run(source, tmp_path)["rejected_files"]}
+    assert reasons["pixelart_000_copy.png"] == "phash distance 0 to pixelart_000.png"
+    kept = run(source, tmp_path, dedup_distance=None)["kept"]
+    assert kept == 10
+
+
+def test_threshold_that_rejects_everything_names_style_and_threshold(pixel_source, tmp_path):
+    with pytest.raises(StyleMixError, match=r"style pixelart: no image of 16 .*filter.laplacian_min = 1e\+09"):
+        run(pixel_source, tmp_path, laplacian_min=1e9)
+    assert not (tmp_path / "filtered/pixelart").exists()
+
+
+def test_missing_and_empty_style_folders(tmp_path):
+    with pytest.raises(StyleMixError, match="styles.pixelart.source = .*folder not found"):
+        run(tmp_path / "nowhere", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StyleMixError, match="style pixelart: no image files in"):
+        run(tmp_path / "empty", tmp_path)
+
+
+def test_sample_folder_has_24_images_with_captions(tmp_path):
+    build_style("watercolor", tmp_path, count=24, seed=0)
+    images = sorted(tmp_path.glob("watercolor_*.png"))
+    assert len(images) == 24
+    assert all(p.with_suffix(".txt").read_text().strip() for p in images)
+    planted = {"blurred_0.png", "truncated.png", "empty.jpg", "notes.jpg", "tiny.png", "gray.png", "rgba.png", "rotated.jpg"}
+    assert planted <= {p.name for p in tmp_path.iterdir()}

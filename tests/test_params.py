@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import params
+from stages.errors import StyleMixError
+from tests.conftest import ROOT
+
+DEMO = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def changed(**edits) -> dict:
+    """The demo params with dotted keys set (a value of DELETE removes the key)."""
+    raw = yaml.safe_load(yaml.safe_dump(DEMO))
+    for dotted, value in edits.items():
+        *parents, last = dotted.split("__")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return raw
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize("preset", ["params.yaml", "presets/sd15.yaml"])
+def test_shipped_params_validate(preset):
+    p = params.load("base", "styles", "filter", path=ROOT / preset)
+    assert p.styles and p.base.resolution % 8 == 0
+
+
+def test_sd15_preset_is_the_main_reference():
+    p = params.load("base", "styles", "lora", path=ROOT / "presets/sd15.yaml")
+    assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
+    assert {n: s.trigger for n, s in p.styles.items()} == {
+        "anime": "anistyle", "watercolor": "wcstyle", "cartoon": "ctstyle", "pixelart": "pixstyle"}
+    assert (p.lora.rank, p.lora.alpha) == (32, 16)
+
+
+def test_load_hides_undeclared_sections(tmp_path):
+    p = params.load("filter", path=write(tmp_path, DEMO))
+    assert p.filter.laplacian_min == 100
+    assert p.styles is None and p.base is None  # a stage cannot read what dvc.yaml does not track
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"),
+    [
+        ({"filter__laplacain_min": 5}, "filter.laplacain_min: unknown key"),
+        ({"lora__rank": 0}, "lora.rank = 0: Input should be greater than 0"),
+        ({"lora__rank": "big"}, "lora.rank = 'big'"),
+        ({"styles__watercolor__trigger": DELETE}, "styles.watercolor.trigger: missing"),
+        ({"styles__watercolor__trigger": "   "}, "styles.watercolor.trigger = '   ': must not be blank"),
+        ({"styles__cartoon__trigger": "wcstyle"}, "trigger = 'wcstyle' is also the trigger of styles."),
+        ({"merge__combos": {"x": {"weights": {"watercolor": 0.5, "anime": 0.5}}}}, "merge.combos.x names unknown style(s) anime"),
+        ({"merge__combos": {"x": {"weights": {"watercolor": 0.5, "sketch": 0.5}, "method": "ties"}}}, "needs an explicit density"),
+        ({"base__model": "not-a-model"}, "base.model = 'not-a-model': not tiny, an existing diffusers folder"),
+        ({"base__resolution": 100}, "base.resolution = 100: must be divisible by 8"),
+        ({"styles__watercolor__resample": "cubic"}, "styles.watercolor.resample = 'cubic'"),
+        ({"styles__watercolor__template": "{caption}"}, "must contain {trigger} and {caption}"),
+        ({"styles": {"Water Color": {"source": "x", "trigger": "t"}}}, "style name 'Water Color'"),
+    ],
+)
+def test_bad_value_is_one_line_naming_key(tmp_path, edits, expected):
+    with pytest.raises(StyleMixError) as err:
+        params.load("filter", path=write(tmp_path, changed(**edits)))
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message and message.startswith(str(tmp_path / "params.yaml"))
+
+
+def test_model_kinds(tmp_path, tiny_model):
+    assert params.model_kind("tiny") == "tiny"
+    assert params.model_kind("runwayml/stable-diffusion-v1-5") == "hub"
+    assert params.model_kind(str(tiny_model)) == "local"
+    assert params.model_kind(str(tmp_path / "anything-v5.safetensors")) == "single_file"
+
+
+def test_unreadable_params_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(StyleMixError, match="not valid YAML"):
+        params.load("base", path=bad)
+    with pytest.raises(StyleMixError, match="cannot read"):
+        params.load("base", path=tmp_path / "missing.yaml")

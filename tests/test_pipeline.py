@@ -1,0 +1,89 @@
+"""End to end: the real dvc.yaml on a reduced demo, in a temporary git repo."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": ""}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=repo, env=ENV, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(repo: Path, edit) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(raw)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def reduce(raw: dict) -> None:
+    raw["sample"] = {"styles": ["watercolor", "pixelart"], "images_per_style": 4, "seed": 0}
+    raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
+    raw["base"]["resolution"] = 32
+    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "pixelart": 0.5}}}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    repo.mkdir()
+    for name in ("stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+        src, dst = ROOT / name, repo / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    set_params(repo, reduce)
+    sh(repo, "git", "init", "-q")
+    return repo
+
+
+def ran(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_builds_data_stages_then_runs_nothing(repo):
+    first = sh(repo, "dvc", "repro").stdout
+    assert ran(first) == {"sample", "base", "filter@watercolor", "filter@pixelart", "caption@watercolor", "caption@pixelart"}
+    for style in ("watercolor", "pixelart"):
+        rows = [json.loads(line) for line in (repo / f"data/captions/{style}/metadata.jsonl").read_text().splitlines()]
+        assert len(rows) == 7 and all(r["text"] for r in rows)  # 4 images + gray, rgba, rotated
+        summary = json.loads((repo / f"reports/filter/{style}/summary.json").read_text())
+        assert summary["kept"] == 7 and summary["rejected"] == 7
+    assert (repo / "models/base/model_index.json").is_file()
+    assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
+    second = sh(repo, "dvc", "repro").stdout
+    assert ran(second) == set() and "Data and pipelines are up to date" in second
+
+
+def test_trigger_change_never_recaptions(repo):
+    sh(repo, "dvc", "repro")
+    set_params(repo, lambda raw: raw["styles"]["watercolor"].update(trigger="aquastyle"))
+    log = sh(repo, "dvc", "repro").stdout
+    # filter re-checks (cheap) and writes the same images, so the caption stage is skipped.
+    assert ran(log) == {"filter@watercolor"}
+    metrics = sh(repo, "dvc", "metrics", "show", "--json").stdout
+    assert "reports/filter/watercolor/summary.json" in metrics
+
+
+def test_bad_params_stop_a_stage_with_one_line(repo):
+    set_params(repo, lambda raw: raw["filter"].update(laplacian_min=-1))
+    result = sh(repo, sys.executable, "-m", "stages.filter", "watercolor", check=False)
+    set_params(repo, lambda raw: raw["filter"].update(laplacian_min=100))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: filter.laplacian_min = -1: Input should be greater than or equal to 0"]
+
+
+def test_unknown_style_is_named(repo):
+    result = sh(repo, sys.executable, "-m", "stages.filter", "anime", check=False)
+    assert result.returncode == 2 and "unknown style 'anime'" in result.stderr
