@@ -4,7 +4,7 @@ so every stage that depends on models/base reruns when the weights behind the na
 from pathlib import Path
 
 from stages import params
-from stages.base_model import TINY_DIR, build_tiny, identity
+from stages.base_model import BASE_DIR, build_tiny, identity
 from stages.errors import run_stage
 from stages.outputs import atomic_dir, write_json
 
@@ -12,11 +12,11 @@ from stages.outputs import atomic_dir, write_json
 def main() -> None:
     p = params.load("base")
     source = identity(p.base.model, p.base.revision)
-    with atomic_dir(TINY_DIR) as tmp:
+    with atomic_dir(BASE_DIR) as tmp:
         if source["kind"] == "tiny":
             build_tiny(tmp)
         write_json(Path(tmp) / "source.json", source)
-    print(f"base: {source['kind']} model {p.base.model} pinned in {TINY_DIR}/source.json")
+    print(f"base: {source['kind']} model {p.base.model} pinned in {BASE_DIR}/source.json")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ SD 1.5's noise schedule) built from configs with a fixed seed and saved as an or
 folder, so the demo and the tests go through exactly the code a real model does. Its tokenizer
 is the real CLIP BPE, derived from the vocabulary open_clip ships.
 """
+import json
 from pathlib import Path
 
 import torch
@@ -16,8 +17,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from stages.errors import StyleMixError
 from stages.params import model_kind
 
-TINY_DIR = Path("models/base")  # where the base stage writes `tiny`
+BASE_DIR = Path("models/base")  # the base stage's output: `tiny` itself, and source.json for any model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def clip_tokenizer() -> CLIPTokenizer:
@@ -89,9 +95,9 @@ def load_pipeline(model: str, revision: str | None = None, dtype: str = "float32
     kind = model_kind(model)
     torch_dtype = DTYPES[dtype]
     if kind == "tiny":
-        if not (TINY_DIR / "model_index.json").is_file():
-            raise StyleMixError(f"base.model = 'tiny': {TINY_DIR}/ holds no model yet; run `dvc repro base`")
-        model, kind = str(TINY_DIR), "local"
+        if not (BASE_DIR / "model_index.json").is_file():
+            raise StyleMixError(f"base.model = 'tiny': {BASE_DIR}/ holds no model yet; run `dvc repro base`")
+        model, kind = str(BASE_DIR), "local"
     if kind == "single_file" and not Path(model).is_file():
         raise StyleMixError(f"base.model = {model!r}: no such file ({Path(model).resolve()})")
     try:
@@ -124,3 +130,11 @@ def identity(model: str, revision: str | None) -> dict:
         files = {str(p.relative_to(model)): p.stat().st_size for p in sorted(Path(model).rglob("*")) if p.is_file()}
         return {"kind": kind, "model": model, "files": files}
     return {"kind": kind, "model": model}
+
+
+def pinned_source(model: str, revision: str | None) -> dict:
+    """What the base stage recorded for this model, else its name: part of training's fingerprint."""
+    path = BASE_DIR / "source.json"
+    if path.is_file() and (source := json.loads(path.read_text())).get("model") == model:
+        return source
+    return {"model": model, "revision": revision}

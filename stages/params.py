@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from stages.errors import StyleMixError
 
@@ -73,12 +73,50 @@ class Sample(Section):
     seed: int = 0
 
 
+class Train(Section):
+    epochs: Positive = 10
+    max_steps: Positive | None = None  # when set, wins over epochs
+    batch_size: Positive = 2
+    gradient_accumulation: Positive = 1
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    text_encoder_lr: Annotated[float, Field(gt=0)] | None = None  # None: same as lr
+    scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit needs bitsandbytes and a GPU
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-2
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    min_snr_gamma: Annotated[float, Field(gt=0)] | None = 5.0
+    noise_offset: Annotated[float, Field(ge=0)] = 0.0
+    caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    random_flip: bool = True
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: Positive = 50
+    keep_checkpoints: Positive = 2
+    validation_prompts: list[str] = ["a cat sitting by a window"]
+    validation_steps: Positive = 20  # denoising steps of each validation image
+    validate_every: Positive | None = None  # also make validation images every N steps
+
+
+def _optional(field) -> object:
+    kind = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return kind | None
+
+
+# Per-style overrides of any train key, e.g. more epochs for a style with few images.
+TrainOverride = create_model(
+    "TrainOverride", __base__=Section, **{name: (_optional(f), None) for name, f in Train.model_fields.items()}
+)
+
+
 class Style(Section):
     source: str
     trigger: Annotated[str, Field(min_length=1)]
     resample: Literal["lanczos", "bicubic", "bilinear", "area", "nearest"] = "lanczos"
     template: str = "{trigger}, {caption}"
     overrides: dict[str, str] = {}
+    train: TrainOverride = TrainOverride()
 
     @field_validator("trigger")
     @classmethod
@@ -143,6 +181,7 @@ class Params(Section):
     filter: Filter | None = None
     caption: Caption | None = None
     lora: Lora | None = None
+    train: Train | None = None
     merge: Merge | None = None
 
     @field_validator("styles")
@@ -215,6 +254,12 @@ def load(*sections: str, path: Path | str = PARAMS_FILE) -> Params:
         raise StyleMixError(f"{path}: section(s) {', '.join(missing)} missing")
     hidden = {s: None for s in Params.model_fields if s not in sections}
     return params.model_copy(update=hidden)
+
+
+def train_for(params: Params, name: str) -> Train:
+    """The train section with the style's own overrides applied."""
+    override = style(params, name).train.model_dump(exclude_none=True)
+    return params.train.model_copy(update=override)
 
 
 def style(params: Params, name: str) -> Style:

@@ -13,11 +13,11 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s", style="progress.data.speed")
 
 
-def progress(*extra: str) -> Progress:
+def progress(*extra: str, disable: bool = False) -> Progress:
     """A rich Progress with count, rate and ETA; `extra` names task fields shown after them."""
     fields = [TextColumn(f"{name} {{task.fields[{name}]}}") for name in extra]
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeRemainingColumn(), *fields)
+                    TimeRemainingColumn(), *fields, disable=disable)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

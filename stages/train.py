@@ -1,0 +1,267 @@
+"""train@S: one LoRA per style on the frozen base model, from the latents encode@S cached.
+
+Runs through accelerate (`python -m stages.train STYLE`, or `accelerate launch --num_processes N
+-m stages.train STYLE` for several GPUs or CPU processes). Deterministic: the data order of
+each epoch and every random draw come from the seed, so a resumed run equals an unbroken one.
+Checkpoints land in models/checkpoints/<style>/ (kept by DVC between runs); a rerun after a
+kill resumes from the newest one made with the same settings.
+"""
+import contextlib
+import hashlib
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params, compute_snr
+from dvclive import Live
+from safetensors.torch import load_file
+
+from stages import checkpoints, params
+from stages.base_model import load_pipeline, pinned_source
+from stages.encode import LATENTS
+from stages.errors import StyleMixError, run_stage
+from stages.images import contact_sheet
+from stages.lora_files import add_lora, save_lora
+from stages.outputs import atomic_dir, atomic_write
+from stages.progress import progress
+from stages.prompts import with_trigger
+
+CHECKPOINTS, LORAS, LOGS = Path("models/checkpoints"), Path("models/lora"), Path("reports/train")
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[str, torch.Tensor]:
+    path = latents / name / "latents.safetensors"
+    if not path.is_file():
+        raise StyleMixError(f"style {name}: no cached latents ({path} missing); run `dvc repro encode@{name}`")
+    data = load_file(path)
+    if data["mean"].shape[-1] * 8 != resolution:
+        raise StyleMixError(f"{path} was encoded at another resolution than base.resolution = {resolution}; rerun encode@{name}")
+    return data
+
+
+def make_optimizer(groups: list[dict], cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            if device.type == "cuda":
+                return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
+        except ImportError:
+            pass
+        print("warning: train.optimizer = adamw8bit needs bitsandbytes and a CUDA GPU; using torch AdamW")
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
+def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int) -> torch.Tensor:
+    """This process's images for one micro-batch: a seeded permutation per epoch, sharded by rank."""
+    epoch, within = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    start = ((within * cfg.gradient_accumulation + micro) * world + rank) * cfg.batch_size
+    return order[start : start + cfg.batch_size]
+
+
+def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: params.Train, gen: torch.Generator,
+                   text_encoder=None) -> torch.Tensor:
+    """Noise cached latents at random timesteps and score the UNet's prediction (min-SNR weighted)."""
+    device = gen.device
+    b = len(idx)
+    flip = (torch.rand(b, generator=gen, device=device) < 0.5) if cfg.random_flip else torch.zeros(b, dtype=torch.bool, device=device)
+    pick = lambda key: torch.where(flip[:, None, None, None], data[key + "_flipped"][idx], data[key][idx])  # noqa: E731
+    latents = pick("mean") + pick("std") * torch.randn(pick("mean").shape, generator=gen, device=device)
+    drop = torch.rand(b, generator=gen, device=device) < cfg.caption_dropout
+    if text_encoder is None:  # frozen text encoder: its cached output
+        cond = torch.where(drop[:, None, None], data["empty_hidden"], data["text_hidden"][idx])
+    else:
+        ids = torch.where(drop[:, None], data["empty_ids"], data["input_ids"][idx])
+        cond = text_encoder(ids)[0]
+    noise = torch.randn(latents.shape, generator=gen, device=device)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen, device=device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen, device=device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    v_pred = noise_scheduler.config.prediction_type == "v_prediction"
+    target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
+    pred = unet(noisy, t, cond).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if cfg.min_snr_gamma:
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if v_pred else snr)
+        loss = loss * weight
+    return loss.mean()
+
+
+def validation_images(pipe, prompts: list[str], style: params.Style, resolution: int, steps: int, device) -> list:
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    pipe.to(device)
+    with torch.autocast(device.type, enabled=pipe.unet.dtype != torch.float32):
+        images = [pipe(with_trigger(p, style), num_inference_steps=steps, height=resolution, width=resolution,
+                       generator=torch.Generator(device).manual_seed(i)).images[0] for i, p in enumerate(prompts)]
+    pipe.unet.train(was_training)
+    return images
+
+
+def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ckpt_root: Path = CHECKPOINTS,
+                logs: Path = LOGS, latents: Path = LATENTS) -> dict:
+    """Train the style's LoRA; returns the pipeline holding it and a summary."""
+    cfg, style = params.train_for(p, name), params.style(p, name)
+    data = load_latents(name, p.base.resolution, latents)
+    latents_digest = hashlib.sha256((latents / name / "latents.safetensors").read_bytes()).hexdigest()
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise StyleMixError("train.mixed_precision = fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    n, per_batch = len(data["mean"]), cfg.batch_size * world * cfg.gradient_accumulation
+    if n < per_batch:
+        raise StyleMixError(f"style {name}: {n} images, fewer than one step's batch "
+                            f"(train.batch_size {cfg.batch_size} x {world} processes x accumulation {cfg.gradient_accumulation})")
+    per_epoch = n // per_batch
+    total = cfg.max_steps or cfg.epochs * per_epoch
+
+    pipe = load_pipeline(p.base.model, p.base.revision, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    for module in (unet, text_encoder, pipe.vae):
+        module.requires_grad_(False)
+    # Frozen base weights in the training precision; the LoRA weights stay float32.
+    weight_dtype = DTYPES[cfg.mixed_precision]
+    for module in (unet, text_encoder):
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+    set_seed(cfg.seed)  # the LoRA's random initialisation
+    add_lora(unet, text_encoder, p.lora)
+    trained = [unet, text_encoder] if p.lora.text_encoder else [unet]
+    cast_training_params(trained, dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if p.lora.text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder"), trained)
+                  for k, v in m.named_parameters() if v.requires_grad}
+    groups = [{"params": [v for k, v in trainables.items() if k.startswith("unet.")], "lr": cfg.lr}]
+    if p.lora.text_encoder:
+        groups.append({"params": [v for k, v in trainables.items() if k.startswith("text_encoder.")],
+                       "lr": cfg.text_encoder_lr or cfg.lr})
+    optimizer = make_optimizer(groups, cfg, device)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    prepared = accelerator.prepare(*trained, optimizer)
+    model, te_model, optimizer = prepared[0], prepared[1] if p.lora.text_encoder else None, prepared[-1]
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    data = {k: v.to(device) for k, v in data.items()}
+    gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
+
+    settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_steps", "validate_every"})
+    code = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in (__file__, checkpoints.__file__)}
+    print_ = checkpoints.fingerprint({"code": code, "base": pinned_source(p.base.model, p.base.revision), "lora": p.lora.model_dump(), "train": settings, "world": world,
+                                      "latents": latents_digest})
+    ckpt_dir = ckpt_root / name
+    resume = checkpoints.latest(ckpt_dir, print_)
+    step, history = 0, []
+    if resume:
+        step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen)
+        accelerator.print(f"train {name}: resuming from {resume}")
+    elif accelerator.is_main_process and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
+    live = None
+    if accelerator.is_main_process:
+        shutil.rmtree(logs / name, ignore_errors=True)
+        live = Live(str(logs / name), save_dvc_exp=False, dvcyaml=None)
+        for row in history:  # the curve of the steps behind the resumed weights
+            live.step = row["step"]
+            live.log_metric("loss", row["loss"])
+            live.log_metric("lr", row["lr"])
+    model.train()
+    started = time.perf_counter()
+    with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task(f"train {name}", total=total, completed=step, loss="-", lr="-")
+        while step < total:
+            for micro in range(cfg.gradient_accumulation):
+                idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank).to(device)
+                last = micro == cfg.gradient_accumulation - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_model)
+                    mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+                    if not math.isfinite(mean_loss):
+                        raise StyleMixError(
+                            f"train {name}: loss is {mean_loss} at step {step + 1} with mixed_precision = "
+                            f"{cfg.mixed_precision}; set train.mixed_precision: no or lower train.lr "
+                            f"({cfg.lr:g}); the last good checkpoint is in {ckpt_dir}")
+                    accelerator.backward(loss / cfg.gradient_accumulation)
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(list(trainables.values()), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            lr = scheduler.get_last_lr()[0]
+            history.append({"step": step, "loss": mean_loss, "lr": lr})
+            if live:
+                live.step = step
+                live.log_metric("loss", mean_loss)
+                live.log_metric("lr", lr)
+                if cfg.validate_every and step % cfg.validate_every == 0:
+                    for i, img in enumerate(validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)):
+                        live.log_image(f"validation_{i}.png", img)
+            bar.update(task, advance=1, loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            if step % cfg.checkpoint_every == 0 or step == total:
+                checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, print_, cfg.keep_checkpoints)
+            if on_step:
+                on_step(step, trainables)
+    seconds = time.perf_counter() - started
+    summary = {"steps": total, "final_loss": history[-1]["loss"],
+               "mean_loss_last_10": sum(h["loss"] for h in history[-10:]) / len(history[-10:])}
+    if accelerator.is_main_process:
+        live.summary.update(summary)
+        live.end()
+        pipe.unet, pipe.text_encoder = accelerator.unwrap_model(model), accelerator.unwrap_model(te_model) if te_model else text_encoder
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
+                "resolution": p.base.resolution, "steps": total, "rank": p.lora.rank, "alpha": p.lora.alpha,
+                "text_encoder": p.lora.text_encoder, "params_hash": print_}
+        with atomic_dir(out / name) as tmp:
+            save_lora(tmp, name, pipe.unet, pipe.text_encoder, info)
+            images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+            contact_sheet(list(zip(images, [with_trigger(q, style) for q in cfg.validation_prompts])), tile=192).save(tmp / "validation.png")
+            atomic_write(tmp / "README.md", model_card(name, style, p, cfg, info))
+        accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
+                          f"final loss {summary['final_loss']:.4f} -> {out / name}/")
+    accelerator.wait_for_everyone()
+    return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}
+
+
+def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
+    return f"""# {name} LoRA (stylemix)
+
+Trigger word: **`{style.trigger}`**, used as `{style.template}`.
+
+| base model | resolution | rank / alpha | targets | text encoder | steps | lr | precision |
+|---|---|---|---|---|---|---|---|
+| {p.base.model} | {p.base.resolution} | {p.lora.rank} / {p.lora.alpha:g} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+
+```python
+pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI
+image = pipe("{with_trigger('a cat sitting by a window', style)}").images[0]
+```
+
+![validation images](validation.png)
+"""
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise StyleMixError("usage: python -m stages.train STYLE")
+    p = params.load("base", "styles", "lora", "train")
+    train_style(sys.argv[1], p)
+
+
+if __name__ == "__main__":
+    run_stage(main)
