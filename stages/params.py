@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from stages.errors import StyleMixError
 
@@ -24,6 +24,8 @@ TARGET_PRESETS = {
     "cross_attn_qv": ["attn2.to_q", "attn2.to_v"],
 }
 Positive = Annotated[int, Field(gt=0)]
+# YAML 1.1 (PyYAML) reads an unquoted `no` as false, and DVC's `-S` writes it unquoted.
+Precision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
 class Section(BaseModel):
@@ -85,12 +87,14 @@ class Train(Section):
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit needs bitsandbytes and a GPU
     weight_decay: Annotated[float, Field(ge=0)] = 1e-2
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Precision = "no"
     min_snr_gamma: Annotated[float, Field(gt=0)] | None = 5.0
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
     caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     random_flip: bool = True
     gradient_checkpointing: bool = False
+    channels_last: bool = True  # NHWC convolutions: measured faster on CPU (bench/train_step.py)
+    compile: bool = False  # torch.compile the UNet: faster steps after a long first one
     seed: int = 0
     checkpoint_every: Positive = 50
     keep_checkpoints: Positive = 2

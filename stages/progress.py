@@ -17,7 +17,7 @@ def progress(*extra: str, disable: bool = False) -> Progress:
     """A rich Progress with count, rate and ETA; `extra` names task fields shown after them."""
     fields = [TextColumn(f"{name} {{task.fields[{name}]}}") for name in extra]
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeRemainingColumn(), *fields, disable=disable)
+                    TimeRemainingColumn(), *fields, disable=disable, refresh_per_second=2)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

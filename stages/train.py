@@ -23,6 +23,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
 from dvclive import Live
 from safetensors.torch import load_file
+from scmrepo.exceptions import SCMError
 
 from stages import checkpoints, params
 from stages.base_model import load_pipeline, pinned_source
@@ -48,7 +49,36 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
     return data
 
 
-def make_optimizer(groups: list[dict], cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
+def prepare_models(p: params.Params, cfg: params.Train, device: torch.device):
+    """The base pipeline, frozen, with fresh LoRA adapters; returns (pipe, trained modules, trainables)."""
+    pipe = load_pipeline(p.base.model, p.base.revision, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    for module in (unet, text_encoder, pipe.vae):
+        module.requires_grad_(False)
+    # Frozen base weights in the training precision; the LoRA weights stay float32.
+    weight_dtype = DTYPES[cfg.mixed_precision]
+    for module in (unet, text_encoder):
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+    set_seed(cfg.seed)  # the LoRA's random initialisation
+    add_lora(unet, text_encoder, p.lora)
+    trained = [unet, text_encoder] if p.lora.text_encoder else [unet]
+    cast_training_params(trained, dtype=torch.float32)
+    if cfg.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if p.lora.text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder"), trained)
+                  for k, v in m.named_parameters() if v.requires_grad}
+    return pipe, trained, trainables
+
+
+def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
+    groups = [{"params": [v for k, v in trainables.items() if k.startswith(prefix)], "lr": lr}
+              for prefix, lr in (("unet.", cfg.lr), ("text_encoder.", cfg.text_encoder_lr or cfg.lr))]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -58,7 +88,37 @@ def make_optimizer(groups: list[dict], cfg: params.Train, device: torch.device) 
         except ImportError:
             pass
         print("warning: train.optimizer = adamw8bit needs bitsandbytes and a CUDA GPU; using torch AdamW")
+    # Fused AdamW is the known win on CUDA; on the CPU it measured no better or worse (bench/train_step.py).
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
+def run_id(p: params.Params, cfg: params.Train, world: int, latents_file: Path) -> str:
+    """What a checkpoint must match to be resumed: code, base model, data and every setting that
+    changes the numbers (not how often to checkpoint or validate, nor torch.compile)."""
+    settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts",
+                                       "validation_steps", "validate_every", "compile"})
+    digest = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731
+    return checkpoints.fingerprint({
+        "code": [digest(__file__), digest(checkpoints.__file__)], "base": pinned_source(p.base.model, p.base.revision),
+        "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file)})
+
+
+def open_live(folder: Path, history: list[dict]) -> Live:
+    """dvclive logger for the loss and lr curves, replaying the history behind resumed weights."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        live = Live(str(folder), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as err:  # dvclive reads HEAD and fails in a git repo without commits
+        raise StyleMixError(f"dvclive cannot log in this git repo ({err}): make a first commit") from None
+    for row in history:
+        log_row(live, row)
+    return live
+
+
+def log_row(live: Live, row: dict) -> None:
+    live.step = row["step"]
+    live.log_metric("loss", row["loss"])
+    live.log_metric("lr", row["lr"])
 
 
 def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int) -> torch.Tensor:
@@ -115,10 +175,9 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     """Train the style's LoRA; returns the pipeline holding it and a summary."""
     cfg, style = params.train_for(p, name), params.style(p, name)
     data = load_latents(name, p.base.resolution, latents)
-    latents_digest = hashlib.sha256((latents / name / "latents.safetensors").read_bytes()).hexdigest()
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise StyleMixError("train.mixed_precision = fp16 needs a CUDA GPU; use bf16 or no on the CPU")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.compile else "no")
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     n, per_batch = len(data["mean"]), cfg.batch_size * world * cfg.gradient_accumulation
     if n < per_batch:
@@ -127,72 +186,40 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     per_epoch = n // per_batch
     total = cfg.max_steps or cfg.epochs * per_epoch
 
-    pipe = load_pipeline(p.base.model, p.base.revision, "float32")
-    pipe.set_progress_bar_config(disable=True)
-    unet, text_encoder = pipe.unet, pipe.text_encoder
-    for module in (unet, text_encoder, pipe.vae):
-        module.requires_grad_(False)
-    # Frozen base weights in the training precision; the LoRA weights stay float32.
-    weight_dtype = DTYPES[cfg.mixed_precision]
-    for module in (unet, text_encoder):
-        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
-    set_seed(cfg.seed)  # the LoRA's random initialisation
-    add_lora(unet, text_encoder, p.lora)
-    trained = [unet, text_encoder] if p.lora.text_encoder else [unet]
-    cast_training_params(trained, dtype=torch.float32)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        if p.lora.text_encoder:
-            text_encoder.gradient_checkpointing_enable()
-    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder"), trained)
-                  for k, v in m.named_parameters() if v.requires_grad}
-    groups = [{"params": [v for k, v in trainables.items() if k.startswith("unet.")], "lr": cfg.lr}]
-    if p.lora.text_encoder:
-        groups.append({"params": [v for k, v in trainables.items() if k.startswith("text_encoder.")],
-                       "lr": cfg.text_encoder_lr or cfg.lr})
-    optimizer = make_optimizer(groups, cfg, device)
+    pipe, trained, trainables = prepare_models(p, cfg, device)
+    optimizer = make_optimizer(trainables, cfg, device)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     prepared = accelerator.prepare(*trained, optimizer)
-    model, te_model, optimizer = prepared[0], prepared[1] if p.lora.text_encoder else None, prepared[-1]
+    model, te_model, optimizer = prepared[0], prepared[1] if len(trained) == 2 else None, prepared[-1]
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     data = {k: v.to(device) for k, v in data.items()}
     gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
 
-    settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts", "validation_steps", "validate_every"})
-    code = {f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in (__file__, checkpoints.__file__)}
-    print_ = checkpoints.fingerprint({"code": code, "base": pinned_source(p.base.model, p.base.revision), "lora": p.lora.model_dump(), "train": settings, "world": world,
-                                      "latents": latents_digest})
+    run = run_id(p, cfg, world, latents / name / "latents.safetensors")
     ckpt_dir = ckpt_root / name
-    resume = checkpoints.latest(ckpt_dir, print_)
     step, history = 0, []
-    if resume:
+    if resume := checkpoints.latest(ckpt_dir, run):
         step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen)
         accelerator.print(f"train {name}: resuming from {resume}")
     elif accelerator.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
-    live = None
-    if accelerator.is_main_process:
-        shutil.rmtree(logs / name, ignore_errors=True)
-        live = Live(str(logs / name), save_dvc_exp=False, dvcyaml=None)
-        for row in history:  # the curve of the steps behind the resumed weights
-            live.step = row["step"]
-            live.log_metric("loss", row["loss"])
-            live.log_metric("lr", row["lr"])
+    live = open_live(logs / name, history) if accelerator.is_main_process else None
     model.train()
     started = time.perf_counter()
     with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task(f"train {name}", total=total, completed=step, loss="-", lr="-")
         while step < total:
+            losses = []
             for micro in range(cfg.gradient_accumulation):
                 idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank).to(device)
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_model)
-                    mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-                    if not math.isfinite(mean_loss):
+                    losses.append(accelerator.reduce(loss.detach(), "mean").item())
+                    if not math.isfinite(losses[-1]):
                         raise StyleMixError(
-                            f"train {name}: loss is {mean_loss} at step {step + 1} with mixed_precision = "
+                            f"train {name}: loss is {losses[-1]} at step {step + 1} with mixed_precision = "
                             f"{cfg.mixed_precision}; set train.mixed_precision: no or lower train.lr "
                             f"({cfg.lr:g}); the last good checkpoint is in {ckpt_dir}")
                     accelerator.backward(loss / cfg.gradient_accumulation)
@@ -202,18 +229,17 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            lr = scheduler.get_last_lr()[0]
-            history.append({"step": step, "loss": mean_loss, "lr": lr})
+            history.append({"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]})
             if live:
-                live.step = step
-                live.log_metric("loss", mean_loss)
-                live.log_metric("lr", lr)
+                log_row(live, history[-1])
                 if cfg.validate_every and step % cfg.validate_every == 0:
-                    for i, img in enumerate(validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)):
-                        live.log_image(f"validation_{i}.png", img)
-            bar.update(task, advance=1, loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+                    for i, img in enumerate(images):
+                        live.log_image(f"step-{step:06d}/validation_{i}.png", img)
+            bar.update(task, advance=1, loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
             if step % cfg.checkpoint_every == 0 or step == total:
-                checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, print_, cfg.keep_checkpoints)
+                checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, run,
+                                 cfg.keep_checkpoints)
             if on_step:
                 on_step(step, trainables)
     seconds = time.perf_counter() - started
@@ -222,20 +248,29 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     if accelerator.is_main_process:
         live.summary.update(summary)
         live.end()
-        pipe.unet, pipe.text_encoder = accelerator.unwrap_model(model), accelerator.unwrap_model(te_model) if te_model else text_encoder
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-        info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
-                "resolution": p.base.resolution, "steps": total, "rank": p.lora.rank, "alpha": p.lora.alpha,
-                "text_encoder": p.lora.text_encoder, "params_hash": print_}
-        with atomic_dir(out / name) as tmp:
-            save_lora(tmp, name, pipe.unet, pipe.text_encoder, info)
-            images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
-            contact_sheet(list(zip(images, [with_trigger(q, style) for q in cfg.validation_prompts])), tile=192).save(tmp / "validation.png")
-            atomic_write(tmp / "README.md", model_card(name, style, p, cfg, info))
+        pipe.unet = accelerator.unwrap_model(model)
+        pipe.text_encoder = accelerator.unwrap_model(te_model) if te_model else pipe.text_encoder
+        save_outputs(out / name, name, pipe, p, cfg, run, total)
         accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
     accelerator.wait_for_everyone()
     return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}
+
+
+def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int) -> None:
+    """The LoRA in both layouts, validation images and a model card, all or nothing."""
+    style = params.style(p, name)
+    info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
+            "resolution": p.base.resolution, "steps": steps, "rank": p.lora.rank, "alpha": p.lora.alpha,
+            "text_encoder": p.lora.text_encoder, "params_hash": run}
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with atomic_dir(folder) as tmp:
+        save_lora(tmp, name, pipe.unet, pipe.text_encoder, info)
+        device = next(pipe.unet.parameters()).device
+        images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+        labels = [with_trigger(q, style) for q in cfg.validation_prompts]
+        contact_sheet(list(zip(images, labels)), tile=192).save(tmp / "validation.png")
+        atomic_write(tmp / "README.md", model_card(name, style, p, cfg, info))
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:

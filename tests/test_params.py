@@ -41,11 +41,13 @@ def test_shipped_params_validate(preset):
 
 
 def test_sd15_preset_is_the_main_reference():
-    p = params.load("base", "styles", "lora", path=ROOT / "presets/sd15.yaml")
+    p = params.load("base", "styles", "lora", "train", path=ROOT / "presets/sd15.yaml")
     assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
     assert {n: s.trigger for n, s in p.styles.items()} == {
         "anime": "anistyle", "watercolor": "wcstyle", "cartoon": "ctstyle", "pixelart": "pixstyle"}
-    assert (p.lora.rank, p.lora.alpha) == (32, 16)
+    assert (p.lora.rank, p.lora.alpha, p.lora.targets, p.lora.text_encoder) == (32, 16, "attn", True)
+    t = p.train
+    assert (t.lr, t.epochs, t.batch_size, t.mixed_precision) == (1e-4, 20, 2, "bf16")
 
 
 def test_load_hides_undeclared_sections(tmp_path):

@@ -11,7 +11,8 @@ import yaml
 
 from tests.conftest import ROOT
 
-ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": ""}
+ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": "",
+                    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -31,6 +32,7 @@ def reduce(raw: dict) -> None:
     raw["sample"] = {"styles": ["watercolor", "pixelart"], "images_per_style": 4, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
+    raw["train"] |= {"max_steps": 4, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
     raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "pixelart": 0.5}}}
 
 
@@ -44,6 +46,8 @@ def repo(tmp_path_factory) -> Path:
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
     set_params(repo, reduce)
     sh(repo, "git", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "a fresh clone")
     return repo
 
 
@@ -51,28 +55,40 @@ def ran(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
-def test_repro_builds_data_stages_then_runs_nothing(repo):
+STYLES = ("watercolor", "pixelart")
+
+
+def test_repro_runs_every_stage_then_nothing(repo):
     first = sh(repo, "dvc", "repro").stdout
-    assert ran(first) == {"sample", "base", "filter@watercolor", "filter@pixelart", "caption@watercolor", "caption@pixelart"}
-    for style in ("watercolor", "pixelart"):
+    assert ran(first) == {"sample", "base"} | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train") for s in STYLES}
+    for style in STYLES:
         rows = [json.loads(line) for line in (repo / f"data/captions/{style}/metadata.jsonl").read_text().splitlines()]
         assert len(rows) == 7 and all(r["text"] for r in rows)  # 4 images + gray, rgba, rotated
         summary = json.loads((repo / f"reports/filter/{style}/summary.json").read_text())
         assert summary["kept"] == 7 and summary["rejected"] == 7
-    assert (repo / "models/base/model_index.json").is_file()
+        assert (repo / f"data/latents/{style}/latents.safetensors").is_file()
+        assert (repo / f"models/lora/{style}/pytorch_lora_weights.safetensors").is_file()
+        assert (repo / f"models/lora/{style}/{style}_kohya.safetensors").is_file()
+        assert json.loads((repo / f"reports/train/{style}/metrics.json").read_text())["steps"] == 4
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
 
 def test_trigger_change_never_recaptions(repo):
-    sh(repo, "dvc", "repro")
     set_params(repo, lambda raw: raw["styles"]["watercolor"].update(trigger="aquastyle"))
     log = sh(repo, "dvc", "repro").stdout
     # filter re-checks (cheap) and writes the same images, so the caption stage is skipped.
-    assert ran(log) == {"filter@watercolor"}
+    assert ran(log) == {"filter@watercolor", "encode@watercolor", "train@watercolor"}
     metrics = sh(repo, "dvc", "metrics", "show", "--json").stdout
-    assert "reports/filter/watercolor/summary.json" in metrics
+    assert "reports/filter/watercolor/summary.json" in metrics and "reports/train/pixelart/metrics.json" in metrics
+
+
+def test_exp_run_rank_retrains_only(repo):
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "trained")
+    log = sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8").stdout
+    assert ran(log) == {"train@watercolor", "train@pixelart"}
 
 
 def test_bad_params_stop_a_stage_with_one_line(repo):

@@ -168,3 +168,13 @@ def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
     fresh = load_pipeline(str(tiny_model))
     fresh.load_lora_weights(tmp_path / "models/lora/pixelart")
     assert fresh.unet.peft_config["default_0"].r == 4
+
+
+def test_training_options_run_together(data, tmp_path, tiny_model):
+    options = {"max_steps": 2, "gradient_accumulation": 2, "gradient_checkpointing": True, "scheduler": "linear",
+               "warmup_steps": 1, "noise_offset": 0.1, "min_snr_gamma": None, "random_flip": False,
+               "channels_last": False, "caption_dropout": 0.5, "validate_every": 1, "batch_size": 1}
+    result = train(data, tmp_path, make_params(tiny_model, data / "src", **options))
+    assert result["steps"] == 2 and torch.isfinite(torch.tensor(result["final_loss"]))
+    images = sorted(q.parent.name for q in (tmp_path / "a/logs/pixelart").rglob("validation_0.png"))
+    assert images == ["step-000001", "step-000002"]
