@@ -9,13 +9,21 @@ is the real CLIP BPE, derived from the vocabulary open_clip ships.
 import json
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from stages.errors import StyleMixError
 from stages.params import model_kind
+
+# Our own progress bars and messages say what happens; the libraries' would repeat it.
+diffusers.utils.logging.set_verbosity_error()
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 
 BASE_DIR = Path("models/base")  # the base stage's output: `tiny` itself, and source.json for any model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -178,6 +178,20 @@ class Merge(Section):
     combos: dict[str, Combo] = {}
 
 
+class Generate(Section):
+    prompts: list[str] = Field(min_length=1, default=["a cat sitting by a window"])
+    seeds: list[int] = Field(min_length=1, default=[0])
+    negative_prompt: str = ""
+    steps: Positive = 25
+    guidance_scale: Annotated[float, Field(ge=0)] = 7.5
+    scheduler: Literal["dpmsolver++", "ddim", "euler"] = "dpmsolver++"
+
+
+class Score(Section):
+    clip_model: str = "ViT-B-32"  # an open_clip architecture
+    clip_pretrained: str | None = None  # an open_clip tag (openai, laion2b_s34b_b79k), a weights file, or null
+
+
 class Params(Section):
     base: Base | None = None
     sample: Sample | None = None
@@ -187,6 +201,8 @@ class Params(Section):
     lora: Lora | None = None
     train: Train | None = None
     merge: Merge | None = None
+    generate: Generate | None = None
+    score: Score | None = None
 
     @field_validator("styles")
     @classmethod
@@ -209,6 +225,8 @@ class Params(Section):
     def _combos_name_styles(self) -> "Params":
         if self.merge and self.styles is not None:
             for combo, spec in self.merge.combos.items():
+                if combo in self.styles or combo == "base":
+                    raise ValueError(f"merge.combos.{combo}: the name is taken by a style or the base model")
                 unknown = sorted(set(spec.weights) - set(self.styles))
                 if unknown:
                     raise ValueError(

@@ -30,12 +30,12 @@ from stages.base_model import load_pipeline, pinned_source
 from stages.encode import LATENTS
 from stages.errors import StyleMixError, run_stage
 from stages.images import contact_sheet
-from stages.lora_files import add_lora, save_lora
+from stages.lora_files import LORAS, add_lora, save_lora
 from stages.outputs import atomic_dir, atomic_write
 from stages.progress import progress
 from stages.prompts import with_trigger
 
-CHECKPOINTS, LORAS, LOGS = Path("models/checkpoints"), Path("models/lora"), Path("reports/train")
+CHECKPOINTS, LOGS = Path("models/checkpoints"), Path("reports/train")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -33,7 +33,9 @@ def reduce(raw: dict) -> None:
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
     raw["train"] |= {"max_steps": 4, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
-    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "pixelart": 0.5}}}
+    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "pixelart": 0.5}},
+                              "mix2": {"weights": {"watercolor": 0.7, "pixelart": 0.3}, "method": "svd", "rank": 4}}
+    raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,9 @@ STYLES = ("watercolor", "pixelart")
 
 def test_repro_runs_every_stage_then_nothing(repo):
     first = sh(repo, "dvc", "repro").stdout
-    assert ran(first) == {"sample", "base"} | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train") for s in STYLES}
+    per_style = {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
+    per_combo = {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
+    assert ran(first) == {"sample", "base", "generate_base", "score", "report"} | per_style | per_combo
     for style in STYLES:
         rows = [json.loads(line) for line in (repo / f"data/captions/{style}/metadata.jsonl").read_text().splitlines()]
         assert len(rows) == 7 and all(r["text"] for r in rows)  # 4 images + gray, rgba, rotated
@@ -71,6 +75,12 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert (repo / f"models/lora/{style}/{style}_kohya.safetensors").is_file()
         assert json.loads((repo / f"reports/train/{style}/metrics.json").read_text())["steps"] == 4
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "watercolor", "pixelart", "mix", "mix2"]
+    assert metrics["scorer"]["scorer_pretrained"] is False
+    report = (repo / "reports/report.md").read_text()
+    assert "not meaningful" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
+    assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == ["overview.png", "prompt_0.png"]
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
@@ -78,17 +88,30 @@ def test_repro_runs_every_stage_then_nothing(repo):
 def test_trigger_change_never_recaptions(repo):
     set_params(repo, lambda raw: raw["styles"]["watercolor"].update(trigger="aquastyle"))
     log = sh(repo, "dvc", "repro").stdout
-    # filter re-checks (cheap) and writes the same images, so the caption stage is skipped.
-    assert ran(log) == {"filter@watercolor", "encode@watercolor", "train@watercolor"}
+    # filter re-checks (cheap) and writes the same images, so the caption stage is skipped;
+    # the other style is not touched.
+    assert ran(log) >= {"filter@watercolor", "encode@watercolor", "train@watercolor", "generate_style@watercolor"}
+    assert not ran(log) & {"caption@watercolor", "caption@pixelart", "encode@pixelart", "train@pixelart",
+                           "generate_style@pixelart", "generate_base"}
     metrics = sh(repo, "dvc", "metrics", "show", "--json").stdout
     assert "reports/filter/watercolor/summary.json" in metrics and "reports/train/pixelart/metrics.json" in metrics
+
+
+def test_combo_weight_change_reruns_only_that_combo(repo):
+    set_params(repo, lambda raw: raw["merge"]["combos"]["mix"]["weights"].update(watercolor=0.6, pixelart=0.4))
+    status = sh(repo, "dvc", "status", "--json").stdout
+    # score and report read the list of combinations; generate_combo@mix follows from merge@mix's output.
+    assert set(json.loads(status)) == {"merge@mix", "score", "report"}
+    assert ran(sh(repo, "dvc", "repro").stdout) == {"merge@mix", "generate_combo@mix", "score", "report"}
 
 
 def test_exp_run_rank_retrains_only(repo):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "trained")
     log = sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8").stdout
-    assert ran(log) == {"train@watercolor", "train@pixelart"}
+    assert ran(log) >= {"train@watercolor", "train@pixelart"}
+    upstream = {f"{stage}@{s}" for stage in ("filter", "caption", "encode") for s in STYLES} | {"sample", "base"}
+    assert not ran(log) & upstream
 
 
 def test_bad_params_stop_a_stage_with_one_line(repo):

@@ -1,0 +1,59 @@
+"""Benchmark: images/s for the whole comparison set (base, every style, every combination of
+params.yaml), drawn with one pipeline load and adapter switching, against loading the pipeline
+again for every model (what one DVC stage per model does). Same run, same settings.
+Needs the trained demo (`make repro`).
+
+    python bench/generate.py            # writes bench/results/generate.json
+"""
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from stages import params  # noqa: E402
+from stages.base_model import default_device, load_pipeline  # noqa: E402
+from stages.generate import generate_model, lora_folder  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "generate.json"
+
+
+def main() -> None:
+    p = params.load("base", "styles", "merge", "generate")
+    models = [("base", "base")] + [("style", s) for s in p.styles] + [("combo", c) for c in p.merge.combos]
+    missing = [str(lora_folder(k, n)) for k, n in models if k != "base" and not lora_folder(k, n).is_dir()]
+    if missing:
+        sys.exit(f"error: run `make repro` first; missing {', '.join(missing)}")
+    work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+
+    def load():
+        pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype).to(default_device())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def draw(pipe, kind, name, run):
+        (work / run / name).mkdir(parents=True)
+        return generate_model(pipe, name, lora_folder(kind, name), p.generate, p.base, work / run / name)
+
+    start = time.perf_counter()
+    pipe = load()
+    images = sum(draw(pipe, kind, name, "switching") for kind, name in models)
+    switching = time.perf_counter() - start
+    start = time.perf_counter()
+    images_reload = sum(draw(load(), kind, name, "reloading") for kind, name in models)
+    reloading = time.perf_counter() - start
+    report = {
+        "setup": {"base_model": p.base.model, "resolution": p.base.resolution, "models": len(models),
+                  "images": images, "steps": p.generate.steps, "device": str(default_device())},
+        "images_per_s": {"one_load_adapter_switching": images / switching, "reload_per_model": images_reload / reloading},
+        "seconds": {"one_load_adapter_switching": switching, "reload_per_model": reloading},
+        "ratio_switching_over_reload": (images / switching) / (images_reload / reloading),
+    }
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""generate@M: the comparison images, one model per stage: the base, each style, each combination.
+
+Every model draws the same prompts with the same seeds, so the columns of a grid compare like
+with like. A style's prompts carry its trigger word, a combination's all of its components'
+(read from the LoRA files, so they are the words the LoRAs were trained with). Each PNG carries
+its prompt, seed, model and settings in its text metadata (A1111's `parameters` line included).
+"""
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from PIL.PngImagePlugin import PngInfo
+
+from stages import params
+from stages.base_model import default_device, load_pipeline
+from stages.errors import StyleMixError, run_stage
+from stages.lora_files import LORAS, read_info
+from stages.merge import MERGED
+from stages.outputs import atomic_dir
+from stages.progress import progress
+
+IMAGES = Path("reports/images")
+SCHEDULERS = {
+    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "ddim": DDIMScheduler.from_config,
+    "euler": EulerDiscreteScheduler.from_config,
+}
+
+
+def triggered(prompt: str, info: dict) -> str:
+    """The prompt with the LoRA's trigger word(s), placed as the style's template says."""
+    triggers = list(info.get("triggers", {}).values()) or [info["trigger"]]
+    template = info.get("template", "{trigger}, {caption}")
+    return template.format(trigger=", ".join(triggers), caption=prompt)
+
+
+def lora_folder(kind: str, name: str) -> Path | None:
+    if kind == "base":
+        return None
+    return (LORAS if kind == "style" else MERGED) / name
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    return f"p{prompt_index}_s{seed}.png"
+
+
+def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str):
+    """One image, and PNG text metadata with its prompt, seed, model and settings."""
+    image = pipe(text, negative_prompt=cfg.negative_prompt or None, num_inference_steps=cfg.steps,
+                 guidance_scale=cfg.guidance_scale, height=base.resolution, width=base.resolution,
+                 generator=torch.Generator(pipe.device).manual_seed(seed)).images[0]
+    meta = PngInfo()
+    for key, value in {"prompt": text, "base_prompt": base_prompt, "negative_prompt": cfg.negative_prompt,
+                       "seed": seed, "model": model, "base_model": base.model, "steps": cfg.steps,
+                       "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler}.items():
+        meta.add_text(key, str(value))
+    meta.add_text("parameters", f"{text}\nNegative prompt: {cfg.negative_prompt}\nSteps: {cfg.steps}, "
+                  f"Sampler: {cfg.scheduler}, CFG scale: {cfg.guidance_scale}, Seed: {seed}, "
+                  f"Size: {base.resolution}x{base.resolution}, Model: {base.model}, Lora: {model}")
+    return image, meta
+
+
+def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:
+    """Draw every prompt x seed for one model into `out`; returns the number of images."""
+    info = read_info(lora) if lora else {}
+    if lora:
+        pipe.load_lora_weights(lora, adapter_name=model)
+        pipe.set_adapters([model])
+    pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
+    count = len(cfg.prompts) * len(cfg.seeds)
+    with progress() as bar:
+        task = bar.add_task(f"generate {model}", total=count)
+        for i, prompt in enumerate(cfg.prompts):
+            text = triggered(prompt, info) if lora else prompt
+            for seed in cfg.seeds:
+                image, meta = render(pipe, text, seed, cfg, base, model, prompt)
+                image.save(out / image_name(i, seed), pnginfo=meta)
+                bar.advance(task)
+    if lora:
+        pipe.delete_adapters(model)
+    return count
+
+
+def main() -> None:
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("base", "style", "combo"):
+        raise StyleMixError("usage: python -m stages.generate base | style NAME | combo NAME")
+    kind, name = sys.argv[1], (sys.argv[2] if len(sys.argv) == 3 else "base")
+    p = params.load("base", "generate")
+    lora = lora_folder(kind, name)
+    if lora and not lora.is_dir():
+        raise StyleMixError(f"{lora} missing: run `dvc repro {'train' if kind == 'style' else 'merge'}@{name}` first")
+    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype).to(default_device())
+    pipe.set_progress_bar_config(disable=True)
+    with atomic_dir(IMAGES / name) as tmp:
+        count = generate_model(pipe, name, lora, p.generate, p.base, tmp)
+    print(f"generate {name}: {count} images in {IMAGES / name}/")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,107 @@
+"""report: comparison grids and reports/report.md (metrics table, grids, loss curves, filter summary)."""
+import json
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from stages import params
+from stages.errors import StyleMixError, run_stage
+from stages.generate import IMAGES
+from stages.images import grid, image_files
+from stages.outputs import atomic_dir, atomic_write
+
+REPORTS = Path("reports")
+
+
+def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
+    """One grid per prompt (rows: models, columns: seeds) and an overview (columns: prompts, first
+    seed). Returns (file name, caption) per grid."""
+    files = image_files(images / "base")
+    if not files:
+        raise StyleMixError(f"{images / 'base'} has no images; run `dvc repro generate_base` first")
+    prompts = {int(f.stem.split("_")[0][1:]): Image.open(f).text["base_prompt"] for f in files}
+    seeds = sorted({int(f.stem.split("_s")[1]) for f in files})
+    made = []
+    for i, prompt in sorted(prompts.items()):
+        rows = [(m, [Image.open(images / m / f"p{i}_s{s}.png") for s in seeds]) for m in models]
+        grid(rows, [f"seed {s}" for s in seeds], prompt).save(out / f"prompt_{i}.png")
+        made.append((f"prompt_{i}.png", prompt))
+    rows = [(m, [Image.open(images / m / f"p{i}_s{seeds[0]}.png") for i in sorted(prompts)]) for m in models]
+    grid(rows, [f"prompt {i}" for i in sorted(prompts)], f"all models, seed {seeds[0]}").save(out / "overview.png")
+    return [("overview.png", "every model on every prompt")] + made
+
+
+def loss_plot(styles: list[str], path: Path, logs: Path = REPORTS / "train") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for style in styles:
+        curve = pd.read_csv(logs / style / "plots/metrics/loss.tsv", sep="\t")
+        ax.plot(curve["step"], curve["loss"].rolling(10, min_periods=1).mean(), label=style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (10-step mean)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fmt(stat: dict) -> str:
+    return f"{stat['mean']:.4f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
+
+
+def metrics_table(metrics: dict, styles: list[str], combos: dict[str, params.Combo]) -> str:
+    head = "| model | CLIP score [95% CI] | " + " | ".join(f"style similarity: {s}" for s in styles) + " | gain over base |"
+    lines = [head, "|" + "---|" * (3 + len(styles))]
+    for model, m in metrics["models"].items():
+        own = {model} if model in styles else set(combos[model].weights) if model in combos else set()
+        cells = [(f"**{fmt(m['style_similarity'][s])}**" if s in own else fmt(m["style_similarity"][s])) for s in styles]
+        gain = f"{m['style_gain_over_base']:+.4f}" if "style_gain_over_base" in m else ""
+        lines.append(f"| {model} | {fmt(m['clip_score'])} | " + " | ".join(cells) + f" | {gain} |")
+    return "\n".join(lines)
+
+
+def filter_table(styles: list[str]) -> str:
+    lines = ["| style | kept | rejected | why |", "|---|---|---|---|"]
+    for s in styles:
+        summary = json.loads((REPORTS / "filter" / s / "summary.json").read_text())
+        why = ", ".join(f"{n} {r}" for r, n in summary["rejected_by_reason"].items())
+        lines.append(f"| {s} | {summary['kept']} | {summary['rejected']} | {why} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = params.load("styles", "merge")
+    styles, combos = list(p.styles), p.merge.combos
+    models = ["base", *styles, *combos]
+    metrics = json.loads((REPORTS / "metrics.json").read_text())
+    with atomic_dir(REPORTS / "grids") as tmp:
+        grids = comparison_grids(models, tmp)
+    loss_plot(styles, REPORTS / "plots" / "loss.png")
+    warning = "" if metrics["scorer"]["scorer_pretrained"] else (
+        "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
+        "(`score.clip_pretrained: null`, the offline demo) and so is the tiny base model. "
+        "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
+    scorer = metrics["scorer"]
+    md = [
+        "# stylemix report\n",
+        warning + f"Base model and LoRAs per `params.yaml`; scorer: open_clip `{scorer['clip_model']}` "
+        f"(pretrained: `{scorer['clip_pretrained'] or 'none, random weights'}`). Bold: a model's own style(s).\n",
+        "## Scores\n", metrics_table(metrics, styles, combos) + "\n",
+        "![CLIP score](plots/scores/clip_score.png)\n",
+        *[f"![style similarity to {s}](plots/scores/style_similarity_{s}.png)\n" for s in styles],
+        "## Comparison grids\n", "Rows: models (base, each style, each combination); same prompts and seeds in every row.\n",
+        *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in grids],
+        "## Training loss\n", "![loss curves](plots/loss.png)\n",
+        "## Filtered images\n", filter_table(styles) + "\n",
+    ]
+    atomic_write(REPORTS / "report.md", "\n".join(md))
+    print(f"report: {REPORTS / 'report.md'} with {len(grids)} grids")
+
+
+if __name__ == "__main__":
+    run_stage(main)

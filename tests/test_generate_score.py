@@ -1,0 +1,107 @@
+"""Generation (prompts, seeds, PNG metadata) and scoring (checked against a hand computation)."""
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from stages import params
+from stages.base_model import load_pipeline
+from stages.generate import generate_model, triggered
+from stages.score import bootstrap, embed_images, score_images, summarize
+from tests.test_merge import random_lora
+
+GEN = params.Generate(prompts=["a cat", "a house"], seeds=[0, 3], steps=2, negative_prompt="blurry")
+BASE = params.Base(model="tiny", resolution=32)
+
+
+def test_triggers_in_prompts():
+    assert triggered("a cat", {"trigger": "wcstyle", "template": "{trigger}, {caption}"}) == "wcstyle, a cat"
+    assert triggered("a cat", {"triggers": {"a": "wcstyle", "b": "pixstyle"}}) == "wcstyle, pixstyle, a cat"
+
+
+def test_generate_writes_every_prompt_and_seed_with_metadata(tmp_path, tiny_model):
+    (tmp_path / "ink").mkdir()
+    random_lora(tiny_model, tmp_path / "ink", rank=4, alpha=4, text_encoder=False, seed=0)
+    pipe = load_pipeline(str(tiny_model))
+    for model, lora in (("base", None), ("ink", tmp_path / "ink"), ("base_again", None)):
+        (tmp_path / model / "out").mkdir(parents=True)
+        assert generate_model(pipe, model, lora, GEN, BASE, tmp_path / model / "out") == 4
+    files = sorted(p.name for p in (tmp_path / "ink/out").iterdir())
+    assert files == ["p0_s0.png", "p0_s3.png", "p1_s0.png", "p1_s3.png"]
+    image = Image.open(tmp_path / "ink/out/p1_s3.png")
+    assert image.size == (32, 32)
+    assert image.text["prompt"] == "inkstyle, a house" and image.text["base_prompt"] == "a house"
+    assert image.text["seed"] == "3" and image.text["model"] == "ink" and "Negative prompt: blurry" in image.text["parameters"]
+    same = [np.asarray(Image.open(tmp_path / m / "out/p0_s0.png")) for m in ("base", "base_again")]
+    assert np.array_equal(*same)  # same seed, same model: same picture (the LoRA was unloaded)
+    assert not np.array_equal(same[0], np.asarray(Image.open(tmp_path / "ink/out/p0_s0.png")))
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory):
+    """A fixed tiny open_clip model (random weights, seed 0), registered like any architecture."""
+    config = tmp_path_factory.mktemp("clip") / "tiny-clip.json"
+    config.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+                                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    from stages.score import load_scorer
+
+    return load_scorer(params.Score(clip_model="tiny-clip"))
+
+
+def solid(colour, noise_seed):
+    rng = np.random.default_rng(noise_seed)
+    base = np.array(Image.new("RGB", (32, 32), colour), dtype=np.int16)
+    return Image.fromarray(np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8))
+
+
+def test_clip_score_equals_a_hand_computation(scorer, tmp_path):
+    prompts = ["a red square", "a green field", "a blue sky"]
+    for i, (colour, prompt) in enumerate(zip(("red", "green", "blue"), prompts)):
+        (tmp_path / "images/m").mkdir(parents=True, exist_ok=True)
+        img = solid(colour, i)
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("base_prompt", prompt)
+        info.add_text("seed", str(i))
+        img.save(tmp_path / f"images/m/p{i}_s{i}.png", pnginfo=info)
+        (tmp_path / "filtered/red").mkdir(parents=True, exist_ok=True)
+        solid("red", 10 + i).save(tmp_path / f"filtered/red/{i}.png")
+    scores = score_images(scorer, ["m"], ["red"], tmp_path / "images", tmp_path / "filtered")
+    model, preprocess, tokenizer = scorer
+    with torch.no_grad():  # written out: CLIP image and text embeddings, normalized, dot product
+        for i, row in scores.iterrows():
+            image = model.encode_image(preprocess(Image.open(tmp_path / f"images/m/{row['file']}").convert("RGB"))[None])[0]
+            text = model.encode_text(tokenizer([prompts[i]]))[0]
+            assert row["clip_score"] == pytest.approx(float(image @ text / image.norm() / text.norm()), abs=1e-5)
+    stats = summarize(scores, ["red"], params.Score(clip_model="tiny-clip"))["models"]["m"]["clip_score"]
+    assert stats["ci_low"] <= stats["mean"] <= stats["ci_high"]
+    assert stats["mean"] == pytest.approx(scores["clip_score"].mean())
+
+
+def test_bootstrap_interval():
+    stats = bootstrap([0.1, 0.2, 0.3, 0.4, 0.5] * 4)
+    assert stats["mean"] == pytest.approx(0.3) and 0.2 < stats["ci_low"] < 0.3 < stats["ci_high"] < 0.4
+
+
+def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
+    from stages.filter import filter_style
+    from stages.sample import build_style
+    from stages.score import style_reference
+
+    refs, own = {}, {}
+    for style in ("pixelart", "sketch", "watercolor"):
+        (tmp_path / style).mkdir()
+        build_style(style, tmp_path / style, count=6, seed=0)
+        filter_style(style, params.Style(source=str(tmp_path / style), trigger=style), params.Filter(), 32,
+                     tmp_path / "filtered", tmp_path / "reports")
+        refs[style] = style_reference(scorer, tmp_path / "filtered" / style)
+        own[style] = embed_images(scorer, [Image.open(p) for p in sorted((tmp_path / "filtered" / style).glob("*.png"))])
+    for style, emb in own.items():
+        sims = {s: float((emb @ ref).mean()) for s, ref in refs.items()}
+        assert max(sims, key=sims.get) == style, sims

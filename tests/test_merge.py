@@ -1,0 +1,93 @@
+"""Multi-LoRA merging, checked against the formula h = W x + sum_i w_i (alpha_i / r_i) B_i A_i x."""
+import pytest
+import torch
+
+from stages import params
+from stages.base_model import load_pipeline
+from stages.errors import StyleMixError
+from stages.lora_files import add_lora, load_factors, save_lora
+from stages.merge import merge_combo
+
+
+def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed):
+    pipe = load_pipeline(str(tiny_model))
+    torch.manual_seed(seed)
+    add_lora(pipe.unet, pipe.text_encoder, params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder))
+    for module in (pipe.unet, pipe.text_encoder):
+        for name, weight in module.named_parameters():
+            if "lora_B" in name:
+                weight.data.normal_(0, 0.2)  # a trained-looking, non-zero update
+    save_lora(folder, folder.name, pipe.unet, pipe.text_encoder,
+              {"trigger": f"{folder.name}style", "base_model": "tiny", "resolution": 32})
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("loras")
+    (root / "ink").mkdir(), (root / "clay").mkdir()
+    random_lora(tiny_model, root / "ink", rank=4, alpha=2, text_encoder=True, seed=1)
+    random_lora(tiny_model, root / "clay", rank=2, alpha=4, text_encoder=False, seed=2)
+    return root
+
+
+WEIGHTS = {"ink": 0.6, "clay": 0.4}
+
+
+def delta(factors, module):
+    a, b, scale = factors[module]
+    return scale * b.flatten(1) @ a.flatten(1)
+
+
+@pytest.mark.parametrize("method", [{"method": "linear"}, {"method": "svd", "rank": 6}])
+def test_merged_layers_equal_the_weighted_sum(loras, tmp_path, method):
+    merge_combo("mix", params.Combo(weights=WEIGHTS, **method), loras, tmp_path)
+    merged = load_factors(tmp_path / "mix")
+    parts = {s: load_factors(loras / s) for s in WEIGHTS}
+    torch.manual_seed(0)
+    modules = sorted(merged["unet"])
+    assert len(modules) == len(parts["ink"]["unet"]) > 8
+    for module in modules[::5] + ["up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0"]:
+        x = torch.randn(3, merged["unet"][module][0].shape[1])
+        expected = sum(w * x @ delta(parts[s]["unet"], module).T for s, w in WEIGHTS.items())
+        assert torch.allclose(x @ delta(merged["unet"], module).T, expected, atol=1e-5), module
+    # Only ink adapted the text encoder: the merge keeps its 0.6-weighted update there.
+    module = next(iter(merged["text_encoder"]))
+    assert torch.allclose(delta(merged["text_encoder"], module), 0.6 * delta(parts["ink"]["text_encoder"], module), atol=1e-5)
+
+
+def test_merged_file_equals_diffusers_set_adapters(loras, tmp_path, tiny_model):
+    merge_combo("mix", params.Combo(weights=WEIGHTS), loras, tmp_path)
+    merged = load_pipeline(str(tiny_model))
+    merged.load_lora_weights(tmp_path / "mix")
+    separate = load_pipeline(str(tiny_model))
+    for style in WEIGHTS:
+        separate.load_lora_weights(loras / style, adapter_name=style)
+    separate.set_adapters(list(WEIGHTS), list(WEIGHTS.values()))
+    torch.manual_seed(0)
+    x, t, ids = torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.randint(0, 49407, (2, 77))
+    with torch.no_grad():
+        for pipe in (merged, separate):
+            pipe.out = pipe.unet(x, t, pipe.text_encoder(ids)[0]).sample
+    assert torch.allclose(merged.out, separate.out, atol=1e-5)
+    base = load_pipeline(str(tiny_model))
+    with torch.no_grad():
+        assert (base.unet(x, t, base.text_encoder(ids)[0]).sample - merged.out).abs().max() > 1e-3
+
+
+def test_low_rank_svd_approximates_and_dare_is_seeded(loras, tmp_path):
+    merge_combo("low", params.Combo(weights=WEIGHTS, method="svd", rank=1), loras, tmp_path)
+    assert next(iter(load_factors(tmp_path / "low")["unet"].values()))[0].shape[0] == 1
+    for run in ("a", "b"):
+        merge_combo(run, params.Combo(weights=WEIGHTS, method="dare_linear", density=0.5, seed=3), loras, tmp_path)
+    a, b = load_factors(tmp_path / "a")["unet"], load_factors(tmp_path / "b")["unet"]
+    assert all(torch.equal(a[m][0], b[m][0]) for m in a)
+    ties = params.Combo(weights=WEIGHTS, method="ties", density=0.5)
+    assert merge_combo("t", ties, loras, tmp_path)["method"] == "ties"
+
+
+def test_weights_above_one_warn_and_missing_lora_is_named(loras, tmp_path, capsys):
+    merge_combo("loud", params.Combo(weights={"ink": 0.8, "clay": 0.7}), loras, tmp_path)
+    assert "weights sum to 1.5 > 1" in capsys.readouterr().out
+    with pytest.raises(StyleMixError, match=r"ghost/pytorch_lora_weights.safetensors missing: train the LoRA first"):
+        merge_combo("x", params.Combo(weights={"ink": 0.5, "ghost": 0.5}), loras, tmp_path)
