@@ -102,12 +102,18 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
         "stylemix": json.dumps(info)})
 
 
-def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
-    """A LoRA folder as {"unet" | "text_encoder": {module: (A, B, alpha / rank)}}, read through
-    diffusers' own loader so any file it accepts works here."""
+def weights_file(folder: Path) -> Path:
+    """The diffusers-layout file of a LoRA folder, or a one-line error saying how to make it."""
     path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise StyleMixError(f"{path} missing: train the LoRA first (`dvc repro train@{Path(folder).name}`)")
+    return path
+
+
+def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+    """A LoRA folder as {"unet" | "text_encoder": {module: (A, B, alpha / rank)}}, read through
+    diffusers' own loader so any file it accepts works here."""
+    path = weights_file(folder)
     state, _, metadata = StableDiffusionPipeline.lora_state_dict(str(folder), return_lora_metadata=True)
     factors: dict[str, dict] = {}
     for key, weight in state.items():
@@ -126,8 +132,6 @@ def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
 
 def read_info(folder: Path) -> dict:
     """The `stylemix` facts stored in a LoRA folder's diffusers file."""
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise StyleMixError(f"{path} missing: train the LoRA first (`dvc repro train@{Path(folder).name}`)")
+    path = weights_file(folder)
     with safe_open(path, "pt") as f:
         return json.loads(f.metadata().get("stylemix", "{}"))

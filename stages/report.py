@@ -10,8 +10,7 @@ from stages.errors import StyleMixError, run_stage
 from stages.generate import IMAGES
 from stages.images import grid, image_files
 from stages.outputs import atomic_dir, atomic_write
-
-REPORTS = Path("reports")
+from stages.score import REPORTS
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
