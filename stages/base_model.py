@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, StableDif
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from stages import gpu
 from stages.errors import StyleMixError
 from stages.params import model_kind
 
@@ -30,7 +31,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def default_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU."""
+    """CUDA when there is a GPU (one of its own when several stages share several GPUs), else the CPU."""
+    gpu.claim()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

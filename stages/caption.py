@@ -32,8 +32,10 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    from stages.base_model import default_device
+
+    device = default_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
     try:
         processor = AutoProcessor.from_pretrained(cfg.model)
         model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype).to(device).eval()

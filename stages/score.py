@@ -31,6 +31,7 @@ PLOTS = REPORTS / "plots" / "scores"  # one bar chart per metric, with 95% inter
 def load_scorer(cfg: params.Score):
     import open_clip
 
+    torch.manual_seed(0)  # an untrained scorer (offline demo) must be the same network in every run
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(cfg.clip_model, pretrained=cfg.clip_pretrained)
     except (RuntimeError, OSError, ValueError) as err:

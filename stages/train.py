@@ -3,8 +3,8 @@
 Runs through accelerate (`python -m stages.train STYLE`, or `accelerate launch --num_processes N
 -m stages.train STYLE` for several GPUs or CPU processes). Deterministic: the data order of
 each epoch and every random draw come from the seed, so a resumed run equals an unbroken one.
-Checkpoints land in models/checkpoints/<style>/ (kept by DVC between runs); a rerun after a
-kill resumes from the newest one made with the same settings.
+Checkpoints land in models/checkpoints/<style>/ (git-ignored, outside DVC, so they survive between
+runs); a rerun after a kill resumes from the newest one made with the same settings.
 """
 import contextlib
 import hashlib
@@ -25,7 +25,7 @@ from dvclive import Live
 from safetensors.torch import load_file
 from scmrepo.exceptions import SCMError
 
-from stages import checkpoints, params
+from stages import checkpoints, gpu, params
 from stages.base_model import load_pipeline, pinned_source
 from stages.encode import LATENTS
 from stages.errors import StyleMixError, run_stage
@@ -295,6 +295,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise StyleMixError("usage: python -m stages.train STYLE")
     p = params.load("base", "styles", "lora", "train")
+    gpu.claim()  # before accelerate initialises CUDA
     train_style(sys.argv[1], p)
 
 

@@ -47,10 +47,17 @@ def scorer(tmp_path_factory):
     config.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
                                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}))
     open_clip.add_model_config(config)
-    torch.manual_seed(0)
     from stages.score import load_scorer
 
     return load_scorer(params.Score(clip_model="tiny-clip"))
+
+
+def test_an_untrained_scorer_is_the_same_network_every_run(scorer):
+    from stages.score import load_scorer
+
+    torch.manual_seed(123)  # whatever ran before
+    again = load_scorer(params.Score(clip_model="tiny-clip"))[0].state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in scorer[0].state_dict().items())
 
 
 def solid(colour, noise_seed):

@@ -4,12 +4,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from tests.conftest import ROOT
+from tests.readme import block, commands
 
 ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": "",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -29,7 +33,7 @@ def set_params(repo: Path, edit) -> None:
 
 
 def reduce(raw: dict) -> None:
-    raw["sample"] = {"styles": ["watercolor", "pixelart"], "images_per_style": 4, "seed": 0}
+    raw["sample"] = {"styles": ["watercolor", "pixelart"], "images_per_style": 5, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
     raw["train"] |= {"max_steps": 4, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
@@ -67,9 +71,9 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert ran(first) == {"sample", "base", "generate_base", "score", "report"} | per_style | per_combo
     for style in STYLES:
         rows = [json.loads(line) for line in (repo / f"data/captions/{style}/metadata.jsonl").read_text().splitlines()]
-        assert len(rows) == 7 and all(r["text"] for r in rows)  # 4 images + gray, rgba, rotated
+        assert len(rows) == 8 and all(r["text"] for r in rows)  # 5 images + gray, rgba, rotated
         summary = json.loads((repo / f"reports/filter/{style}/summary.json").read_text())
-        assert summary["kept"] == 7 and summary["rejected"] == 7
+        assert summary["kept"] == 8 and summary["rejected"] == 7
         assert (repo / f"data/latents/{style}/latents.safetensors").is_file()
         assert (repo / f"models/lora/{style}/pytorch_lora_weights.safetensors").is_file()
         assert (repo / f"models/lora/{style}/{style}_kohya.safetensors").is_file()
@@ -105,13 +109,119 @@ def test_combo_weight_change_reruns_only_that_combo(repo):
     assert ran(sh(repo, "dvc", "repro").stdout) == {"merge@mix", "generate_combo@mix", "score", "report"}
 
 
-def test_exp_run_rank_retrains_only(repo):
+def commit(repo: Path, message: str) -> None:
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "trained")
-    log = sh(repo, "dvc", "exp", "run", "-S", "lora.rank=8").stdout
-    assert ran(log) >= {"train@watercolor", "train@pixelart"}
-    upstream = {f"{stage}@{s}" for stage in ("filter", "caption", "encode") for s in STYLES} | {"sample", "base"}
-    assert not ran(log) & upstream
+    sh(repo, "git", "commit", "-qm", message)
+
+
+def run_block(cwd: Path, name: str, replace: dict[str, str] | None = None, **env: str) -> str:
+    """Run a README block as one bash script; returns its output."""
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block(name, replace)], cwd=cwd, env=ENV | env,
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise AssertionError(f"README block {name!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def test_exp_run_retrains_and_diffs_per_model(repo):
+    commit(repo, "trained")
+    log = run_block(repo, "exp-run")
+    models = {f"{stage}@{s}" for stage in ("train", "generate_style") for s in STYLES}
+    combos = {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
+    assert ran(log) == models | combos | {"score", "report"}
+    assert "lora.rank" in log and "models.mix.clip_score.mean" in log  # params diff, metrics diff, exp show
+    params = json.loads(sh(repo, "dvc", "params", "diff", "--json").stdout)
+    assert params["params.yaml"] == {"lora.rank": {"old": 4, "new": 16, "diff": 12}}
+    metrics = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)["reports/metrics.json"]
+    for model in (*STYLES, "mix", "mix2"):
+        assert f"models.{model}.clip_score.mean" in metrics
+        assert f"models.{model}.style_similarity.watercolor.mean" in metrics
+    assert not [key for key in metrics if key.startswith("models.base.")]  # unchanged: same base, seeds, scorer
+
+
+def queue_done(repo: Path, timeout: float = 1200) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sh(repo, "dvc", "queue", "status").stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            assert "Failed" not in status, status
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout}s:\n{status}")
+
+
+def test_queued_sweep_and_its_heatmaps(repo):
+    commit(repo, "rank 16")
+    queue, start, _status, draw = commands("sweep", {"lora.rank=4,8,16": "lora.rank=4,16", "lora.alpha=4,8,16,32": "lora.alpha=4,8"})
+    sh(repo, "bash", "-c", queue)
+    sh(repo, "bash", "-c", start)
+    assert queue_done(repo).count("Success") == 4
+    sh(repo, "bash", "-c", draw)
+    table = pd.read_csv(repo / "reports/sweep/sweep.csv")
+    assert sorted(zip(table["lora.rank"], table["lora.alpha"])) == [(4, 4), (4, 8), (16, 4), (16, 8)]
+    loss = table[[c for c in table.columns if c.endswith("watercolor/metrics.json:final_loss")]].squeeze()
+    assert loss.nunique() == 4  # each cell is its own training run
+    assert len([c for c in table.columns if c.endswith("clip_score.mean")]) == 5  # base, 2 styles, 2 combos
+    heatmap, images = (Image.open(repo / f"reports/sweep/{name}.png") for name in ("heatmaps", "images"))
+    assert heatmap.width > 1000 and images.size == (150 + 2 * 128, 34 + 22 + 2 * 128)  # 2 x 2 cells
+    # The workspace holds the committed rank 16 / alpha 4 run: its image is the (16, 4) cell.
+    cell = images.crop((152, 186, 276, 310))  # row rank = 16, column alpha = 4
+    committed = Image.open(repo / "reports/images/watercolor/p0_s0.png").convert("RGB").resize((124, 124), Image.NEAREST)
+    assert cell.tobytes() == committed.tobytes()
+
+
+def test_styles_trained_in_parallel_come_back_through_the_run_cache(repo):
+    set_params(repo, lambda raw: raw["train"].update(lr=5e-4))
+    commit(repo, "lower lr")
+    *queue, start, _status, repro = commands("parallel-styles")
+    for line in (*queue, start):
+        sh(repo, "bash", "-c", line)
+    queue_done(repo)
+    result = sh(repo, "bash", "-c", repro)
+    log = result.stdout + result.stderr
+    assert not ran(log) & {"train@watercolor", "train@pixelart"}
+    assert "Stage 'train@watercolor' is cached - skipping run" in log
+    assert "Stage 'train@pixelart' is cached - skipping run" in log
+
+
+def test_push_then_pull_in_a_fresh_clone_needs_no_training(repo, tmp_path):
+    commit(repo, "results")
+    run_block(repo, "share", {"/mnt/team/stylemix-dvc": str(tmp_path / "remote")})
+    clone = tmp_path / "clone"
+    log = run_block(tmp_path, "pull", {"https://github.com/you/stylemix.git && cd stylemix": f"{repo} {clone} && cd {clone}"})
+    assert "Data and pipelines are up to date" in log
+    assert ran(sh(clone, "dvc", "repro").stdout) == set()
+    for path in ("models/lora/watercolor/pytorch_lora_weights.safetensors", "models/merged/mix/mix_kohya.safetensors",
+                 "reports/images/mix/p0_s0.png", "reports/metrics.json"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+
+
+def test_accelerate_launch_then_commit(repo):
+    lora = repo / "models/lora/watercolor/pytorch_lora_weights.safetensors"
+    before = lora.read_bytes()
+    log = run_block(repo, "accelerate", ACCELERATE_USE_CPU="1")
+    assert "train watercolor: 4 steps" in log and lora.read_bytes() != before  # batch 2 x 4: other data order
+    assert "train@watercolor" not in json.loads(sh(repo, "dvc", "status", "--json").stdout)
+    downstream = {"merge@mix", "merge@mix2", "generate_style@watercolor", "generate_combo@mix", "generate_combo@mix2"}
+    assert ran(sh(repo, "dvc", "repro").stdout) == downstream | {"score", "report"}
+
+
+def test_adding_a_style_trains_only_it(repo):
+    run_block(repo, "own-style", {"~/Pictures/ink/*": "data/sample/sketch/*"})
+    set_params(repo, lambda raw: raw["styles"].update(yaml.safe_load(block("own-style-params"))["styles"]))
+    log = run_block(repo, "own-style-repro")
+    assert {s for s in ran(log) if s.split("@")[0] in ("filter", "caption", "encode", "train", "generate_style")} == {
+        "filter@ink", "caption@ink", "encode@ink", "train@ink", "generate_style@ink"}
+    # merges read models/lora, so they re-check (seconds), write the same files and their images stay
+    assert not ran(log) & {"generate_base", "generate_combo@mix", "generate_combo@mix2"}
+    assert "ink" in json.loads((repo / "reports/metrics.json").read_text())["models"]
+
+
+def test_readme_snippets_for_pictures_and_captions(repo):
+    sh(repo, sys.executable, "-c", block("load-lora"))
+    run_block(repo, "draw")
+    assert Image.open(repo / "cat.png").text["seed"] == "3"
+    assert "inkstyle" not in run_block(repo, "prompts") and "aquastyle" in run_block(repo, "prompts")
 
 
 def test_bad_params_stop_a_stage_with_one_line(repo):

@@ -1,0 +1,144 @@
+"""sweep: compare experiments over two params, as a heatmap per metric and an image grid.
+
+    dvc exp run --queue -S lora.rank=4,8,16 -S lora.alpha=4,8,16,32 && dvc queue start
+    python -m stages.sweep                  # after the queue is done: rows lora.rank, columns lora.alpha
+    python -m stages.sweep --rows train.lr --cols lora.rank --model watercolor --prompt 2 --metric '*final_loss'
+
+The table is `dvc exp show --json`'s, through `dvc.api.exp_show`; each experiment's image comes
+out of the DVC cache at its commit (`dvc.api.open`), so nothing is checked out or regenerated.
+Writes reports/sweep/: heatmaps.png, images.png and sweep.csv (one row per experiment).
+"""
+import argparse
+import fnmatch
+import io
+import math
+from pathlib import Path
+
+import dvc.api
+import pandas as pd
+from PIL import Image
+
+from stages import params
+from stages.errors import StyleMixError, run_stage
+from stages.generate import IMAGES, image_name
+from stages.images import grid
+from stages.outputs import atomic_dir
+from stages.score import REPORTS
+
+SWEEP = REPORTS / "sweep"
+DEFAULT_METRICS = ("*models.*.clip_score.mean", "*models.*.style_gain_over_base", "*train/*/metrics.json:final_loss")
+
+
+def label(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def column(table: pd.DataFrame, key: str) -> str:
+    """The column for a params or metrics key: DVC prefixes `file:` only where names would clash."""
+    matches = [c for c in table.columns if c == key or c.endswith(":" + key)]
+    if len(matches) != 1:
+        raise StyleMixError(f"`dvc exp show` has {'no' if not matches else 'several'} column {key!r}: "
+                            f"pass one of the params you swept (e.g. --rows lora.rank --cols lora.alpha)")
+    return matches[0]
+
+
+def experiments(rows: str, cols: str, repo: str = ".") -> pd.DataFrame:
+    """Every finished experiment (and commit) with a value for both params; for a repeated pair of
+    values the newest wins. Index: (row value, column value)."""
+    table = pd.DataFrame(dvc.api.exp_show(repo))
+    if table.empty:
+        raise StyleMixError("no experiments: run `dvc exp run --queue -S ...` and `dvc queue start` first")
+    r, c = column(table, rows), column(table, cols)
+    done = table[(table["rev"] != "workspace") & ~table["State"].isin(["Queued", "Running", "Failed"])]
+    done = done.dropna(subset=[r, c]).sort_values("Created", ascending=False, na_position="last")
+    done = done.drop_duplicates([r, c]).set_index([r, c]).sort_index()
+    if done.empty:
+        raise StyleMixError(f"no finished experiment sets both {rows} and {cols}; `dvc queue status` shows the queue")
+    return done
+
+
+def metric_columns(table: pd.DataFrame, patterns: list[str]) -> list[str]:
+    picked = [c for c in table.columns if any(fnmatch.fnmatchcase(c, p) for p in patterns)]
+    numeric = [c for c in picked if pd.to_numeric(table[c], errors="coerce").notna().any()]
+    if not numeric:
+        raise StyleMixError(f"no metric matches {patterns}; `dvc exp show` lists the metric names")
+    return numeric
+
+
+def heatmaps(table: pd.DataFrame, metrics: list[str], rows: str, cols: str, path: Path) -> None:
+    """One heatmap per metric over the two params, the value written in each cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(4, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        grid_values = pd.to_numeric(table[metric], errors="coerce").unstack()
+        im = ax.imshow(grid_values.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid_values.shape[1]), [label(v) for v in grid_values.columns])
+        ax.set_yticks(range(grid_values.shape[0]), [label(v) for v in grid_values.index])
+        ax.set_xlabel(cols)
+        ax.set_ylabel(rows)
+        ax.set_title(metric.split(":")[-1].removeprefix("models."), fontsize=8)
+        for (i, j), value in pd.DataFrame(grid_values.to_numpy()).stack().items():
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def image_grid(table: pd.DataFrame, model: str, prompt: int, seed: int, rows: str, cols: str, repo: str = ".") -> Image.Image:
+    """The same prompt and seed of `model` in every experiment: rows and columns are the two params."""
+    path = (IMAGES / model / image_name(prompt, seed)).as_posix()
+    row_values = table.index.get_level_values(0).unique()
+    col_values = table.index.get_level_values(1).unique()
+    blank = Image.new("RGB", (64, 64), "#bbb")
+    grid_rows = []
+    for r in row_values:
+        images = []
+        for c in col_values:
+            if (r, c) not in table.index:
+                images.append(blank)
+                continue
+            try:
+                with dvc.api.open(path, repo=repo, rev=table.loc[(r, c), "rev"], mode="rb") as f:
+                    images.append(Image.open(io.BytesIO(f.read())))
+            except FileNotFoundError as e:
+                raise StyleMixError(f"{path} is not in experiment {table.loc[(r, c), 'Experiment']}: "
+                                    f"pick a model, prompt and seed that the experiments generated") from e
+        grid_rows.append((f"{rows} = {label(r)}", images))
+    return grid(grid_rows, [f"{cols} = {label(c)}" for c in col_values], f"{model}: prompt {prompt}, seed {seed}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", default="lora.rank", help="params key for the rows (default lora.rank)")
+    parser.add_argument("--cols", default="lora.alpha", help="params key for the columns (default lora.alpha)")
+    parser.add_argument("--metric", action="append", help="metric name or glob, repeatable (default: CLIP "
+                        "score and style gain per model, final loss per style)")
+    parser.add_argument("--model", help="style or combination whose images to grid (default: the first style)")
+    parser.add_argument("--prompt", type=int, default=0, help="index into generate.prompts")
+    parser.add_argument("--seed", type=int, help="one of generate.seeds (default: the first)")
+    parser.add_argument("-o", "--out", type=Path, default=SWEEP)
+    args = parser.parse_args()
+
+    table = experiments(args.rows, args.cols)
+    metrics = metric_columns(table, args.metric or list(DEFAULT_METRICS))
+    p = params.load("styles", "generate")
+    model = args.model or next(iter(p.styles))
+    seed = p.generate.seeds[0] if args.seed is None else args.seed
+    with atomic_dir(args.out) as tmp:
+        table[["Experiment", "rev"] + metrics].reset_index().to_csv(tmp / "sweep.csv", index=False)
+        heatmaps(table, metrics, args.rows, args.cols, tmp / "heatmaps.png")
+        image_grid(table, model, args.prompt, seed, args.rows, args.cols).save(tmp / "images.png")
+    print(f"sweep: {len(table)} experiments x {len(metrics)} metrics -> {args.out}/heatmaps.png, images.png, sweep.csv")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,61 @@
+"""Every code block in the README is either run by a test (sh, python), validated (yaml) or marked
+as plain text, so the README cannot drift from the code. The e2e blocks run in test_pipeline.py."""
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from stages import params
+from tests.conftest import ROOT
+from tests.readme import block, commands, fences
+
+TESTS = ROOT / "tests"
+
+
+def test_every_block_is_labelled_and_every_command_block_is_run_by_a_test():
+    used = "".join(p.read_text() for p in TESTS.glob("test_*.py"))
+    for kind, name, lang, text in fences():
+        assert lang in ("sh", "python", "yaml", "text"), f"README block without a known language:\n{text}"
+        if lang in ("sh", "python"):
+            assert kind == "run", f"README {lang} block has no `<!-- run: NAME -->` marker:\n{text}"
+            assert re.search(rf"(block|commands)\(\"{name}\"", used), f"no test runs README block {name!r}"
+
+
+def test_make_block_is_the_makefile_and_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^(\w+):[^\n]*\n\t(?:[^\n]*\n\t)*?([^\n]*(?:dvc repro|pytest)[^\n]*)$", makefile, re.M))
+    assert [c.split()[:2] for c in commands("make")] == [["make", "repro"], ["make", "test"]]
+    assert recipes["repro"].strip() == "dvc repro" and "pytest" in recipes["test"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def merged(base: dict, fragment: dict) -> dict:
+    out = dict(base)
+    for key, value in fragment.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+@pytest.mark.parametrize("index", [i for i, f in enumerate(fences()) if f[2] == "yaml"])
+def test_yaml_blocks_are_valid_params(index, tmp_path):
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fragment = yaml.safe_load(fences()[index][3])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged(demo, fragment)))
+    params.load(*fragment, path=tmp_path / "params.yaml")
+
+
+def test_preset_block_gives_valid_params(tmp_path):
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    for line in commands("preset"):
+        subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+    p = params.load("base", "styles", "lora", "train", path=tmp_path / "params.yaml")
+    assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
+    assert all(s.source.startswith("data/raw/") for s in p.styles.values())
+
+
+def test_own_style_params_block_declares_a_raw_folder():
+    fragment = yaml.safe_load(block("own-style-params"))
+    (name, style), = fragment["styles"].items()
+    assert style["source"] == f"data/raw/{name}" and f"data/raw/{name}" in block("own-style")
