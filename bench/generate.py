@@ -28,7 +28,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
 
     def load():
-        pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype).to(default_device())
+        pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

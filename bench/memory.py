@@ -51,7 +51,7 @@ def one_step(precision: str, batch: int, checkpointing: bool, rank: int = 32, re
     for module in (unet, text_encoder):
         module.requires_grad_(False)
         module.to(DTYPES[precision])
-    add_lora(unet, text_encoder, params.Lora(rank=rank, alpha=rank / 2))
+    add_lora(unet, [text_encoder], params.Lora(rank=rank, alpha=rank / 2))
     cast_training_params([unet], dtype=torch.float32)
     unet.to(memory_format=torch.channels_last)
     if checkpointing:

@@ -76,7 +76,7 @@ def unet_with_lora(model: Path, p: params.Params, channels_last: bool = False):
     pipe = load_pipeline(str(model))
     pipe.unet.requires_grad_(False)
     torch.manual_seed(0)
-    add_lora(pipe.unet, pipe.text_encoder, p.lora)
+    add_lora(pipe.unet, [pipe.text_encoder], p.lora)
     pipe.unet.train()
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""base: pin the base model. `tiny` is built here into models/base/; any other model is
+"""base: pin the base model. `tiny` and `tiny-sdxl` are built here into models/base/; any other model is
 resolved (downloaded once, for a hub id) and its identity recorded in models/base/source.json,
 so every stage that depends on models/base reruns when the weights behind the name change."""
 from pathlib import Path
@@ -14,7 +14,7 @@ def main() -> None:
     source = identity(p.base.model, p.base.revision)
     with atomic_dir(BASE_DIR) as tmp:
         if source["kind"] == "tiny":
-            build_tiny(tmp)
+            build_tiny(tmp, sdxl=p.base.model == "tiny-sdxl")
         write_json(Path(tmp) / "source.json", source)
     print(f"base: {source['kind']} model {p.base.model} pinned in {BASE_DIR}/source.json")
 

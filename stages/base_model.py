@@ -1,10 +1,14 @@
 """Base models: the one loading path for hub ids, local diffusers folders, single-file
-checkpoints and `tiny`, and the builder of `tiny` itself.
+checkpoints and `tiny` / `tiny-sdxl`, and the builder of those two.
+
+SD 1.5 or SDXL is never a setting: diffusers picks the pipeline from model_index.json, a single
+file's keys tell which it is, and the stages ask the loaded model (`architecture`).
 
 `tiny` is a small Stable Diffusion (UNet, VAE with the real 8x downsampling, CLIP text encoder,
-SD 1.5's noise schedule) built from configs with a fixed seed and saved as an ordinary diffusers
-folder, so the demo and the tests go through exactly the code a real model does. Its tokenizer
-is the real CLIP BPE, derived from the vocabulary open_clip ships.
+SD 1.5's noise schedule), `tiny-sdxl` the same for SDXL (two text encoders, pooled text and
+time-id conditioning), built from configs with a fixed seed and saved as ordinary diffusers
+folders, so the demo and the tests go through exactly the code a real model does. Their
+tokenizers are the real CLIP BPE, derived from the vocabulary open_clip ships.
 """
 import json
 from pathlib import Path
@@ -12,9 +16,11 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from huggingface_hub import constants as hub_constants
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from safetensors import safe_open
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from stages import gpu
 from stages.errors import StyleMixError
@@ -28,6 +34,8 @@ transformers.utils.logging.disable_progress_bar()
 
 BASE_DIR = Path("models/base")  # the base stage's output: `tiny` itself, and source.json for any model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SD15, SDXL = "sd15", "sdxl"  # the two architectures; every stage reads which from the model itself
+PIPELINES = {SD15: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
 
 
 def default_device() -> torch.device:
@@ -36,7 +44,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def clip_tokenizer() -> CLIPTokenizer:
+def clip_tokenizer(**kwargs) -> CLIPTokenizer:
     """CLIP's tokenizer from open_clip's BPE file: the same ids as SD 1.5's tokenizer."""
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -45,22 +53,41 @@ def clip_tokenizer() -> CLIPTokenizer:
     # open_clip names the special tokens differently from CLIP's own (and SD's) vocab.json.
     renamed = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
     vocab = {renamed.get(token, token): i for token, i in bpe.encoder.items()}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, **kwargs)
 
 
-def build_tiny(path: Path | str, seed: int = 0) -> Path:
-    """Build the tiny SD-architecture model and save it as a diffusers folder at `path`."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
+def _tiny_unet(sdxl: bool) -> UNet2DConditionModel:
+    if not sdxl:
+        return UNet2DConditionModel(
+            sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        )
+    # SDXL's shape in small: a first level without attention, linear projections, both text
+    # encoders' hidden states side by side (32 + 32) and the pooled text + 6 time ids as extra input.
+    return UNet2DConditionModel(
+        sample_size=16, block_out_channels=(32, 64), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        use_linear_projection=True, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
     )
+
+
+def _tiny_text_encoder(cls=CLIPTextModel):
+    return cls(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+
+
+def build_tiny(path: Path | str, seed: int = 0, sdxl: bool = False) -> Path:
+    """Build a tiny SD 1.5 (or SDXL) architecture model and save it as a diffusers folder at `path`."""
+    torch.manual_seed(seed)
+    unet = _tiny_unet(sdxl)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         block_out_channels=(16, 32, 32, 32),  # four blocks: the real 8x downsampling
@@ -70,54 +97,81 @@ def build_tiny(path: Path | str, seed: int = 0) -> Path:
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=128,
+        scaling_factor=0.13025 if sdxl else 0.18215,
     )
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    ))
-    scheduler = PNDMScheduler(  # SD 1.5's scheduler config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        num_train_timesteps=1000, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    text_encoder = _tiny_text_encoder()
+    # SD 1.5's and SDXL's noise schedule; each model's own default sampler.
+    schedule = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
+    if not sdxl:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+            scheduler=PNDMScheduler(**schedule, skip_prk_steps=True, set_alpha_to_one=False),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    else:
+        torch.manual_seed(seed + 3)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=_tiny_text_encoder(CLIPTextModelWithProjection),
+            tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"),  # SDXL's second tokenizer pads with "!"
+            unet=unet, scheduler=EulerDiscreteScheduler(**schedule, timestep_spacing="leading"), add_watermarker=False,
+        )
     pipe.save_pretrained(path, safe_serialization=True)
     return Path(path)
 
 
-def _not_found(model: str, kind: str, err: Exception) -> StyleMixError:
+def architecture(model) -> str:
+    """SD15 or SDXL, from a pipeline or UNet: SDXL's UNet takes the pooled text and time ids."""
+    unet = getattr(model, "unet", model)
+    return SDXL if unet.config.get("addition_embed_type") == "text_time" else SD15
+
+
+def file_architecture(path: Path | str) -> str:
+    """SD15 or SDXL from a single-file checkpoint's keys: SDXL's second text encoder is conditioner.embedders.1."""
+    with safe_open(str(path), "pt") as f:
+        return SDXL if any(k.startswith("conditioner.embedders.1.") for k in f.keys()) else SD15
+
+
+def _not_found(model: str, kind: str, err: Exception, key: str = "base.model") -> StyleMixError:
     if kind == "hub":
         offline = " HF_HUB_OFFLINE is set, so nothing was downloaded;" if hub_constants.HF_HUB_OFFLINE else ""
         where = f"on disk and in the Hugging Face cache ({hub_constants.HF_HUB_CACHE})"
         return StyleMixError(
-            f"base.model = {model!r}: not found {where}.{offline} download it once with network "
-            f"(`hf download {model}`) or point base.model at a local folder ({type(err).__name__})"
+            f"{key} = {model!r}: not found {where}.{offline} download it once with network "
+            f"(`hf download {model}`) or point {key} at a local folder ({type(err).__name__})"
         )
-    return StyleMixError(f"base.model = {model!r}: cannot load from {Path(model).resolve()} ({err})")
+    return StyleMixError(f"{key} = {model!r}: cannot load from {Path(model).resolve()} ({err})")
 
 
-def load_pipeline(model: str, revision: str | None = None, dtype: str = "float32") -> DiffusionPipeline:
-    """Load any kind of base model as a diffusers pipeline (safety checker off)."""
+def load_pipeline(model: str, revision: str | None = None, dtype: str = "float32", vae: str | None = None) -> DiffusionPipeline:
+    """Load any kind of base model as a diffusers pipeline (safety checker off), with `vae` instead
+    of its own VAE when given."""
     kind = model_kind(model)
     torch_dtype = DTYPES[dtype]
     if kind == "tiny":
         if not (BASE_DIR / "model_index.json").is_file():
-            raise StyleMixError(f"base.model = 'tiny': {BASE_DIR}/ holds no model yet; run `dvc repro base`")
+            raise StyleMixError(f"base.model = {model!r}: {BASE_DIR}/ holds no model yet; run `dvc repro base`")
         model, kind = str(BASE_DIR), "local"
     if kind == "single_file" and not Path(model).is_file():
         raise StyleMixError(f"base.model = {model!r}: no such file ({Path(model).resolve()})")
+    extra = {"vae": load_vae(vae, torch_dtype)} if vae else {}
     try:
         if kind == "single_file":
-            return StableDiffusionPipeline.from_single_file(model, dtype=torch_dtype, safety_checker=None)
-        return DiffusionPipeline.from_pretrained(
-            model, revision=revision, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
-        )
+            arch = file_architecture(model)
+            extra |= {"safety_checker": None} if arch == SD15 else {}
+            return PIPELINES[arch].from_single_file(model, dtype=torch_dtype, **extra)
+        # SDXL pipelines have no safety checker; diffusers ignores the two arguments for them.
+        return DiffusionPipeline.from_pretrained(model, revision=revision, dtype=torch_dtype, safety_checker=None,
+                                                 requires_safety_checker=False, **extra)
     except (OSError, ValueError) as err:
         raise _not_found(model, kind, err) from None
+
+
+def load_vae(vae: str, dtype: torch.dtype) -> AutoencoderKL:
+    try:
+        return AutoencoderKL.from_pretrained(vae, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise _not_found(vae, model_kind(vae), err, key="base.vae") from None
 
 
 def identity(model: str, revision: str | None) -> dict:

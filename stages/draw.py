@@ -10,7 +10,7 @@ from stages import params
 from stages.base_model import default_device, load_pipeline
 from stages.errors import StyleMixError, run_stage
 from stages.generate import SCHEDULERS, render, triggered
-from stages.lora_files import LORAS, read_info
+from stages.lora_files import LORAS, read_info_for
 from stages.merge import MERGED
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     p = params.load("base", "generate")
     cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative)) if v is not None})
-    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype).to(default_device())
+    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
     names, weights, triggers = [], [], {}
@@ -41,7 +41,7 @@ def main() -> None:
         folder = next((f for f in (LORAS / name, MERGED / name) if f.is_dir()), None)
         if folder is None:
             raise StyleMixError(f"no trained style or merged combination named {name!r} in {LORAS}/ or {MERGED}/")
-        info = read_info(folder)
+        info = read_info_for(folder, pipe)
         triggers |= info.get("triggers") or {name: info["trigger"]}
         pipe.load_lora_weights(folder, adapter_name=name)
         names.append(name)

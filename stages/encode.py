@@ -1,8 +1,9 @@
 """encode@S: run the frozen VAE and text encoder once per style, so training never does.
 
 Stores, per filtered image, the VAE posterior (mean and std, already multiplied by the VAE's
-scaling factor) of the image and of its mirror image, and the text encoder's hidden states of
-its training caption (trigger word applied), plus the empty caption's for caption dropout.
+scaling factor) of the image and of its mirror image, and the text encoders' output for its
+training caption (trigger word applied): hidden states, and for SDXL the pooled embedding and
+the time ids of its original size and crop. The empty caption's too, for caption dropout.
 Training samples latents from the stored posterior, as if it had run the VAE itself.
 """
 import json
@@ -12,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from stages import params
-from stages.base_model import default_device, load_pipeline
+from stages.base_model import SDXL, architecture, default_device, load_pipeline
 from stages.caption import CAPTIONS
+from stages.conditioning import encode_text, text_encoders, time_ids, tokenize
 from stages.errors import StyleMixError, run_stage
 from stages.filter import FILTERED
-from stages.outputs import atomic_dir, read_jsonl
+from stages.outputs import atomic_dir, read_jsonl, save_safetensors
 from stages.progress import progress
 from stages.prompts import training_captions
 
@@ -42,38 +43,55 @@ def pixels(folder: Path, names: list[str], resolution: int) -> torch.Tensor:
 def encode_style(name: str, style: params.Style, base: params.Base,
                  filtered: Path = FILTERED, captions: Path = CAPTIONS, out: Path = LATENTS) -> dict:
     texts = training_captions(name, style, captions)
-    names = [row["file_name"] for row in read_jsonl(filtered / name / "index.jsonl")]
+    records = read_jsonl(filtered / name / "index.jsonl")
+    names = [row["file_name"] for row in records]
     missing = [n for n in names if n not in texts]
     if missing:
         raise StyleMixError(f"style {name}: no caption for {', '.join(missing[:3])}; rerun `dvc repro caption@{name}`")
-    pipe = load_pipeline(base.model, base.revision, base.dtype)
-    device, dtype = default_device(), pipe.vae.dtype
-    vae, text_encoder, tokenizer = pipe.vae.to(device), pipe.text_encoder.to(device), pipe.tokenizer
+    pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae)
+    device = default_device()
+    vae = pipe.vae.to(device)
+    if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's own VAE overflows in fp16
+        vae.to(torch.float32)
     scale = vae.config.scaling_factor
     store: dict[str, list[torch.Tensor]] = {k: [] for k in ("mean", "std", "mean_flipped", "std_flipped")}
     with progress() as bar:
         task = bar.add_task(f"encode {name}", total=len(names))
         for start in range(0, len(names), BATCH):
-            batch = pixels(filtered / name, names[start : start + BATCH], base.resolution).to(device, dtype)
+            batch = pixels(filtered / name, names[start : start + BATCH], base.resolution).to(device, vae.dtype)
             for suffix, x in (("", batch), ("_flipped", batch.flip(-1))):
                 posterior = vae.encode(x).latent_dist
                 store["mean" + suffix].append((posterior.mean * scale).float().cpu())
                 store["std" + suffix].append((posterior.std * scale).float().cpu())
             bar.advance(task, len(names[start : start + BATCH]))
-    captions_in_order = [texts[n] for n in names]
-    ids = tokenizer(captions_in_order + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    too_long = [n for n, c in zip(names, captions_in_order) if len(tokenizer(c).input_ids) > tokenizer.model_max_length]
-    if too_long:
-        print(f"warning: {len(too_long)} caption(s) of {name} exceed {tokenizer.model_max_length} tokens and are cut: {', '.join(too_long[:3])}")
-    hidden = torch.cat([text_encoder(ids[i : i + BATCH].to(device))[0].float().cpu() for i in range(0, len(ids), BATCH)])
     tensors = {k: torch.cat(v).contiguous() for k, v in store.items()}
-    tensors |= {"input_ids": ids[:-1].contiguous(), "text_hidden": hidden[:-1].contiguous(),
-                "empty_ids": ids[-1:].contiguous(), "empty_hidden": hidden[-1:].contiguous()}
+    captions_in_order = [texts[n] for n in names]
+    tensors |= encode_captions(pipe, captions_in_order, names, device)
+    if architecture(pipe) == SDXL:
+        tensors["time_ids"] = time_ids(records, base.resolution)
     meta = {"files": json.dumps(names), "captions": json.dumps(captions_in_order),
-            "resolution": str(base.resolution), "base_model": base.model}
+            "resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
     with atomic_dir(out / name) as tmp:
-        save_file(tensors, tmp / "latents.safetensors", metadata=meta)
+        save_safetensors(tensors, tmp / "latents.safetensors", meta)
+    return tensors
+
+
+def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict[str, torch.Tensor]:
+    """Token ids (for text-encoder training) and the frozen encoders' output of every caption, plus
+    the empty caption's (`empty_` keys) for caption dropout."""
+    limit = pipe.tokenizer.model_max_length
+    too_long = [n for n, c in zip(names, captions) if len(pipe.tokenizer(c).input_ids) > limit]
+    if too_long:
+        print(f"warning: {len(too_long)} caption(s) exceed {limit} tokens and are cut: {', '.join(too_long[:3])}")
+    ids = tokenize(pipe, captions + [""])
+    encoders = [te.to(device) for te in text_encoders(pipe)]
+    chunks = [encode_text(encoders, [x[i : i + BATCH].to(device) for x in ids.values()]) for i in range(0, len(captions) + 1, BATCH)]
+    outputs = {"text_hidden": torch.cat([h for h, _ in chunks]).float().cpu()} | ids
+    if chunks[0][1] is not None:
+        outputs["text_pooled"] = torch.cat([p for _, p in chunks]).float().cpu()
+    tensors = {}
+    for key, value in outputs.items():
+        tensors[key], tensors["empty_" + key] = value[:-1].contiguous(), value[-1:].contiguous()
     return tensors
 
 

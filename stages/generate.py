@@ -15,7 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 from stages import params
 from stages.base_model import default_device, load_pipeline
 from stages.errors import StyleMixError, run_stage
-from stages.lora_files import LORAS, read_info
+from stages.lora_files import LORAS, read_info_for
 from stages.merge import MERGED
 from stages.outputs import atomic_dir
 from stages.progress import progress
@@ -63,7 +63,7 @@ def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, 
 
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:
     """Draw every prompt x seed for one model into `out`; returns the number of images."""
-    info = read_info(lora) if lora else {}
+    info = read_info_for(lora, pipe) if lora else {}
     if lora:
         pipe.load_lora_weights(lora, adapter_name=model)
         pipe.set_adapters([model])
@@ -90,7 +90,7 @@ def main() -> None:
     lora = lora_folder(kind, name)
     if lora and not lora.is_dir():
         raise StyleMixError(f"{lora} missing: run `dvc repro {'train' if kind == 'style' else 'merge'}@{name}` first")
-    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype).to(default_device())
+    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
     pipe.set_progress_bar_config(disable=True)
     with atomic_dir(IMAGES / name) as tmp:
         count = generate_model(pipe, name, lora, p.generate, p.base, tmp)

@@ -4,7 +4,9 @@ Every LoRA stylemix writes is a folder with
 - pytorch_lora_weights.safetensors: diffusers layout with peft's rank/alpha in its metadata, so
   `pipe.load_lora_weights(folder)` applies it at the trained scale; our own facts (trigger word,
   base model, resolution, steps, params hash) ride along under the `stylemix` metadata key;
-- <name>_kohya.safetensors: kohya layout (`lora_unet_*`, `lora_te_*`, `.alpha`) for A1111/ComfyUI;
+- <name>_kohya.safetensors: kohya layout (`.alpha` per layer) for A1111/ComfyUI: `lora_unet_*`
+  with diffusers' module names and `lora_te_*` for SD 1.5; for SDXL `lora_unet_*` with the
+  original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`;
 - README.md: a model card.
 Never pickle.
 """
@@ -13,15 +15,15 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stages import params
+from stages.base_model import PIPELINES, SD15, SDXL, architecture
 from stages.errors import StyleMixError
+from stages.outputs import save_safetensors
 
 LORAS = Path("models/lora")  # train@S writes models/lora/<style>/
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -46,59 +48,97 @@ def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     return wanted
 
 
-def add_lora(unet, text_encoder, cfg: params.Lora) -> None:
-    """Add a trainable LoRA adapter to the UNet (and the text encoder when asked)."""
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                target_modules=unet_targets(unet, cfg.targets)))
+def add_lora(unet, text_encoders: list, cfg: params.Lora) -> None:
+    """Add a trainable LoRA adapter to the UNet (and every text encoder when asked)."""
+    targets = unet_targets(unet, cfg.targets)
+    if architecture(unet) == SDXL:  # every adapted layer needs a kohya name; fail now, not after training
+        for module, _ in unet.named_modules():
+            if any(_matches(module, t) for t in targets):
+                sgm_name(module, unet.config.layers_per_block)
+    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets))
     if cfg.text_encoder:
-        text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                            target_modules=TEXT_TARGETS))
+        for text_encoder in text_encoders:
+            text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
+                                                target_modules=TEXT_TARGETS))
 
 
-def to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
-    """peft keys (`<module>.lora_A.weight`) to kohya's (`<prefix><module_with_underscores>.lora_down.weight`).
+RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+MID_SGM = {"resnets.0": "0", "attentions.0": "1", "resnets.1": "2"}
+
+
+def sgm_name(module: str, layers_per_block: int) -> str:
+    """A diffusers SDXL UNet module's name in the original (sgm) UNet: input_blocks / middle_block /
+    output_blocks numbered as the original counts them (layers_per_block + 1 per level)."""
+    parts = module.split(".")
+    per_level = layers_per_block + 1
+    if parts[0] == "mid_block" and ".".join(parts[1:3]) in MID_SGM:
+        block, rest = f"middle_block.{MID_SGM['.'.join(parts[1:3])]}", parts[3:]
+    elif parts[0] in ("down_blocks", "up_blocks") and len(parts) > 3 and parts[2] in ("resnets", "attentions"):
+        level, kind, j = int(parts[1]), parts[2], int(parts[3])
+        index = 1 + level * per_level + j if parts[0] == "down_blocks" else level * per_level + j
+        block = f"{'input' if parts[0] == 'down_blocks' else 'output'}_blocks.{index}.{int(kind == 'attentions')}"
+        rest = parts[4:]
+    else:
+        raise StyleMixError(f"lora.targets: SDXL layer {module} is outside the UNet's resnets and attentions, "
+                            "which is all the kohya SDXL layout names; target attention or resnet layers")
+    if "attentions" not in module and rest and rest[0] in RESNET_SGM:
+        rest = RESNET_SGM[rest[0]].split(".") + rest[1:]
+    return ".".join([block, *rest])
+
+
+def to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float, rename=lambda module: module) -> dict[str, torch.Tensor]:
+    """peft keys (`<module>.lora_A.weight`) to kohya's (`<prefix><renamed_module_with_underscores>.lora_down.weight`).
     Written here because diffusers' convert_state_dict_to_kohya stores alpha = rank and names the
     SD 1.5 text encoder `lora_te1_`, both of which A1111 would misread."""
     out = {}
     for key, weight in state.items():
         module, kind = key.rsplit(".lora_", 1)
-        name = prefix + module.replace(".", "_")
+        name = prefix + rename(module).replace(".", "_")
         out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = weight.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     return out
 
 
-def save_lora(folder: Path, name: str, unet, text_encoder, info: dict) -> None:
-    """Write the trained adapter(s) of `unet` (and `text_encoder` if it has one) in both layouts."""
-    states = {"unet": (get_peft_model_state_dict(unet), unet.peft_config["default"].to_dict())}
-    if getattr(text_encoder, "peft_config", None):
-        states["text_encoder"] = (get_peft_model_state_dict(text_encoder), text_encoder.peft_config["default"].to_dict())
-    save_states(folder, name, states, info)
+def save_lora(folder: Path, name: str, pipe, info: dict) -> None:
+    """Write the trained adapters of the pipeline's UNet and text encoder(s) in both layouts."""
+    states = {}
+    for component in PIPELINES[architecture(pipe)]._lora_loadable_modules:
+        module = getattr(pipe, component)
+        if getattr(module, "peft_config", None):
+            states[component] = (get_peft_model_state_dict(module), module.peft_config["default"].to_dict())
+    config = pipe.unet.config
+    save_states(folder, name, states, info | {"architecture": architecture(pipe), "layers_per_block": config.layers_per_block})
 
 
 def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], info: dict) -> None:
-    """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...})."""
-    unet_state, unet_config = states["unet"]
-    te_state, te_config = states.get("text_encoder", ({}, None))
-    StableDiffusionPipeline.save_lora_weights(
-        folder,
-        unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(te_state) if te_state else None,
-        unet_lora_adapter_metadata=unet_config,
-        text_encoder_lora_adapter_metadata=te_config,
-    )
+    """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...,
+    "text_encoder_2": ...}); info["architecture"] says which pipeline's layout."""
+    arch = info["architecture"]
+    PIPELINES[arch].save_lora_weights(folder, **{
+        key: value for component, (state, config) in states.items()
+        # peft's own key names (`lora_A` / `lora_B`): diffusers' older names exist for attention
+        # layers only, and a file mixing the two is misread. Contiguous: conv factors trained
+        # channels_last are not, and safetensors refuses them.
+        for key, value in ((f"{component}_lora_layers", {k: v.contiguous() for k, v in state.items()}),
+                           (f"{component}_lora_adapter_metadata", config))})
     # Re-save with our facts added to diffusers' metadata (tensors unchanged).
     path = folder / WEIGHTS
     with safe_open(path, "pt") as f:
         metadata = f.metadata() | {"stylemix": json.dumps(info)}
-    save_file(load_file(path), path, metadata=metadata)
-    alpha, rank = unet_config["lora_alpha"], unet_config["r"]
-    kohya = to_kohya(unet_state, "lora_unet_", alpha)
-    # Kohya names the SD 1.5 text encoder after its original `text_model.` module path.
-    te_state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in te_state.items()}
-    kohya |= to_kohya(te_state, "lora_te_", te_config["lora_alpha"] if te_config else alpha)
-    save_file(kohya, folder / f"{name}_kohya.safetensors", metadata={
-        "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+    save_safetensors(load_file(path), path, metadata)
+    unet_state, unet_config = states["unet"]
+    rename = (lambda m: sgm_name(m, info["layers_per_block"])) if arch == SDXL else (lambda m: m)
+    kohya = to_kohya(unet_state, "lora_unet_", unet_config["lora_alpha"], rename)
+    te_prefixes = {"text_encoder": "lora_te_"} if arch == SD15 else {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+    for component, prefix in te_prefixes.items():
+        if component in states:
+            state, config = states[component]
+            # Kohya names the text encoders after their original `text_model.` module path.
+            state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
+            kohya |= to_kohya(state, prefix, config["lora_alpha"])
+    save_safetensors(kohya, folder / f"{name}_kohya.safetensors", {
+        "ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
+        "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
         "stylemix": json.dumps(info)})
 
 
@@ -111,10 +151,11 @@ def weights_file(folder: Path) -> Path:
 
 
 def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
-    """A LoRA folder as {"unet" | "text_encoder": {module: (A, B, alpha / rank)}}, read through
-    diffusers' own loader so any file it accepts works here."""
+    """A LoRA folder as {"unet" | "text_encoder" | "text_encoder_2": {module: (A, B, alpha / rank)}},
+    read through diffusers' own loader so any file it accepts works here."""
     path = weights_file(folder)
-    state, _, metadata = StableDiffusionPipeline.lora_state_dict(str(folder), return_lora_metadata=True)
+    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
+    state, _, metadata = pipeline.lora_state_dict(str(folder), return_lora_metadata=True)
     factors: dict[str, dict] = {}
     for key, weight in state.items():
         prefix, rest = key.split(".", 1)
@@ -135,3 +176,15 @@ def read_info(folder: Path) -> dict:
     path = weights_file(folder)
     with safe_open(path, "pt") as f:
         return json.loads(f.metadata().get("stylemix", "{}"))
+
+
+def read_info_for(folder: Path, pipe) -> dict:
+    """read_info, refusing a LoRA made for the other architecture than the pipeline's."""
+    info = read_info(folder)
+    lora, base = info.get("architecture", SD15), architecture(pipe)
+    if lora != base:
+        names = {SD15: "SD 1.5", SDXL: "SDXL"}
+        raise StyleMixError(f"{folder} is an {names[lora]} LoRA and base.model is {names[base]}: "
+                            f"retrain it on this base (`dvc repro`) or set base.model back")
+    return info
+

@@ -15,6 +15,7 @@ from peft import LoraConfig
 from peft.utils import merge_utils
 
 from stages import params
+from stages.base_model import SD15
 from stages.errors import StyleMixError, run_stage
 from stages.lora_files import LORAS, load_factors, read_info, save_states
 from stages.outputs import atomic_dir
@@ -68,6 +69,11 @@ def merge(components: list[tuple[dict, float]], combo: params.Combo) -> dict[str
 
 def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED) -> dict:
     infos = {style: read_info(loras / style) for style in combo.weights}
+    archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
+    if len(set(archs.values())) > 1:
+        sides = "; ".join(f"{arch}: {', '.join(s for s, a in archs.items() if a == arch)}" for arch in sorted(set(archs.values())))
+        raise StyleMixError(f"merge.combos.{name} mixes SD 1.5 and SDXL LoRAs ({sides}), which cannot be combined; "
+                            f"retrain them on one base model")
     bases = {info.get("base_model") for info in infos.values()}
     if len(bases) > 1:
         raise StyleMixError(f"merge.combos.{name}: its styles were trained on different base models ({', '.join(map(str, bases))})")
@@ -85,7 +91,8 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         states[prefix] = (state, config)
     info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
-            "resolution": next(iter(infos.values())).get("resolution")}
+            "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
+            "layers_per_block": next(iter(infos.values())).get("layers_per_block")}
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
     return info

@@ -1,5 +1,6 @@
 """Write outputs to a temporary sibling and rename into place, so a killed stage never leaves
-a half-written file or folder that looks finished."""
+a half-written file or folder that looks finished; and write them byte-identical for identical
+contents, so DVC sees an unchanged output and skips what depends on it."""
 import json
 import os
 import shutil
@@ -46,3 +47,18 @@ def write_jsonl(path: Path | str, rows: list[dict]) -> None:
 
 def read_jsonl(path: Path | str) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def save_safetensors(tensors: dict, path: Path | str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors.torch.save_file, with the header's keys sorted: safetensors writes the metadata
+    in a random order per process (safetensors issue #584), so equal LoRAs would differ in bytes
+    and every stage after them would rerun. Offsets in the header are relative to the data, so
+    rewriting the header leaves the tensors as they are."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    atomic_write(path, len(header).to_bytes(8, "little") + header + data[8 + size :])
+

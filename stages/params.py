@@ -16,7 +16,7 @@ from stages.errors import StyleMixError
 PARAMS_FILE = Path("params.yaml")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-TINY_MODELS = ("tiny",)
+TINY_MODELS = ("tiny", "tiny-sdxl")  # built from configs by the base stage
 # LoRA target presets: the main reference's attention projections, and the caption-aware
 # reference's cross-attention query/value only.
 TARGET_PRESETS = {
@@ -44,7 +44,7 @@ def model_kind(model: str) -> str:
     if HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return "hub"
     raise ValueError(
-        "not tiny, an existing diffusers folder, a .safetensors checkpoint, "
+        "not tiny, tiny-sdxl, an existing diffusers folder, a .safetensors checkpoint, "
         "or a hub id like runwayml/stable-diffusion-v1-5"
     )
 
@@ -54,11 +54,19 @@ class Base(Section):
     revision: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     resolution: Annotated[int, Field(ge=32)] = 512
+    vae: str | None = None  # a VAE to use instead of the model's (hub id or diffusers folder), e.g. an fp16-safe SDXL VAE
 
     @field_validator("model")
     @classmethod
     def _known_kind(cls, value: str) -> str:
         model_kind(value)
+        return value
+
+    @field_validator("vae")
+    @classmethod
+    def _vae_kind(cls, value: str | None) -> str | None:
+        if value is not None and model_kind(value) not in ("hub", "local"):
+            raise ValueError("must be a hub id or a diffusers VAE folder (or null for the model's own)")
         return value
 
     @field_validator("resolution")

@@ -27,6 +27,7 @@ from scmrepo.exceptions import SCMError
 
 from stages import checkpoints, gpu, params
 from stages.base_model import load_pipeline, pinned_source
+from stages.conditioning import IDS, encode_text, text_encoders, unet_kwargs
 from stages.encode import LATENTS
 from stages.errors import StyleMixError, run_stage
 from stages.images import contact_sheet
@@ -51,33 +52,33 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
 
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device):
     """The base pipeline, frozen, with fresh LoRA adapters; returns (pipe, trained modules, trainables)."""
-    pipe = load_pipeline(p.base.model, p.base.revision, "float32")
+    pipe = load_pipeline(p.base.model, p.base.revision, "float32", p.base.vae)
     pipe.set_progress_bar_config(disable=True)
-    unet, text_encoder = pipe.unet, pipe.text_encoder
-    for module in (unet, text_encoder, pipe.vae):
+    unet, encoders = pipe.unet, text_encoders(pipe)
+    for module in (unet, *encoders, pipe.vae):
         module.requires_grad_(False)
     # Frozen base weights in the training precision; the LoRA weights stay float32.
     weight_dtype = DTYPES[cfg.mixed_precision]
-    for module in (unet, text_encoder):
+    for module in (unet, *encoders):
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
     set_seed(cfg.seed)  # the LoRA's random initialisation
-    add_lora(unet, text_encoder, p.lora)
-    trained = [unet, text_encoder] if p.lora.text_encoder else [unet]
+    add_lora(unet, encoders, p.lora)
+    trained = [unet, *encoders] if p.lora.text_encoder else [unet]
     cast_training_params(trained, dtype=torch.float32)
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if p.lora.text_encoder:
-            text_encoder.gradient_checkpointing_enable()
-    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder"), trained)
+        for encoder in trained[1:]:
+            encoder.gradient_checkpointing_enable()
+    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder", "text_encoder_2"), trained)
                   for k, v in m.named_parameters() if v.requires_grad}
     return pipe, trained, trainables
 
 
 def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
-    groups = [{"params": [v for k, v in trainables.items() if k.startswith(prefix)], "lr": lr}
-              for prefix, lr in (("unet.", cfg.lr), ("text_encoder.", cfg.text_encoder_lr or cfg.lr))]
+    groups = [{"params": [v for k, v in trainables.items() if k.startswith("unet.") == unet], "lr": lr}
+              for unet, lr in ((True, cfg.lr), (False, cfg.text_encoder_lr or cfg.lr))]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw8bit":
         try:
@@ -130,7 +131,7 @@ def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Tra
 
 
 def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: params.Train, gen: torch.Generator,
-                   text_encoder=None) -> torch.Tensor:
+                   encoders: list | None = None) -> torch.Tensor:
     """Noise cached latents at random timesteps and score the UNet's prediction (min-SNR weighted)."""
     device = gen.device
     b = len(idx)
@@ -138,11 +139,11 @@ def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: pa
     pick = lambda key: torch.where(flip[:, None, None, None], data[key + "_flipped"][idx], data[key][idx])  # noqa: E731
     latents = pick("mean") + pick("std") * torch.randn(pick("mean").shape, generator=gen, device=device)
     drop = torch.rand(b, generator=gen, device=device) < cfg.caption_dropout
-    if text_encoder is None:  # frozen text encoder: its cached output
-        cond = torch.where(drop[:, None, None], data["empty_hidden"], data["text_hidden"][idx])
+    caption = lambda key: torch.where(drop.view(-1, *[1] * (data[key].dim() - 1)), data["empty_" + key], data[key][idx])  # noqa: E731
+    if encoders is None:  # frozen text encoders: their cached output
+        cond, pooled = caption("text_hidden"), caption("text_pooled") if "text_pooled" in data else None
     else:
-        ids = torch.where(drop[:, None], data["empty_ids"], data["input_ids"][idx])
-        cond = text_encoder(ids)[0]
+        cond, pooled = encode_text(encoders, [caption(k) for k in IDS[: len(encoders)]])
     noise = torch.randn(latents.shape, generator=gen, device=device)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen, device=device)
@@ -150,7 +151,7 @@ def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: pa
     noisy = noise_scheduler.add_noise(latents, noise, t)
     v_pred = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
-    pred = unet(noisy, t, cond).sample
+    pred = unet(noisy, t, cond, **unet_kwargs(pooled, data["time_ids"][idx] if pooled is not None else None)).sample
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma:
         snr = compute_snr(noise_scheduler, t)
@@ -190,7 +191,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     optimizer = make_optimizer(trainables, cfg, device)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     prepared = accelerator.prepare(*trained, optimizer)
-    model, te_model, optimizer = prepared[0], prepared[1] if len(trained) == 2 else None, prepared[-1]
+    model, te_models, optimizer = prepared[0], list(prepared[1:-1]) or None, prepared[-1]
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     data = {k: v.to(device) for k, v in data.items()}
@@ -215,7 +216,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                 idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank).to(device)
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_model)
+                    loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_models)
                     losses.append(accelerator.reduce(loss.detach(), "mean").item())
                     if not math.isfinite(losses[-1]):
                         raise StyleMixError(
@@ -249,7 +250,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         live.summary.update(summary)
         live.end()
         pipe.unet = accelerator.unwrap_model(model)
-        pipe.text_encoder = accelerator.unwrap_model(te_model) if te_model else pipe.text_encoder
+        for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
+            setattr(pipe, component, accelerator.unwrap_model(te))
         save_outputs(out / name, name, pipe, p, cfg, run, total)
         accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
@@ -265,7 +267,7 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
             "text_encoder": p.lora.text_encoder, "params_hash": run}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
-        save_lora(tmp, name, pipe.unet, pipe.text_encoder, info)
+        save_lora(tmp, name, pipe, info)
         device = next(pipe.unet.parameters()).device
         images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
         labels = [with_trigger(q, style) for q in cfg.validation_prompts]

@@ -12,12 +12,12 @@ from stages.merge import merge_combo
 def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed):
     pipe = load_pipeline(str(tiny_model))
     torch.manual_seed(seed)
-    add_lora(pipe.unet, pipe.text_encoder, params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder))
+    add_lora(pipe.unet, [pipe.text_encoder], params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder))
     for module in (pipe.unet, pipe.text_encoder):
         for name, weight in module.named_parameters():
             if "lora_B" in name:
                 weight.data.normal_(0, 0.2)  # a trained-looking, non-zero update
-    save_lora(folder, folder.name, pipe.unet, pipe.text_encoder,
+    save_lora(folder, folder.name, pipe,
               {"trigger": f"{folder.name}style", "base_model": "tiny", "resolution": 32})
     return pipe
 

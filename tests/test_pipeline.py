@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from safetensors import safe_open
 
 from tests.conftest import ROOT
 from tests.readme import block, commands
@@ -42,9 +43,8 @@ def reduce(raw: dict) -> None:
     raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+def make_repo(repo: Path) -> Path:
+    """A fresh clone of this checkout, reduced to the small demo, in a temp git repo."""
     repo.mkdir()
     for name in ("stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
         src, dst = ROOT / name, repo / name
@@ -57,18 +57,24 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("e2e") / "repo")
+
+
 def ran(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
 STYLES = ("watercolor", "pixelart")
+EVERY_STAGE = ({"sample", "base", "generate_base", "score", "report"}
+               | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
+               | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")})
 
 
 def test_repro_runs_every_stage_then_nothing(repo):
     first = sh(repo, "dvc", "repro").stdout
-    per_style = {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
-    per_combo = {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
-    assert ran(first) == {"sample", "base", "generate_base", "score", "report"} | per_style | per_combo
+    assert ran(first) == EVERY_STAGE
     for style in STYLES:
         rows = [json.loads(line) for line in (repo / f"data/captions/{style}/metadata.jsonl").read_text().splitlines()]
         assert len(rows) == 8 and all(r["text"] for r in rows)  # 5 images + gray, rgba, rotated
@@ -207,7 +213,7 @@ def test_accelerate_launch_then_commit(repo):
 
 
 def test_adding_a_style_trains_only_it(repo):
-    run_block(repo, "own-style", {"~/Pictures/ink/*": "data/sample/sketch/*"})
+    run_block(repo, "own-style", {"~/Pictures/ink/*": "data/sample/watercolor/*"})
     set_params(repo, lambda raw: raw["styles"].update(yaml.safe_load(block("own-style-params"))["styles"]))
     log = run_block(repo, "own-style-repro")
     assert {s for s in ran(log) if s.split("@")[0] in ("filter", "caption", "encode", "train", "generate_style")} == {
@@ -236,3 +242,19 @@ def test_bad_params_stop_a_stage_with_one_line(repo):
 def test_unknown_style_is_named(repo):
     result = sh(repo, sys.executable, "-m", "stages.filter", "anime", check=False)
     assert result.returncode == 2 and "unknown style 'anime'" in result.stderr
+
+
+def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
+    repo = make_repo(tmp_path / "repo")
+    log = run_block(repo, "sdxl-demo")
+    assert ran(log) == EVERY_STAGE
+    assert json.loads((repo / "models/base/model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    for folder in [repo / "models/lora" / s for s in STYLES] + [repo / "models/merged" / c for c in ("mix", "mix2")]:
+        weights = folder / "pytorch_lora_weights.safetensors"
+        assert json.loads(safe_open(weights, "pt").metadata()["stylemix"])["architecture"] == "sdxl", folder
+        kohya = safe_open(folder / f"{folder.name}_kohya.safetensors", "pt").keys()
+        assert any(k.startswith("lora_unet_output_blocks_") for k in kohya), folder
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
+    assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)
+

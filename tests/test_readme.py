@@ -1,5 +1,6 @@
 """Every code block in the README is either run by a test (sh, python), validated (yaml) or marked
 as plain text, so the README cannot drift from the code. The e2e blocks run in test_pipeline.py."""
+import itertools
 import re
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ def test_every_block_is_labelled_and_every_command_block_is_run_by_a_test():
         assert lang in ("sh", "python", "yaml", "text"), f"README block without a known language:\n{text}"
         if lang in ("sh", "python"):
             assert kind == "run", f"README {lang} block has no `<!-- run: NAME -->` marker:\n{text}"
-            assert re.search(rf"(block|commands)\(\"{name}\"", used), f"no test runs README block {name!r}"
+            assert re.search(rf"(block|commands)\((\w+, )?\"{name}\"", used), f"no test runs README block {name!r}"
 
 
 def test_make_block_is_the_makefile_and_ci():
@@ -59,3 +60,27 @@ def test_own_style_params_block_declares_a_raw_folder():
     fragment = yaml.safe_load(block("own-style-params"))
     (name, style), = fragment["styles"].items()
     assert style["source"] == f"data/raw/{name}" and f"data/raw/{name}" in block("own-style")
+
+
+def test_sdxl_preset_and_its_sweep_are_valid_params(tmp_path):
+    shutil.copytree(ROOT / "presets", tmp_path / "presets")
+    copy, repro, queue, start, draw = commands("sdxl-preset")
+    subprocess.run(["bash", "-c", copy], cwd=tmp_path, check=True)
+    path = tmp_path / "params.yaml"
+    p = params.load("base", "lora", "train", path=path)
+    assert p.base.model == "stabilityai/stable-diffusion-xl-base-1.0" and p.base.vae == "madebyollin/sdxl-vae-fp16-fix"
+    assert (p.base.resolution, p.train.batch_size, p.train.epochs, p.train.lr, p.lora.rank, p.lora.alpha) == (512, 1, 100, 1e-4, 4, 8)
+    assert (repro, start, draw) == ("dvc repro", "dvc queue start", "python -m stages.sweep")
+    # Every experiment of the queued sweep is a valid params file (what `-S` would write).
+    sweep = [[(key, value) for value in values.split(",")] for key, values in re.findall(r"-S ([\w.]+)=(\S+)", queue)]
+    assert [len(axis) for axis in sweep] == [3, 4]
+    preset = yaml.safe_load(path.read_text())
+    for experiment in itertools.product(*sweep):
+        raw = yaml.safe_load(path.read_text())
+        for key, value in experiment:
+            section, name = key.split(".")
+            raw[section][name] = yaml.safe_load(value)
+        path.write_text(yaml.safe_dump(raw))
+        assert params.load("lora", path=path).lora.rank == raw["lora"]["rank"]
+    assert preset["lora"] != raw["lora"]
+

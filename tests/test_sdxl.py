@@ -1,0 +1,175 @@
+"""SDXL on `tiny-sdxl`: architecture detection, both text encoders and the time ids, LoRA files in
+both layouts read back by diffusers' own SDXL loader, and the SD 1.5 / SDXL boundary."""
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from stages import params
+from stages.base_model import SD15, SDXL, architecture, build_tiny, file_architecture, load_pipeline
+from stages.caption import caption_style
+from stages.conditioning import encode_text, text_encoders, tokenize
+from stages.encode import encode_style
+from stages.errors import StyleMixError
+from stages.filter import filter_style
+from stages.lora_files import add_lora, load_factors, read_info_for, save_lora
+from stages.merge import merge_combo
+from stages.outputs import read_jsonl
+from stages.sample import build_style
+from stages.train import train_style
+
+RESOLUTION = 32
+# Attention and resnet layers: every kind of layer the kohya SDXL (sgm) names cover.
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "conv2", "time_emb_proj", "conv_shortcut"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("tiny-sdxl") / "model", sdxl=True)
+
+
+def make_params(model, source, text_encoder=False) -> params.Params:
+    return params.validate({
+        "base": {"model": str(model), "resolution": RESOLUTION},
+        "styles": {"watercolor": {"source": str(source), "trigger": "wcstyle"}},
+        "lora": {"rank": 4, "alpha": 8, "targets": TARGETS, "text_encoder": text_encoder},
+        "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
+                  "validation_prompts": ["a cat"], "caption_dropout": 0.3},
+    })
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_sdxl):
+    """Six watercolors filtered, captioned and encoded for tiny-sdxl."""
+    root = tmp_path_factory.mktemp("sdxl")
+    (root / "src").mkdir()
+    build_style("watercolor", root / "src", count=6, seed=0)
+    noise = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "src/wide.png")  # not square: a crop SDXL should be told of
+    p = make_params(tiny_sdxl, root / "src")
+    filter_style("watercolor", p.styles["watercolor"], params.Filter(), RESOLUTION, root / "filtered", root / "reports")
+    caption_style("watercolor", params.Caption(), root / "filtered", root / "captions")
+    encode_style("watercolor", p.styles["watercolor"], p.base, root / "filtered", root / "captions", root / "latents")
+    return root
+
+
+def test_the_architecture_comes_from_the_model(tiny_sdxl, tiny_model, tmp_path):
+    assert isinstance(load_pipeline(str(tiny_sdxl)), StableDiffusionXLPipeline)
+    assert architecture(load_pipeline(str(tiny_sdxl))) == SDXL and architecture(load_pipeline(str(tiny_model))) == SD15
+    # Single files: SDXL's second text encoder lives under conditioner.embedders.1 in the original layout.
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.ones(1)}, tmp_path / "xl.safetensors")
+    save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(1)}, tmp_path / "v1.safetensors")
+    assert file_architecture(tmp_path / "xl.safetensors") == SDXL and file_architecture(tmp_path / "v1.safetensors") == SD15
+
+
+@pytest.mark.parametrize("sdxl", [True, False])
+def test_text_conditioning_is_what_the_pipelines_compute(tiny_sdxl, tiny_model, sdxl):
+    pipe = load_pipeline(str(tiny_sdxl if sdxl else tiny_model))
+    texts = ["wcstyle, a cat", "a rocket on a launch pad"]
+    with torch.no_grad():
+        hidden, pooled = encode_text(text_encoders(pipe), list(tokenize(pipe, texts).values()))
+        expected = pipe.encode_prompt(texts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+    assert torch.allclose(hidden, expected[0], atol=1e-6)
+    if sdxl:
+        assert hidden.shape == (2, 77, 64) and torch.allclose(pooled, expected[2], atol=1e-6)
+    else:
+        assert pooled is None
+
+
+def test_encode_caches_both_encoders_and_the_time_ids(data):
+    latents = data / "latents/watercolor/latents.safetensors"
+    cached = load_file(latents)
+    records = read_jsonl(data / "filtered/watercolor/index.jsonl")
+    assert cached["text_hidden"].shape == (len(records), 77, 64) and cached["text_pooled"].shape == (len(records), 32)
+    assert cached["empty_text_pooled"].shape == (1, 32) and cached["input_ids_2"].shape == (len(records), 77)
+    for row, ids in zip(records, cached["time_ids"].tolist()):
+        width, height = row["original_size"]
+        assert ids == [height, width, *row["crop_top_left"], RESOLUTION, RESOLUTION]
+    wide = next(ids for row, ids in zip(records, cached["time_ids"].tolist()) if row["source"] == "wide.png")
+    assert wide == [60, 90, 0, (48 - 32) // 2, 32, 32]  # 90x60 scaled to 48x32, cropped 8 px from the left
+    with safe_open(latents, "pt") as f:
+        assert f.metadata()["architecture"] == SDXL
+
+
+def unet_and_text(pipe, cond_ids):
+    """The UNet's prediction and both encoders' conditioning for fixed inputs."""
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 4, 4), torch.tensor([10, 700])
+    times = torch.tensor([[40.0, 56.0, 0.0, 12.0, RESOLUTION, RESOLUTION]] * 2)
+    with torch.no_grad():
+        hidden, pooled = encode_text(text_encoders(pipe), cond_ids)
+        out = pipe.unet(x, t, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": times}).sample
+    return out, hidden, pooled
+
+
+@pytest.mark.parametrize("text_encoder", [False, True])
+def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, text_encoder):
+    p = make_params(tiny_sdxl, data / "src", text_encoder)
+    trained = train_style("watercolor", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
+                          latents=data / "latents")["pipe"]
+    ids = list(tokenize(trained, ["wcstyle, a cat"] * 2).values())
+    expected, base = unet_and_text(trained, ids), unet_and_text(load_pipeline(str(tiny_sdxl)), ids)
+    folder = tmp_path / "lora/watercolor"
+    kohya = load_file(folder / "watercolor_kohya.safetensors")
+    unet_keys = [k for k in kohya if k.startswith("lora_unet_")]
+    assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for k in unet_keys)
+    assert any("_in_layers_2." in k for k in kohya) and any("_skip_connection." in k for k in kohya)
+    assert {k.split("_text_model")[0] for k in kohya if k.startswith("lora_te")} == ({"lora_te1", "lora_te2"} if text_encoder else set())
+    for source in (folder, folder / "watercolor_kohya.safetensors"):  # diffusers layout, then kohya's
+        fresh = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
+        fresh.load_lora_weights(source)
+        got = unet_and_text(fresh, ids)
+        for g, e in zip(got, expected):
+            assert torch.allclose(g, e, atol=1e-5), source
+    assert (expected[0] - base[0]).abs().max() > 1e-3
+    assert ((expected[1] - base[1]).abs().max() > 1e-3) == text_encoder
+    assert ((expected[2] - base[2]).abs().max() > 1e-3) == text_encoder
+    assert (folder / "validation.png").is_file()
+
+
+def random_lora(model, folder, seed, text_encoder=True):
+    """A LoRA with a non-zero, trained-looking update, without training."""
+    pipe = load_pipeline(str(model))
+    torch.manual_seed(seed)
+    add_lora(pipe.unet, text_encoders(pipe), params.Lora(rank=2, alpha=4, text_encoder=text_encoder))
+    for module in (pipe.unet, *text_encoders(pipe)):
+        for name, weight in module.named_parameters():
+            if "lora_B" in name:
+                weight.data.normal_(0, 0.2)
+    save_lora(folder, folder.name, pipe, {"trigger": f"{folder.name}style", "base_model": str(model)})
+    return pipe
+
+
+def test_sdxl_merge_equals_diffusers_set_adapters(tiny_sdxl, tmp_path):
+    for seed, name in enumerate(("ink", "clay")):
+        random_lora(tiny_sdxl, tmp_path / "loras" / name, seed)
+    weights = {"ink": 0.7, "clay": 0.3}
+    merge_combo("mix", params.Combo(weights=weights), tmp_path / "loras", tmp_path / "merged")
+    assert set(load_factors(tmp_path / "merged/mix")) == {"unet", "text_encoder", "text_encoder_2"}
+    merged, separate = load_pipeline(str(tiny_sdxl)), load_pipeline(str(tiny_sdxl))
+    merged.load_lora_weights(tmp_path / "merged/mix")
+    for name in weights:
+        separate.load_lora_weights(tmp_path / "loras" / name, adapter_name=name)
+    separate.set_adapters(list(weights), list(weights.values()))
+    ids = list(tokenize(merged, ["inkstyle, claystyle, a cat"] * 2).values())
+    for g, e in zip(unet_and_text(merged, ids), unet_and_text(separate, ids)):
+        assert torch.allclose(g, e, atol=1e-5)
+
+
+def test_sd15_and_sdxl_loras_never_mix(tiny_sdxl, tiny_model, tmp_path):
+    random_lora(tiny_sdxl, tmp_path / "xl", 0, text_encoder=False)
+    random_lora(tiny_model, tmp_path / "v1", 1, text_encoder=False)
+    with pytest.raises(StyleMixError, match=r"merge.combos.both mixes SD 1.5 and SDXL LoRAs \(sd15: v1; sdxl: xl\)"):
+        merge_combo("both", params.Combo(weights={"xl": 0.5, "v1": 0.5}), tmp_path, tmp_path / "merged")
+    with pytest.raises(StyleMixError, match=r"xl is an SDXL LoRA and base.model is SD 1.5"):
+        read_info_for(tmp_path / "xl", load_pipeline(str(tiny_model)))
+    assert isinstance(load_pipeline(str(tiny_model)), StableDiffusionPipeline)
+
+
+def test_layers_without_a_kohya_sdxl_name_are_refused_before_training(tiny_sdxl):
+    pipe = load_pipeline(str(tiny_sdxl))
+    with pytest.raises(StyleMixError, match=r"SDXL layer conv_in is outside the UNet's resnets and attentions"):
+        add_lora(pipe.unet, text_encoders(pipe), params.Lora(targets=["to_q", "conv_in"]))
