@@ -15,12 +15,12 @@ from PIL.PngImagePlugin import PngInfo
 from stages import params
 from stages.base_model import default_device, load_pipeline
 from stages.errors import StyleMixError, run_stage
+from stages.layout import IMAGES, image_name
 from stages.lora_files import LORAS, read_info_for
 from stages.merge import MERGED
 from stages.outputs import atomic_dir
 from stages.progress import progress
 
-IMAGES = Path("reports/images")
 SCHEDULERS = {
     "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
     "ddim": DDIMScheduler.from_config,
@@ -39,10 +39,6 @@ def lora_folder(kind: str, name: str) -> Path | None:
     if kind == "base":
         return None
     return (LORAS if kind == "style" else MERGED) / name
-
-
-def image_name(prompt_index: int, seed: int) -> str:
-    return f"p{prompt_index}_s{seed}.png"
 
 
 def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str):

@@ -7,10 +7,9 @@ from PIL import Image
 
 from stages import params
 from stages.errors import StyleMixError, run_stage
-from stages.generate import IMAGES
 from stages.images import grid, image_files
+from stages.layout import IMAGES, REPORTS
 from stages.outputs import atomic_dir, atomic_write
-from stages.score import REPORTS
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:

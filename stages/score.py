@@ -20,11 +20,10 @@ from stages import params
 from stages.base_model import default_device
 from stages.errors import StyleMixError, run_stage
 from stages.filter import FILTERED
-from stages.generate import IMAGES
 from stages.images import image_files
+from stages.layout import IMAGES, REPORTS
 from stages.outputs import atomic_dir, atomic_write, write_json
 
-REPORTS = Path("reports")
 PLOTS = REPORTS / "plots" / "scores"  # one bar chart per metric, with 95% intervals
 
 

@@ -20,10 +20,9 @@ from PIL import Image
 
 from stages import params
 from stages.errors import StyleMixError, run_stage
-from stages.generate import IMAGES, image_name
 from stages.images import grid
+from stages.layout import IMAGES, REPORTS, image_name
 from stages.outputs import atomic_dir
-from stages.score import REPORTS
 
 SWEEP = REPORTS / "sweep"
 DEFAULT_METRICS = ("*models.*.clip_score.mean", "*models.*.style_gain_over_base", "*train/*/metrics.json:final_loss")
