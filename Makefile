@@ -10,11 +10,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(READY)
 
-# --no-compile: Python compiles the modules a stage imports on first use instead of every file of
-# torch, transformers and diffusers up front.
 $(READY): requirements.txt
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
 repro: $(READY)
