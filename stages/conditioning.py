@@ -10,10 +10,13 @@ def text_encoders(pipe) -> list:
     return [te for te in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if te is not None]
 
 
+def tokenizers(pipe) -> list:
+    return [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+
+
 def tokenize(pipe, texts: list[str]) -> dict[str, torch.Tensor]:
-    tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
     return {key: t(texts, padding="max_length", max_length=t.model_max_length, truncation=True, return_tensors="pt").input_ids
-            for key, t in zip(IDS, tokenizers)}
+            for key, t in zip(IDS, tokenizers(pipe))}
 
 
 def encode_text(encoders: list, ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -12,6 +12,7 @@ from stages.errors import StyleMixError, run_stage
 from stages.generate import SCHEDULERS, render, triggered
 from stages.lora_files import LORAS, read_info_for
 from stages.merge import MERGED
+from stages.tokens import load_tokens
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -44,6 +45,7 @@ def main() -> None:
         info = read_info_for(folder, pipe)
         triggers |= info.get("triggers") or {name: info["trigger"]}
         pipe.load_lora_weights(folder, adapter_name=name)
+        load_tokens(pipe, folder, list(info.get("tokens") or {}))
         names.append(name)
         weights.append(weight)
     if names:

@@ -2,8 +2,9 @@
 
 Stores, per filtered image, the VAE posterior (mean and std, already multiplied by the VAE's
 scaling factor) of the image and of its mirror image, and the text encoders' output for its
-training caption (trigger word applied): hidden states, and for SDXL the pooled embedding and
-the time ids of its original size and crop. The empty caption's too, for caption dropout.
+training caption (trigger word applied, a style's new tokens as their own ids): hidden states,
+and for SDXL the pooled embedding and the time ids of its original size and crop. The empty
+caption's too, for caption dropout.
 Training samples latents from the stored posterior, as if it had run the VAE itself.
 """
 import json
@@ -23,6 +24,7 @@ from stages.filter import FILTERED
 from stages.outputs import atomic_dir, read_jsonl, save_safetensors
 from stages.progress import progress
 from stages.prompts import training_captions
+from stages.tokens import add_tokens
 
 LATENTS = Path("data/latents")
 BATCH = 8
@@ -49,6 +51,8 @@ def encode_style(name: str, style: params.Style, base: params.Base,
     if missing:
         raise StyleMixError(f"style {name}: no caption for {', '.join(missing[:3])}; rerun `dvc repro caption@{name}`")
     pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae)
+    if style.tokens:  # their ids in the cached token ids; training learns their embeddings
+        add_tokens(pipe, style.tokens, name)
     device = default_device()
     vae = pipe.vae.to(device)
     if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's own VAE overflows in fp16

@@ -1,4 +1,5 @@
-"""generate@M: the comparison images, one model per stage: the base, each style, each combination.
+"""generate@M: the comparison images, one model per stage: the base, each style, each combination
+(and, for a model with new concept tokens, each prompt at each token).
 
 Every model draws the same prompts with the same seeds, so the columns of a grid compare like
 with like. A style's prompts carry its trigger word, a combination's all of its components'
@@ -15,11 +16,12 @@ from PIL.PngImagePlugin import PngInfo
 from stages import params
 from stages.base_model import default_device, load_pipeline
 from stages.errors import StyleMixError, run_stage
-from stages.layout import IMAGES, image_name
+from stages.layout import IMAGES, TOKEN_IMAGES, image_name, token_image_name
 from stages.lora_files import LORAS, read_info_for
 from stages.merge import MERGED
 from stages.outputs import atomic_dir
 from stages.progress import progress
+from stages.tokens import load_tokens, unload_tokens
 
 SCHEDULERS = {
     "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
@@ -58,24 +60,33 @@ def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, 
 
 
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:
-    """Draw every prompt x seed for one model into `out`; returns the number of images."""
+    """Draw every prompt x seed for one model into `out`, and for a model with new tokens every
+    prompt at each token (first seed) into `out`/tokens/; returns the number of images."""
     info = read_info_for(lora, pipe) if lora else {}
+    tokens = list(info.get("tokens") or {})
     if lora:
         pipe.load_lora_weights(lora, adapter_name=model)
         pipe.set_adapters([model])
+        load_tokens(pipe, lora, tokens)
     pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
-    count = len(cfg.prompts) * len(cfg.seeds)
+    jobs = [(out / image_name(i, seed), prompt, prompt, seed, None) for i, prompt in enumerate(cfg.prompts) for seed in cfg.seeds]
+    if tokens:
+        (out / TOKEN_IMAGES).mkdir()
+        jobs += [(out / TOKEN_IMAGES / token_image_name(k, i, cfg.seeds[0]), f"{token}, {prompt}", prompt, cfg.seeds[0], token)
+                 for k, token in enumerate(tokens) for i, prompt in enumerate(cfg.prompts)]
     with progress() as bar:
-        task = bar.add_task(f"generate {model}", total=count)
-        for i, prompt in enumerate(cfg.prompts):
+        task = bar.add_task(f"generate {model}", total=len(jobs))
+        for path, prompt, base_prompt, seed, token in jobs:
             text = triggered(prompt, info) if lora else prompt
-            for seed in cfg.seeds:
-                image, meta = render(pipe, text, seed, cfg, base, model, prompt)
-                image.save(out / image_name(i, seed), pnginfo=meta)
-                bar.advance(task)
+            image, meta = render(pipe, text, seed, cfg, base, model, base_prompt)
+            if token:
+                meta.add_text("token", token)
+            image.save(path, pnginfo=meta)
+            bar.advance(task)
     if lora:
         pipe.delete_adapters(model)
-    return count
+        unload_tokens(pipe, tokens)
+    return len(jobs)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
 - svd:    the same sum, truncated to `rank` by SVD (exact when rank >= sum r_i).
 - ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
   (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
+New concept tokens of the components come along unchanged.
 """
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from stages.base_model import SD15
 from stages.errors import StyleMixError, run_stage
 from stages.lora_files import LORAS, load_factors, read_info, save_states
 from stages.outputs import atomic_dir
+from stages.tokens import copy_token
 
 MERGED = Path("models/merged")
 
@@ -77,6 +79,7 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     bases = {info.get("base_model") for info in infos.values()}
     if len(bases) > 1:
         raise StyleMixError(f"merge.combos.{name}: its styles were trained on different base models ({', '.join(map(str, bases))})")
+    tokens = combined_tokens(name, infos)
     total = sum(combo.weights.values())
     if total > 1:
         print(f"warning: merge.combos.{name} weights sum to {total:g} > 1; styles tend to clash above 1 (the reference saw it)")
@@ -92,10 +95,26 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
-            "layers_per_block": next(iter(infos.values())).get("layers_per_block")}
+            "layers_per_block": next(iter(infos.values())).get("layers_per_block"),
+            "tokens": {token: phrase for token, (_, phrase) in tokens.items()}}
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
+        for token, (style, _) in tokens.items():
+            copy_token(loras / style, tmp, token)
     return info
+
+
+def combined_tokens(name: str, infos: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """Every component's new tokens, {token: (style, initializer)}: a token embedding is no
+    weight delta, so it comes along whole; two styles defining the same token cannot merge."""
+    tokens: dict[str, tuple[str, str]] = {}
+    for style, info in infos.items():
+        for token, phrase in (info.get("tokens") or {}).items():
+            if token in tokens:
+                raise StyleMixError(f"merge.combos.{name}: styles {tokens[token][0]} and {style} both define token {token}; "
+                                    f"rename it in one of them (styles.{style}.tokens) and retrain that style")
+            tokens[token] = (style, phrase)
+    return tokens
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from stages.errors import StyleMixError
 
 PARAMS_FILE = Path("params.yaml")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+TOKEN = re.compile(r"^<[a-z0-9_]+>$")  # a new concept token: never a word the tokenizer already knows
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TINY_MODELS = ("tiny", "tiny-sdxl")  # built from configs by the base stage
 # LoRA target presets: the main reference's attention projections, and the caption-aware
@@ -90,6 +91,7 @@ class Train(Section):
     gradient_accumulation: Positive = 1
     lr: Annotated[float, Field(gt=0)] = 1e-4
     text_encoder_lr: Annotated[float, Field(gt=0)] | None = None  # None: same as lr
+    token_lr: Annotated[float, Field(gt=0)] = 5e-4  # the new concept tokens' embeddings (styles.<name>.tokens)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit needs bitsandbytes and a GPU
@@ -128,7 +130,18 @@ class Style(Section):
     resample: Literal["lanczos", "bicubic", "bilinear", "area", "nearest"] = "lanczos"
     template: str = "{trigger}, {caption}"
     overrides: dict[str, str] = {}
+    tokens: dict[str, str] = {}  # new concept token -> the word or phrase its embedding starts from
     train: TrainOverride = TrainOverride()
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_names(cls, tokens: dict[str, str]) -> dict[str, str]:
+        for token, phrase in tokens.items():
+            if not TOKEN.match(token):
+                raise ValueError(f"token {token!r} must be written <name> (lowercase letters, digits, _), e.g. <cu_trg>")
+            if not phrase.strip():
+                raise ValueError(f"token {token}: give a word or phrase to start its embedding from, e.g. close-up")
+        return tokens
 
     @field_validator("trigger")
     @classmethod

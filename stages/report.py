@@ -8,7 +8,7 @@ from PIL import Image
 from stages import params
 from stages.errors import StyleMixError, run_stage
 from stages.images import grid, image_files
-from stages.layout import IMAGES, REPORTS
+from stages.layout import IMAGES, REPORTS, TOKEN_IMAGES
 from stages.outputs import atomic_dir, atomic_write
 
 
@@ -28,6 +28,24 @@ def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> lis
     rows = [(m, [Image.open(images / m / f"p{i}_s{seeds[0]}.png") for i in sorted(prompts)]) for m in models]
     grid(rows, [f"prompt {i}" for i in sorted(prompts)], f"all models, seed {seeds[0]}").save(out / "overview.png")
     return [("overview.png", "every model on every prompt")] + made
+
+
+def token_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
+    """For each model with new concept tokens, the same prompts at each token (rows: tokens,
+    columns: prompts), as the storyboard reference showed its shot types."""
+    made = []
+    for model in models:
+        files = image_files(images / model / TOKEN_IMAGES) if (images / model / TOKEN_IMAGES).is_dir() else []
+        if not files:
+            continue
+        index = {tuple(int(part[1:]) for part in f.stem.split("_")): f for f in files}  # (token, prompt, seed)
+        tokens, prompts = sorted({k for k, _, _ in index}), sorted({i for _, i, _ in index})
+        seed = next(iter(index))[2]
+        rows = [(Image.open(index[k, prompts[0], seed]).text["token"], [Image.open(index[k, i, seed]) for i in prompts])
+                for k in tokens]
+        grid(rows, [f"prompt {i}" for i in prompts], f"{model}: each new token, seed {seed}").save(out / f"tokens_{model}.png")
+        made.append((f"tokens_{model}.png", f"{model}: the same prompts at each new token"))
+    return made
 
 
 def loss_plot(styles: list[str], path: Path, logs: Path = REPORTS / "train") -> None:
@@ -79,6 +97,7 @@ def main() -> None:
     metrics = json.loads((REPORTS / "metrics.json").read_text())
     with atomic_dir(REPORTS / "grids") as tmp:
         grids = comparison_grids(models, tmp)
+        tokens = token_grids(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
     warning = "" if metrics["scorer"]["scorer_pretrained"] else (
         "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
@@ -94,11 +113,13 @@ def main() -> None:
         *[f"![style similarity to {s}](plots/scores/style_similarity_{s}.png)\n" for s in styles],
         "## Comparison grids\n", "Rows: models (base, each style, each combination); same prompts and seeds in every row.\n",
         *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in grids],
+        *(["## New tokens\n", "Rows: a model's new concept tokens, each added to the same prompts.\n"] if tokens else []),
+        *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in tokens],
         "## Training loss\n", "![loss curves](plots/loss.png)\n",
         "## Filtered images\n", filter_table(styles) + "\n",
     ]
     atomic_write(REPORTS / "report.md", "\n".join(md))
-    print(f"report: {REPORTS / 'report.md'} with {len(grids)} grids")
+    print(f"report: {REPORTS / 'report.md'} with {len(grids) + len(tokens)} grids")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """sample: build the offline demo dataset, one folder per style, from the public-domain photos
 that ship inside scikit-image, stylized with OpenCV. Each image gets a sidecar caption; every
-folder also gets the broken and awkward files the filter must survive."""
+folder also gets the broken and awkward files the filter must survive. The sketch style comes
+at three camera framings with shot tokens in its captions (new concept tokens)."""
 import io
 from pathlib import Path
 
@@ -72,10 +73,17 @@ def _photo(index: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(img[..., :3]), caption
 
 
-def _view(rgb: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
-    """A random square crop (55-100% of the short side), maybe mirrored, scaled to `side`."""
+# The sketch style is also the storyboard reference's: each photo framed close, medium or wide,
+# its caption led by the shot token (crop size as a share of the photo's short side). params.yaml
+# declares these tokens for styles.sketch.
+FRAMED_STYLE = "sketch"
+FRAMINGS = {"<cu_trg>": 0.3, "<ms_trg>": 0.6, "<fs_trg>": 1.0}
+
+
+def _view(rgb: np.ndarray, rng: np.random.Generator, side: int, share: float | None = None) -> np.ndarray:
+    """A random square crop (`share`, else 55-100%, of the short side), maybe mirrored, scaled to `side`."""
     h, w = rgb.shape[:2]
-    crop = int(min(h, w) * rng.uniform(0.55, 1.0))
+    crop = int(min(h, w) * (share or rng.uniform(0.55, 1.0)))
     top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
     view = rgb[top : top + crop, left : left + crop]
     if rng.random() < 0.5:
@@ -116,7 +124,9 @@ def build_style(style: str, folder: Path, count: int, seed: int) -> None:
     made = []
     for i in track(range(count + 3), description=f"sample {style}"):
         photo, caption = _photo(i)
-        made.append((Image.fromarray(stylize(_view(photo, rng, side or 256))), caption))
+        shot = list(FRAMINGS)[i % len(FRAMINGS)] if style == FRAMED_STYLE else None
+        view = _view(photo, rng, side or 256, FRAMINGS.get(shot))
+        made.append((Image.fromarray(stylize(view)), f"{shot}, {caption}" if shot else caption))
     for i, (img, caption) in enumerate(made[:count]):
         img.save(folder / f"{style}_{i:03d}.png")
         (folder / f"{style}_{i:03d}.txt").write_text(caption + "\n")

@@ -35,6 +35,7 @@ from stages.lora_files import LORAS, add_lora, save_lora
 from stages.outputs import atomic_dir, atomic_write
 from stages.progress import progress
 from stages.prompts import with_trigger
+from stages.tokens import A1111, add_tokens, file_name, save_tokens
 
 CHECKPOINTS, LOGS = Path("models/checkpoints"), Path("reports/train")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,20 +51,24 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
     return data
 
 
-def prepare_models(p: params.Params, cfg: params.Train, device: torch.device):
-    """The base pipeline, frozen, with fresh LoRA adapters; returns (pipe, trained modules, trainables)."""
+def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str):
+    """The base pipeline, frozen, with fresh LoRA adapters and the style's new tokens; returns
+    (pipe, trained modules, trainables)."""
     pipe = load_pipeline(p.base.model, p.base.revision, "float32", p.base.vae)
     pipe.set_progress_bar_config(disable=True)
     unet, encoders = pipe.unet, text_encoders(pipe)
     for module in (unet, *encoders, pipe.vae):
         module.requires_grad_(False)
+    tokens = params.style(p, name).tokens
+    if tokens:
+        add_tokens(pipe, tokens, name)
     # Frozen base weights in the training precision; the LoRA weights stay float32.
     weight_dtype = DTYPES[cfg.mixed_precision]
     for module in (unet, *encoders):
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
     set_seed(cfg.seed)  # the LoRA's random initialisation
     add_lora(unet, encoders, p.lora)
-    trained = [unet, *encoders] if p.lora.text_encoder else [unet]
+    trained = [unet, *encoders] if p.lora.text_encoder or tokens else [unet]
     cast_training_params(trained, dtype=torch.float32)
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
@@ -77,8 +82,13 @@ def prepare_models(p: params.Params, cfg: params.Train, device: torch.device):
 
 
 def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
-    groups = [{"params": [v for k, v in trainables.items() if k.startswith("unet.") == unet], "lr": lr}
-              for unet, lr in ((True, cfg.lr), (False, cfg.text_encoder_lr or cfg.lr))]
+    """One parameter group each for the UNet's LoRA, the text encoders' LoRA and the new tokens'
+    embeddings, each at its own lr; no weight decay on embeddings, which would shrink them."""
+    def part(key: str) -> str:
+        return "unet" if key.startswith("unet.") else "tokens" if key.endswith(".token_embedding.new") else "text"
+    settings = {"unet": {"lr": cfg.lr}, "text": {"lr": cfg.text_encoder_lr or cfg.lr},
+                "tokens": {"lr": cfg.token_lr, "weight_decay": 0.0}}
+    groups = [{"params": [v for k, v in trainables.items() if part(k) == name]} | group for name, group in settings.items()]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw8bit":
         try:
@@ -93,7 +103,7 @@ def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) ->
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
 
-def run_id(p: params.Params, cfg: params.Train, world: int, latents_file: Path) -> str:
+def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int, latents_file: Path) -> str:
     """What a checkpoint must match to be resumed: code, base model, data and every setting that
     changes the numbers (not how often to checkpoint or validate, nor torch.compile)."""
     settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts",
@@ -101,7 +111,8 @@ def run_id(p: params.Params, cfg: params.Train, world: int, latents_file: Path) 
     digest = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731
     return checkpoints.fingerprint({
         "code": [digest(__file__), digest(checkpoints.__file__)], "base": pinned_source(p.base.model, p.base.revision),
-        "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file)})
+        "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file),
+        "tokens": style.tokens})
 
 
 def open_live(folder: Path, history: list[dict]) -> Live:
@@ -187,7 +198,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     per_epoch = n // per_batch
     total = cfg.max_steps or cfg.epochs * per_epoch
 
-    pipe, trained, trainables = prepare_models(p, cfg, device)
+    pipe, trained, trainables = prepare_models(p, cfg, device, name)
     optimizer = make_optimizer(trainables, cfg, device)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     prepared = accelerator.prepare(*trained, optimizer)
@@ -197,7 +208,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     data = {k: v.to(device) for k, v in data.items()}
     gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
 
-    run = run_id(p, cfg, world, latents / name / "latents.safetensors")
+    run = run_id(p, style, cfg, world, latents / name / "latents.safetensors")
     ckpt_dir = ckpt_root / name
     step, history = 0, []
     if resume := checkpoints.latest(ckpt_dir, run):
@@ -264,10 +275,12 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
             "resolution": p.base.resolution, "steps": steps, "rank": p.lora.rank, "alpha": p.lora.alpha,
-            "text_encoder": p.lora.text_encoder, "params_hash": run}
+            "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
         save_lora(tmp, name, pipe, info)
+        if style.tokens:
+            save_tokens(tmp, pipe, list(style.tokens))
         device = next(pipe.unet.parameters()).device
         images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
         labels = [with_trigger(q, style) for q in cfg.validation_prompts]
@@ -276,17 +289,27 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
+    tokens, example = "", with_trigger("a cat sitting by a window", style)
+    if style.tokens:
+        first = next(iter(style.tokens))
+        rows = "\n".join(f"| `{t}` | {phrase} | `{A1111}/{file_name(t)}.safetensors` |" for t, phrase in style.tokens.items())
+        tokens = (f"\nNew tokens, trained with the LoRA (lr {cfg.token_lr:g}); A1111 and ComfyUI write an embedding "
+                  f"by its file name.\n\n| token | started from | A1111 / ComfyUI embedding |\n|---|---|---|\n{rows}\n")
+        example = with_trigger(f"{first}, a cat sitting by a window", style)
+    loads = "".join(f'pipe.load_textual_inversion("models/lora/{name}/tokens/{file_name(t)}.safetensors")\n' for t in style.tokens)
+    if loads:
+        loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
-
+{tokens}
 | base model | resolution | rank / alpha | targets | text encoder | steps | lr | precision |
 |---|---|---|---|---|---|---|---|
 | {p.base.model} | {p.base.resolution} | {p.lora.rank} / {p.lora.alpha:g} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
 
 ```python
 pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI
-image = pipe("{with_trigger('a cat sitting by a window', style)}").images[0]
+{loads}image = pipe("{example}").images[0]
 ```
 
 ![validation images](validation.png)

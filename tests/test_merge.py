@@ -9,7 +9,7 @@ from stages.lora_files import add_lora, load_factors, save_lora
 from stages.merge import merge_combo
 
 
-def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed):
+def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model="tiny"):
     pipe = load_pipeline(str(tiny_model))
     torch.manual_seed(seed)
     add_lora(pipe.unet, [pipe.text_encoder], params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder))
@@ -18,7 +18,7 @@ def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed):
             if "lora_B" in name:
                 weight.data.normal_(0, 0.2)  # a trained-looking, non-zero update
     save_lora(folder, folder.name, pipe,
-              {"trigger": f"{folder.name}style", "base_model": "tiny", "resolution": 32})
+              {"trigger": f"{folder.name}style", "base_model": base_model, "resolution": 32})
     return pipe
 
 

@@ -34,12 +34,12 @@ def set_params(repo: Path, edit) -> None:
 
 
 def reduce(raw: dict) -> None:
-    raw["sample"] = {"styles": ["watercolor", "pixelart"], "images_per_style": 5, "seed": 0}
+    raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
     raw["train"] |= {"max_steps": 4, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
-    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "pixelart": 0.5}},
-                              "mix2": {"weights": {"watercolor": 0.7, "pixelart": 0.3}, "method": "svd", "rank": 4}}
+    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
+                              "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4}}
     raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
 
 
@@ -66,7 +66,7 @@ def ran(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
-STYLES = ("watercolor", "pixelart")
+STYLES = ("watercolor", "sketch")  # sketch: the framed style, with new concept tokens
 EVERY_STAGE = ({"sample", "base", "generate_base", "score", "report"}
                | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
                | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")})
@@ -86,11 +86,16 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert json.loads((repo / f"reports/train/{style}/metrics.json").read_text())["steps"] == 4
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert list(metrics["models"]) == ["base", "watercolor", "pixelart", "mix", "mix2"]
+    assert list(metrics["models"]) == ["base", "watercolor", "sketch", "mix", "mix2"]
     assert metrics["scorer"]["scorer_pretrained"] is False
     report = (repo / "reports/report.md").read_text()
     assert "not meaningful" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
-    assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == ["overview.png", "prompt_0.png"]
+    assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == [
+        "overview.png", "prompt_0.png", "tokens_mix.png", "tokens_mix2.png", "tokens_sketch.png"]  # the merges keep sketch's tokens
+    assert "grids/tokens_sketch.png" in report
+    assert sorted(p.name for p in (repo / "reports/images/mix/tokens").iterdir()) == ["t0_p0_s0.png", "t1_p0_s0.png", "t2_p0_s0.png"]
+    assert json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])["tokens"] == {
+        "<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
@@ -101,14 +106,14 @@ def test_trigger_change_never_recaptions(repo):
     # filter re-checks (cheap) and writes the same images, so the caption stage is skipped;
     # the other style is not touched.
     assert ran(log) >= {"filter@watercolor", "encode@watercolor", "train@watercolor", "generate_style@watercolor"}
-    assert not ran(log) & {"caption@watercolor", "caption@pixelart", "encode@pixelart", "train@pixelart",
-                           "generate_style@pixelart", "generate_base"}
+    assert not ran(log) & {"caption@watercolor", "caption@sketch", "encode@sketch", "train@sketch",
+                           "generate_style@sketch", "generate_base"}
     metrics = sh(repo, "dvc", "metrics", "show", "--json").stdout
-    assert "reports/filter/watercolor/summary.json" in metrics and "reports/train/pixelart/metrics.json" in metrics
+    assert "reports/filter/watercolor/summary.json" in metrics and "reports/train/sketch/metrics.json" in metrics
 
 
 def test_combo_weight_change_reruns_only_that_combo(repo):
-    set_params(repo, lambda raw: raw["merge"]["combos"]["mix"]["weights"].update(watercolor=0.6, pixelart=0.4))
+    set_params(repo, lambda raw: raw["merge"]["combos"]["mix"]["weights"].update(watercolor=0.6, sketch=0.4))
     status = sh(repo, "dvc", "status", "--json").stdout
     # score and report read the list of combinations; generate_combo@mix follows from merge@mix's output.
     assert set(json.loads(status)) == {"merge@mix", "score", "report"}
@@ -179,15 +184,15 @@ def test_queued_sweep_and_its_heatmaps(repo):
 def test_styles_trained_in_parallel_come_back_through_the_run_cache(repo):
     set_params(repo, lambda raw: raw["train"].update(lr=5e-4))
     commit(repo, "lower lr")
-    *queue, start, _status, repro = commands("parallel-styles")
+    *queue, start, _status, repro = commands("parallel-styles", {"pixelart": "sketch"})
     for line in (*queue, start):
         sh(repo, "bash", "-c", line)
     queue_done(repo)
     result = sh(repo, "bash", "-c", repro)
     log = result.stdout + result.stderr
-    assert not ran(log) & {"train@watercolor", "train@pixelart"}
+    assert not ran(log) & {"train@watercolor", "train@sketch"}
     assert "Stage 'train@watercolor' is cached - skipping run" in log
-    assert "Stage 'train@pixelart' is cached - skipping run" in log
+    assert "Stage 'train@sketch' is cached - skipping run" in log
 
 
 def test_push_then_pull_in_a_fresh_clone_needs_no_training(repo, tmp_path):
@@ -225,7 +230,8 @@ def test_adding_a_style_trains_only_it(repo):
 
 def test_readme_snippets_for_pictures_and_captions(repo):
     sh(repo, sys.executable, "-c", block("load-lora"))
-    run_block(repo, "draw")
+    sh(repo, sys.executable, "-c", block("load-tokens"))
+    run_block(repo, "draw", {"pixelart=0.4": "sketch=0.4"})
     assert Image.open(repo / "cat.png").text["seed"] == "3"
     assert "inkstyle" not in run_block(repo, "prompts") and "aquastyle" in run_block(repo, "prompts")
 

@@ -27,16 +27,20 @@ def make_params(model, source, **train) -> params.Params:
     })
 
 
+def prepare(name: str, root, p: params.Params) -> None:
+    """The style's images in root/src (made by build_style), filtered, captioned and encoded under root."""
+    filter_style(name, p.styles[name], params.Filter(), p.base.resolution, root / "filtered", root / "reports")
+    caption_style(name, params.Caption(), root / "filtered", root / "captions")
+    encode_style(name, p.styles[name], p.base, root / "filtered", root / "captions", root / "latents")
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_model):
     """Six pixel-art images filtered, captioned and encoded into a temp dir."""
     root = tmp_path_factory.mktemp("train")
     (root / "src").mkdir()
     build_style("pixelart", root / "src", count=6, seed=0)
-    p = make_params(tiny_model, root / "src")
-    filter_style("pixelart", p.styles["pixelart"], params.Filter(), RESOLUTION, root / "filtered", root / "reports")
-    caption_style("pixelart", params.Caption(), root / "filtered", root / "captions")
-    encode_style("pixelart", p.styles["pixelart"], p.base, root / "filtered", root / "captions", root / "latents")
+    prepare("pixelart", root, make_params(tiny_model, root / "src"))
     return root
 
 
