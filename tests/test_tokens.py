@@ -17,7 +17,7 @@ from stages.sample import FRAMINGS, build_style
 from stages.tokens import load_tokens
 from stages.train import train_style
 from tests.test_merge import random_lora
-from tests.test_train import prepare
+from tests.test_train import launch_two_processes, prepare
 
 RESOLUTION = 32
 TOKENS = {"<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
@@ -124,6 +124,15 @@ def test_a_merge_keeps_the_tokens_and_refuses_two_owners(trained, tiny_model, tm
         target.mkdir(exist_ok=True) if path.is_dir() else target.write_bytes(path.read_bytes())
     with pytest.raises(StyleMixError, match=r"merge.combos.mix2: styles sketch and storyboard both define token <cu_trg>"):
         merge_combo("mix2", params.Combo(weights={"sketch": 0.5, "storyboard": 0.5}), root / "lora", tmp_path)
+
+
+def test_two_cpu_processes_train_the_tokens(trained, tiny_model, tmp_path):
+    root, _ = trained
+    log = launch_two_processes(tmp_path, root / "latents", make_params(tiny_model, root / "src"), "sketch")
+    assert log.count("train sketch: 4 steps") == 1
+    fresh = load_pipeline(str(tiny_model))
+    load_tokens(fresh, tmp_path / "models/lora/sketch", list(TOKENS))
+    assert len(fresh.tokenizer) == len(load_pipeline(str(tiny_model)).tokenizer) + 3
 
 
 @pytest.mark.parametrize(("tokens", "expected"), [

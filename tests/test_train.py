@@ -149,8 +149,9 @@ def test_per_style_override():
     assert params.train_for(p, "a").epochs == 40 and params.train_for(p, "a").lr == p.train.lr
 
 
-def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
-    """`accelerate launch` with 2 CPU processes (gloo), as users launch several GPUs."""
+def launch_two_processes(workdir, latents, p: params.Params, style: str) -> str:
+    """`accelerate launch` of train@style with 2 CPU processes (gloo), as users launch several
+    GPUs, in workdir with p as its params.yaml; returns its stdout."""
     import os
     import subprocess
     import sys
@@ -159,16 +160,20 @@ def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
 
     from tests.conftest import ROOT
 
-    shutil.copytree(data / "latents", tmp_path / "data/latents")
-    raw = make_params(tiny_model, data / "src").model_dump(exclude_none=True)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    shutil.copytree(latents, workdir / "data/latents")
+    (workdir / "params.yaml").write_text(yaml.safe_dump(p.model_dump(exclude_none=True)))
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = subprocess.run([*launcher, "-m", "stages.train", "pixelart"], cwd=tmp_path, env=env,
+    result = subprocess.run([*launcher, "-m", "stages.train", style], cwd=workdir, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("train pixelart: 6 steps") == 1  # one summary, from the main process
+    return result.stdout
+
+
+def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
+    log = launch_two_processes(tmp_path, data / "latents", make_params(tiny_model, data / "src"), "pixelart")
+    assert log.count("train pixelart: 6 steps") == 1  # one summary, from the main process
     fresh = load_pipeline(str(tiny_model))
     fresh.load_lora_weights(tmp_path / "models/lora/pixelart")
     assert fresh.unet.peft_config["default_0"].r == 4
