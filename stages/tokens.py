@@ -30,6 +30,16 @@ def file_name(token: str) -> str:
     return token.strip("<>")
 
 
+def diffusers_file(token: str, encoder: int = 0) -> str:
+    """A token's diffusers file in a LoRA folder, for the first (0) or SDXL's second (1) text encoder."""
+    return f"{DIFFUSERS}/{file_name(token)}{'_2' if encoder else ''}.safetensors"
+
+
+def a1111_file(token: str) -> str:
+    """A token's A1111 / ComfyUI embedding in a LoRA folder."""
+    return f"{A1111}/{file_name(token)}.safetensors"
+
+
 class GrownEmbedding(nn.Module):
     """A token embedding table: the original (frozen) rows, then trainable new ones."""
 
@@ -72,19 +82,16 @@ def save_tokens(folder: Path, pipe, tokens: list[str]) -> None:
     (folder / DIFFUSERS).mkdir()
     (folder / A1111).mkdir()
     for i, token in enumerate(tokens):
-        name = file_name(token)
-        for suffix, encoder_rows in zip(("", "_2"), rows):
-            save_safetensors({token: encoder_rows[i].contiguous()}, folder / DIFFUSERS / f"{name}{suffix}.safetensors")
+        for encoder, encoder_rows in enumerate(rows):
+            save_safetensors({token: encoder_rows[i].contiguous()}, folder / diffusers_file(token, encoder))
         a1111 = {"emb_params": rows[0][i : i + 1]} if len(rows) == 1 else {"clip_l": rows[0][i : i + 1], "clip_g": rows[1][i : i + 1]}
-        save_safetensors({k: v.contiguous() for k, v in a1111.items()}, folder / A1111 / f"{name}.safetensors")
+        save_safetensors({k: v.contiguous() for k, v in a1111.items()}, folder / a1111_file(token))
 
 
 def token_files(folder: Path, token: str) -> list[Path]:
     """The files of one token in a LoRA folder: both formats (and SDXL's second text encoder's)."""
-    name = file_name(token)
-    candidates = (folder / DIFFUSERS / f"{name}.safetensors", folder / DIFFUSERS / f"{name}_2.safetensors",
-                  folder / A1111 / f"{name}.safetensors")
-    return [path for path in candidates if path.is_file()]
+    candidates = (diffusers_file(token), diffusers_file(token, 1), a1111_file(token))
+    return [folder / path for path in candidates if (folder / path).is_file()]
 
 
 def copy_token(source: Path, dest: Path, token: str) -> None:
@@ -96,8 +103,8 @@ def copy_token(source: Path, dest: Path, token: str) -> None:
 def load_tokens(pipe, folder: Path, tokens: list[str]) -> None:
     """Load a LoRA folder's tokens into the pipeline through diffusers' textual-inversion loader."""
     for token in tokens:
-        for suffix, tokenizer, encoder in zip(("", "_2"), tokenizers(pipe), text_encoders(pipe)):
-            path = folder / DIFFUSERS / f"{file_name(token)}{suffix}.safetensors"
+        for i, (tokenizer, encoder) in enumerate(zip(tokenizers(pipe), text_encoders(pipe))):
+            path = folder / diffusers_file(token, i)
             if not path.is_file():
                 raise StyleMixError(f"{folder} declares token {token} but {path} is missing; retrain or re-merge it")
             if token in tokenizer.get_vocab():

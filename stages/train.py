@@ -35,7 +35,7 @@ from stages.lora_files import LORAS, add_lora, save_lora
 from stages.outputs import atomic_dir, atomic_write
 from stages.progress import progress
 from stages.prompts import with_trigger
-from stages.tokens import A1111, add_tokens, file_name, save_tokens
+from stages.tokens import a1111_file, add_tokens, diffusers_file, save_tokens
 
 CHECKPOINTS, LOGS = Path("models/checkpoints"), Path("reports/train")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -51,7 +51,7 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
     return data
 
 
-def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str):
+def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
     """The base pipeline, frozen, with fresh LoRA adapters and the style's new tokens; returns
     (pipe, trained modules, trainables)."""
     pipe = load_pipeline(p.base.model, p.base.revision, "float32", p.base.vae)
@@ -59,7 +59,6 @@ def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, na
     unet, encoders = pipe.unet, text_encoders(pipe)
     for module in (unet, *encoders, pipe.vae):
         module.requires_grad_(False)
-    tokens = params.style(p, name).tokens
     if tokens:
         add_tokens(pipe, tokens, name)
     # Frozen base weights in the training precision; the LoRA weights stay float32.
@@ -198,7 +197,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     per_epoch = n // per_batch
     total = cfg.max_steps or cfg.epochs * per_epoch
 
-    pipe, trained, trainables = prepare_models(p, cfg, device, name)
+    pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
     optimizer = make_optimizer(trainables, cfg, device)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     prepared = accelerator.prepare(*trained, optimizer)
@@ -292,11 +291,11 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     tokens, example = "", with_trigger("a cat sitting by a window", style)
     if style.tokens:
         first = next(iter(style.tokens))
-        rows = "\n".join(f"| `{t}` | {phrase} | `{A1111}/{file_name(t)}.safetensors` |" for t, phrase in style.tokens.items())
+        rows = "\n".join(f"| `{t}` | {phrase} | `{a1111_file(t)}` |" for t, phrase in style.tokens.items())
         tokens = (f"\nNew tokens, trained with the LoRA (lr {cfg.token_lr:g}); A1111 and ComfyUI write an embedding "
                   f"by its file name.\n\n| token | started from | A1111 / ComfyUI embedding |\n|---|---|---|\n{rows}\n")
         example = with_trigger(f"{first}, a cat sitting by a window", style)
-    loads = "".join(f'pipe.load_textual_inversion("models/lora/{name}/tokens/{file_name(t)}.safetensors")\n' for t in style.tokens)
+    loads = "".join(f'pipe.load_textual_inversion("models/lora/{name}/{diffusers_file(t)}")\n' for t in style.tokens)
     if loads:
         loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
     return f"""# {name} LoRA (stylemix)
