@@ -10,9 +10,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(READY)
 
-$(READY): requirements.txt
+$(READY): requirements.txt pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
 repro: $(READY)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stages import params  # noqa: E402
-from stages.base_model import default_device, load_pipeline  # noqa: E402
 from stages.generate import generate_model, lora_folder  # noqa: E402
+from stylemix import params  # noqa: E402
+from stylemix.base_model import default_device, load_pipeline  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "generate.json"
 

@@ -31,7 +31,7 @@ def reset_peak() -> None:
 
 
 def one_step(precision: str, batch: int, checkpointing: bool, rank: int = 32, resolution: int = 512) -> dict:
-    """Mirrors stages.train.prepare_models and one optimizer step, on SD 1.5-sized modules."""
+    """Mirrors stylemix.training.prepare_models and one optimizer step, on SD 1.5-sized modules."""
     import torch
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
@@ -39,9 +39,9 @@ def one_step(precision: str, batch: int, checkpointing: bool, rank: int = 32, re
     from transformers import CLIPTextConfig, CLIPTextModel
 
     sys.path.insert(0, str(ROOT))
-    from stages import params
-    from stages.lora_files import add_lora
-    from stages.train import DTYPES
+    from stylemix import params
+    from stylemix.lora_files import add_lora
+    from stylemix.training import DTYPES
 
     after_imports = status_gb("VmRSS")
     torch.manual_seed(0)

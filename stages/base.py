@@ -3,10 +3,11 @@ resolved (downloaded once, for a hub id) and its identity recorded in models/bas
 so every stage that depends on models/base reruns when the weights behind the name change."""
 from pathlib import Path
 
-from stages import params
-from stages.base_model import BASE_DIR, build_tiny, identity
-from stages.errors import run_stage
-from stages.outputs import atomic_dir, write_json
+from stylemix import params
+from stylemix.base_model import build_tiny, identity
+from stylemix.errors import run_stage
+from stylemix.outputs import atomic_dir, write_json
+from stylemix.paths import BASE_DIR
 
 
 def main() -> None:

@@ -4,18 +4,16 @@ Backends: `sidecar` (the .txt beside each image, kohya's convention), `blip` / `
 image-to-text model from caption.model, batched, on the GPU when there is one). The output,
 data/captions/<style>/metadata.jsonl, follows the Hugging Face imagefolder convention
 (`file_name`, `text`). Manual overrides and the trigger word are applied where training reads
-captions (stages/prompts.py), so editing them never reruns BLIP.
+captions (stylemix/prompts.py), so editing them never reruns BLIP.
 """
 import sys
 from pathlib import Path
 
-from stages import params
-from stages.errors import StyleMixError, run_stage
-from stages.filter import FILTERED
-from stages.outputs import read_jsonl, write_jsonl
-from stages.progress import progress
-
-CAPTIONS = Path("data/captions")
+from stylemix import params
+from stylemix.errors import StyleMixError, run_stage
+from stylemix.outputs import read_jsonl, write_jsonl
+from stylemix.paths import CAPTIONS, FILTERED
+from stylemix.progress import progress
 
 
 def sidecar_captions(folder: Path, names: list[str]) -> list[str]:
@@ -32,7 +30,7 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stages.base_model import default_device
+    from stylemix.base_model import default_device
 
     device = default_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32

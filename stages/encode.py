@@ -15,18 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stages import params
-from stages.base_model import SDXL, architecture, default_device, load_pipeline
-from stages.caption import CAPTIONS
-from stages.conditioning import encode_text, text_encoders, time_ids, tokenize
-from stages.errors import StyleMixError, run_stage
-from stages.filter import FILTERED
-from stages.outputs import atomic_dir, read_jsonl, save_safetensors
-from stages.progress import progress
-from stages.prompts import training_captions
-from stages.tokens import add_tokens
+from stylemix import params
+from stylemix.base_model import SDXL, architecture, default_device, load_pipeline
+from stylemix.conditioning import encode_text, text_encoders, time_ids, tokenize
+from stylemix.errors import StyleMixError, run_stage
+from stylemix.outputs import atomic_dir, read_jsonl, save_safetensors
+from stylemix.paths import CAPTIONS, FILTERED, LATENTS, LATENTS_FILE
+from stylemix.progress import progress
+from stylemix.prompts import training_captions
+from stylemix.tokens import add_tokens
 
-LATENTS = Path("data/latents")
 BATCH = 8
 
 
@@ -76,7 +74,7 @@ def encode_style(name: str, style: params.Style, base: params.Base,
     meta = {"files": json.dumps(names), "captions": json.dumps(captions_in_order),
             "resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
     with atomic_dir(out / name) as tmp:
-        save_safetensors(tensors, tmp / "latents.safetensors", meta)
+        save_safetensors(tensors, tmp / LATENTS_FILE, meta)
     return tensors
 
 

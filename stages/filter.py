@@ -14,14 +14,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from stages import params
-from stages.errors import StyleMixError, run_stage
-from stages.images import UnreadableImage, contact_sheet, image_files, laplacian_variance, load_rgb, resize_crop
-from stages.progress import track
-from stages.outputs import atomic_dir, write_json, write_jsonl
-
-FILTERED = Path("data/filtered")
-REPORTS = Path("reports/filter")
+from stylemix import params
+from stylemix.errors import StyleMixError, run_stage
+from stylemix.images import UnreadableImage, contact_sheet, image_files, laplacian_variance, load_rgb, resize_crop
+from stylemix.outputs import atomic_dir, write_json, write_jsonl
+from stylemix.paths import FILTER_REPORTS, FILTERED
+from stylemix.progress import track
 
 
 def judge(files: list[Path], cfg: params.Filter, label: str = "filter") -> tuple[list[dict], list[dict]]:
@@ -79,7 +77,7 @@ def write_kept(kept: list[dict], source: Path, out: Path, resolution: int, resam
 
 
 def filter_style(name: str, style: params.Style, cfg: params.Filter, resolution: int,
-                 out: Path = FILTERED, reports: Path = REPORTS) -> dict:
+                 out: Path = FILTERED, reports: Path = FILTER_REPORTS) -> dict:
     source = Path(style.source)
     if not source.is_dir():
         raise StyleMixError(f"styles.{name}.source = {style.source!r}: folder not found; put the style's images there or fix the path")

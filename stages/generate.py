@@ -9,54 +9,22 @@ its prompt, seed, model and settings in its text metadata (A1111's `parameters` 
 import sys
 from pathlib import Path
 
-import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from PIL.PngImagePlugin import PngInfo
-
-from stages import params
-from stages.base_model import default_device, load_pipeline
-from stages.errors import StyleMixError, run_stage
-from stages.layout import IMAGES, TOKEN_IMAGES, image_name, token_image_name
-from stages.lora_files import LORAS, read_info_for
-from stages.merge import MERGED
-from stages.outputs import atomic_dir
-from stages.progress import progress
-from stages.tokens import load_tokens, unload_tokens
-
-SCHEDULERS = {
-    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
-    "ddim": DDIMScheduler.from_config,
-    "euler": EulerDiscreteScheduler.from_config,
-}
-
-
-def triggered(prompt: str, info: dict) -> str:
-    """The prompt with the LoRA's trigger word(s), placed as the style's template says."""
-    triggers = list(info.get("triggers", {}).values()) or [info["trigger"]]
-    template = info.get("template", "{trigger}, {caption}")
-    return template.format(trigger=", ".join(triggers), caption=prompt)
+from stylemix import params
+from stylemix.base_model import default_device, load_pipeline
+from stylemix.errors import StyleMixError, run_stage
+from stylemix.lora_files import read_info_for
+from stylemix.outputs import atomic_dir
+from stylemix.paths import IMAGES, LORAS, MERGED, TOKEN_IMAGES, image_name, token_image_name
+from stylemix.progress import progress
+from stylemix.prompts import triggered
+from stylemix.render import SCHEDULERS, render
+from stylemix.tokens import load_tokens, unload_tokens
 
 
 def lora_folder(kind: str, name: str) -> Path | None:
     if kind == "base":
         return None
     return (LORAS if kind == "style" else MERGED) / name
-
-
-def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str):
-    """One image, and PNG text metadata with its prompt, seed, model and settings."""
-    image = pipe(text, negative_prompt=cfg.negative_prompt or None, num_inference_steps=cfg.steps,
-                 guidance_scale=cfg.guidance_scale, height=base.resolution, width=base.resolution,
-                 generator=torch.Generator(pipe.device).manual_seed(seed)).images[0]
-    meta = PngInfo()
-    for key, value in {"prompt": text, "base_prompt": base_prompt, "negative_prompt": cfg.negative_prompt,
-                       "seed": seed, "model": model, "base_model": base.model, "steps": cfg.steps,
-                       "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler}.items():
-        meta.add_text(key, str(value))
-    meta.add_text("parameters", f"{text}\nNegative prompt: {cfg.negative_prompt}\nSteps: {cfg.steps}, "
-                  f"Sampler: {cfg.scheduler}, CFG scale: {cfg.guidance_scale}, Seed: {seed}, "
-                  f"Size: {base.resolution}x{base.resolution}, Model: {base.model}, Lora: {model}")
-    return image, meta
 
 
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:

@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from stages import params
-from stages.errors import StyleMixError, run_stage
-from stages.images import grid, image_files
-from stages.layout import IMAGES, REPORTS, TOKEN_IMAGES
-from stages.outputs import atomic_dir, atomic_write
+from stylemix import params
+from stylemix.errors import StyleMixError, run_stage
+from stylemix.images import grid, image_files
+from stylemix.outputs import atomic_dir, atomic_write
+from stylemix.paths import FILTER_REPORTS, GRIDS, IMAGES, REPORTS, TOKEN_IMAGES, TRAIN_LOGS
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
@@ -48,7 +48,7 @@ def token_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tup
     return made
 
 
-def loss_plot(styles: list[str], path: Path, logs: Path = REPORTS / "train") -> None:
+def loss_plot(styles: list[str], path: Path, logs: Path = TRAIN_LOGS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +84,7 @@ def metrics_table(metrics: dict, styles: list[str], combos: dict[str, params.Com
 def filter_table(styles: list[str]) -> str:
     lines = ["| style | kept | rejected | why |", "|---|---|---|---|"]
     for s in styles:
-        summary = json.loads((REPORTS / "filter" / s / "summary.json").read_text())
+        summary = json.loads((FILTER_REPORTS / s / "summary.json").read_text())
         why = ", ".join(f"{n} {r}" for r, n in summary["rejected_by_reason"].items())
         lines.append(f"| {s} | {summary['kept']} | {summary['rejected']} | {why} |")
     return "\n".join(lines)
@@ -95,7 +95,7 @@ def main() -> None:
     styles, combos = list(p.styles), p.merge.combos
     models = ["base", *styles, *combos]
     metrics = json.loads((REPORTS / "metrics.json").read_text())
-    with atomic_dir(REPORTS / "grids") as tmp:
+    with atomic_dir(GRIDS) as tmp:
         grids = comparison_grids(models, tmp)
         tokens = token_grids(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")

@@ -4,8 +4,8 @@ import open_clip
 import pytest
 import torch
 
-from stages.base_model import build_tiny, clip_tokenizer, identity, load_pipeline
-from stages.errors import StyleMixError
+from stylemix.base_model import build_tiny, clip_tokenizer, identity, load_pipeline
+from stylemix.errors import StyleMixError
 
 PROMPT = "anistyle, a portrait of a young woman in a garden"
 

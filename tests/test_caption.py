@@ -1,11 +1,11 @@
 import pytest
 from PIL import Image
 
-from stages import params
 from stages.caption import caption_style
-from stages.errors import StyleMixError
-from stages.outputs import read_jsonl, write_jsonl
-from stages.prompts import training_captions, with_trigger
+from stylemix import params
+from stylemix.errors import StyleMixError
+from stylemix.outputs import read_jsonl, write_jsonl
+from stylemix.prompts import training_captions, with_trigger
 
 
 @pytest.fixture

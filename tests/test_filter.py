@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from stages import params
-from stages.errors import StyleMixError
 from stages.filter import filter_style
-from stages.outputs import read_jsonl
-from stages.sample import build_style
+from stylemix import params
+from stylemix.demo_data import build_style
+from stylemix.errors import StyleMixError
+from stylemix.outputs import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import params
-from stages.base_model import load_pipeline
-from stages.generate import generate_model, triggered
-from stages.score import bootstrap, embed_images, score_images, summarize
+from stages.generate import generate_model
+from stylemix import params
+from stylemix.base_model import load_pipeline
+from stylemix.prompts import triggered
+from stylemix.scoring import bootstrap, embed_images, score_images, summarize
 from tests.test_merge import random_lora
 
 GEN = params.Generate(prompts=["a cat", "a house"], seeds=[0, 3], steps=2, negative_prompt="blurry")
@@ -47,13 +48,13 @@ def scorer(tmp_path_factory):
     config.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
                                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}))
     open_clip.add_model_config(config)
-    from stages.score import load_scorer
+    from stylemix.scoring import load_scorer
 
     return load_scorer(params.Score(clip_model="tiny-clip"))
 
 
 def test_an_untrained_scorer_is_the_same_network_every_run(scorer):
-    from stages.score import load_scorer
+    from stylemix.scoring import load_scorer
 
     torch.manual_seed(123)  # whatever ran before
     again = load_scorer(params.Score(clip_model="tiny-clip"))[0].state_dict()
@@ -98,8 +99,8 @@ def test_bootstrap_interval():
 
 def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     from stages.filter import filter_style
-    from stages.sample import build_style
-    from stages.score import style_reference
+    from stylemix.demo_data import build_style
+    from stylemix.scoring import style_reference
 
     refs, own = {}, {}
     for style in ("pixelart", "sketch", "watercolor"):

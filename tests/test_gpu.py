@@ -4,21 +4,34 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 CLAIM = """
 import sys, torch
 torch.cuda.device_count = lambda: 2
-from stages import gpu
+from stylemix import gpu
 print(gpu.claim(poll_s=0.1), flush=True)
 sys.stdin.read()  # hold the GPU until the test closes stdin
 """
 
 
-def start(tmp_path, **env):
-    environ = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK")}
-    return subprocess.Popen([sys.executable, "-c", CLAIM], cwd=ROOT, text=True, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=environ | {"STYLEMIX_GPU_LOCKS": str(tmp_path)} | env)
+@pytest.fixture
+def start(tmp_path):
+    """Start a claiming process; every one still running is killed when the test ends."""
+    procs = []
+
+    def start(**env):
+        environ = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK")}
+        procs.append(subprocess.Popen([sys.executable, "-c", CLAIM], cwd=ROOT, text=True, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=environ | {"STYLEMIX_GPU_LOCKS": str(tmp_path)} | env))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def first_line(proc) -> str:
@@ -30,12 +43,12 @@ def release(proc) -> None:
     proc.wait(timeout=30)
 
 
-def test_concurrent_processes_get_different_gpus_and_wait_for_a_free_one(tmp_path):
-    a, b = start(tmp_path), None
+def test_concurrent_processes_get_different_gpus_and_wait_for_a_free_one(start):
+    a = start()
     assert first_line(a) == "0"
-    b = start(tmp_path)
+    b = start()
     assert first_line(b) == "1"
-    c = start(tmp_path)
+    c = start()
     assert first_line(c).startswith("gpu: all of 0,1 are held")  # waits...
     release(a)
     assert first_line(c) == "0"  # ...and takes the GPU the first process left
@@ -43,11 +56,11 @@ def test_concurrent_processes_get_different_gpus_and_wait_for_a_free_one(tmp_pat
         release(proc)
 
 
-def test_the_pool_is_cuda_visible_devices_and_accelerate_launch_is_left_alone(tmp_path):
-    pinned = start(tmp_path, CUDA_VISIBLE_DEVICES="3,5")
+def test_the_pool_is_cuda_visible_devices_and_accelerate_launch_is_left_alone(start):
+    pinned = start(CUDA_VISIBLE_DEVICES="3,5")
     assert first_line(pinned) == "3"
-    one = start(tmp_path, CUDA_VISIBLE_DEVICES="5")
-    launched = start(tmp_path, LOCAL_RANK="0")
+    one = start(CUDA_VISIBLE_DEVICES="5")
+    launched = start(LOCAL_RANK="0")
     assert first_line(one) == "None" and first_line(launched) == "None"
     for proc in (pinned, one, launched):
         release(proc)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.images import UnreadableImage, contact_sheet, laplacian_variance, load_rgb, resize_crop
-from stages.outputs import atomic_dir
+from stylemix.images import UnreadableImage, contact_sheet, laplacian_variance, load_rgb, resize_crop
+from stylemix.outputs import atomic_dir
 
 
 def checkerboard(size: int, cell: int) -> Image.Image:

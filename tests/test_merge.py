@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from stages import params
-from stages.base_model import load_pipeline
-from stages.errors import StyleMixError
-from stages.lora_files import add_lora, load_factors, save_lora
-from stages.merge import merge_combo
+from stylemix import params
+from stylemix.base_model import load_pipeline
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import add_lora, load_factors, save_lora
+from stylemix.merging import merge_combo
 
 
 def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model="tiny"):

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 SAVE = """
 import sys, torch
-from stages.outputs import save_safetensors
+from stylemix.outputs import save_safetensors
 tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(3, dtype=torch.float16)}
 save_safetensors(tensors, sys.argv[1], {k: str(i) for i, k in enumerate("qwertyuiopasdfgh")})
 """
@@ -20,7 +20,7 @@ def test_safetensors_with_metadata_are_byte_identical_across_processes(tmp_path)
     # safetensors alone writes the 16 metadata keys in a random order per process.
     paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
     for path in paths:
-        subprocess.run([sys.executable, "-c", SAVE, str(path)], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-c", SAVE, str(path)], cwd=ROOT, check=True, timeout=300)
     assert len({p.read_bytes() for p in paths}) == 1
     tensors = load_file(paths[0])
     assert torch.equal(tensors["b"], torch.arange(6.0).reshape(2, 3)) and tensors["a"].dtype == torch.float16

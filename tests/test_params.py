@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params
-from stages.errors import StyleMixError
+from stylemix import params
+from stylemix.errors import StyleMixError
 from tests.conftest import ROOT
 
 DEMO = yaml.safe_load((ROOT / "params.yaml").read_text())

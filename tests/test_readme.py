@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from stages import params
+from stylemix import params
 from tests.conftest import ROOT
 from tests.readme import block, commands, fences
 
@@ -50,7 +50,7 @@ def test_yaml_blocks_are_valid_params(index, tmp_path):
 def test_preset_block_gives_valid_params(tmp_path):
     shutil.copytree(ROOT / "presets", tmp_path / "presets")
     for line in commands("preset"):
-        subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+        subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True, timeout=60)
     p = params.load("base", "styles", "lora", "train", path=tmp_path / "params.yaml")
     assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
     assert all(s.source.startswith("data/raw/") for s in p.styles.values())
@@ -65,12 +65,12 @@ def test_own_style_params_block_declares_a_raw_folder():
 def test_sdxl_preset_and_its_sweep_are_valid_params(tmp_path):
     shutil.copytree(ROOT / "presets", tmp_path / "presets")
     copy, repro, queue, start, draw = commands("sdxl-preset")
-    subprocess.run(["bash", "-c", copy], cwd=tmp_path, check=True)
+    subprocess.run(["bash", "-c", copy], cwd=tmp_path, check=True, timeout=60)
     path = tmp_path / "params.yaml"
     p = params.load("base", "lora", "train", path=path)
     assert p.base.model == "stabilityai/stable-diffusion-xl-base-1.0" and p.base.vae == "madebyollin/sdxl-vae-fp16-fix"
     assert (p.base.resolution, p.train.batch_size, p.train.epochs, p.train.lr, p.lora.rank, p.lora.alpha) == (512, 1, 100, 1e-4, 4, 8)
-    assert (repro, start, draw) == ("dvc repro", "dvc queue start", "python -m stages.sweep")
+    assert (repro, start, draw) == ("dvc repro", "dvc queue start", "stylemix sweep")
     # Every experiment of the queued sweep is a valid params file (what `-S` would write).
     sweep = [[(key, value) for value in values.split(",")] for key, values in re.findall(r"-S ([\w.]+)=(\S+)", queue)]
     assert [len(axis) for axis in sweep] == [3, 4]

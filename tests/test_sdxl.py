@@ -8,18 +8,18 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from stages import params
-from stages.base_model import SD15, SDXL, architecture, build_tiny, file_architecture, load_pipeline
 from stages.caption import caption_style
-from stages.conditioning import encode_text, text_encoders, tokenize
 from stages.encode import encode_style
-from stages.errors import StyleMixError
 from stages.filter import filter_style
-from stages.lora_files import add_lora, load_factors, read_info_for, save_lora
-from stages.merge import merge_combo
-from stages.outputs import read_jsonl
-from stages.sample import build_style
-from stages.train import train_style
+from stylemix import params
+from stylemix.base_model import SD15, SDXL, architecture, build_tiny, file_architecture, load_pipeline
+from stylemix.conditioning import encode_text, text_encoders, tokenize
+from stylemix.demo_data import build_style
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import add_lora, load_factors, read_info_for, save_lora
+from stylemix.merging import merge_combo
+from stylemix.outputs import read_jsonl
+from stylemix.training import train_style
 
 RESOLUTION = 32
 # Attention and resnet layers: every kind of layer the kohya SDXL (sgm) names cover.

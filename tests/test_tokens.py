@@ -5,17 +5,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from stages import params
-from stages.base_model import build_tiny, load_pipeline
-from stages.conditioning import text_encoders, tokenizers
-from stages.errors import StyleMixError
 from stages.generate import generate_model
-from stages.lora_files import read_info
-from stages.merge import merge_combo
 from stages.report import token_grids
-from stages.sample import FRAMINGS, build_style
-from stages.tokens import load_tokens
-from stages.train import train_style
+from stylemix import params
+from stylemix.base_model import build_tiny, load_pipeline
+from stylemix.conditioning import text_encoders, tokenizers
+from stylemix.demo_data import FRAMINGS, build_style
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import read_info
+from stylemix.merging import merge_combo
+from stylemix.tokens import load_tokens
+from stylemix.training import train_style
 from tests.test_merge import random_lora
 from tests.test_train import launch_two_processes, prepare
 
@@ -145,7 +145,7 @@ def test_bad_tokens_are_one_clear_line(tokens, expected):
 
 
 def test_a_token_the_base_model_knows_is_refused(tiny_model):
-    from stages.tokens import add_tokens
+    from stylemix.tokens import add_tokens
 
     pipe = load_pipeline(str(tiny_model))
     pipe.tokenizer.add_tokens(["<cu_trg>"])

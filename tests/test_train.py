@@ -5,14 +5,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from stages import params
-from stages.base_model import load_pipeline
 from stages.caption import caption_style
 from stages.encode import encode_style
-from stages.errors import StyleMixError
 from stages.filter import filter_style
-from stages.sample import build_style
-from stages.train import train_style
+from stylemix import params
+from stylemix.base_model import load_pipeline
+from stylemix.demo_data import build_style
+from stylemix.errors import StyleMixError
+from stylemix.training import train_style
 
 RESOLUTION = 32
 

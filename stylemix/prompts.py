@@ -1,16 +1,12 @@
 """Where captions meet trigger words: manual overrides win over machine captions, then the
 style's template puts the trigger in ("anistyle, a portrait of ..." or "..., drawn by KSH").
-Run `python -m stages.prompts STYLE` to see the captions training will read."""
-import sys
+`stylemix prompts STYLE` shows the captions training will read."""
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-from stages import params
-from stages.caption import CAPTIONS
-from stages.errors import StyleMixError, run_stage
-from stages.outputs import read_jsonl
+from stylemix import params
+from stylemix.errors import StyleMixError
+from stylemix.outputs import read_jsonl
+from stylemix.paths import CAPTIONS
 
 
 def with_trigger(caption: str, style: params.Style) -> str:
@@ -30,16 +26,8 @@ def training_captions(name: str, style: params.Style, captions: Path = CAPTIONS)
     return {r["file_name"]: with_trigger(overrides.get(Path(r["file_name"]).stem, r["text"]), style) for r in rows}
 
 
-def main() -> None:
-    if len(sys.argv) != 2:
-        raise StyleMixError("usage: python -m stages.prompts STYLE")
-    p = params.load("styles")
-    name = sys.argv[1]
-    table = Table("file", "training caption", title=f"{name}: captions as training reads them")
-    for file_name, text in training_captions(name, params.style(p, name)).items():
-        table.add_row(file_name, text)
-    Console().print(table)
-
-
-if __name__ == "__main__":
-    run_stage(main)
+def triggered(prompt: str, info: dict) -> str:
+    """The prompt with the LoRA's trigger word(s), placed as the style's template says."""
+    triggers = list(info.get("triggers", {}).values()) or [info["trigger"]]
+    template = info.get("template", "{trigger}, {caption}")
+    return template.format(trigger=", ".join(triggers), caption=prompt)

@@ -8,7 +8,7 @@ class StyleMixError(Exception):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a StyleMixError becomes `error: ...` and exit code 2, no traceback."""
+    """Run a stage's or command's main(); a StyleMixError becomes `error: ...` and exit code 2, no traceback."""
     try:
         main()
     except StyleMixError as err:

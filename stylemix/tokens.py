@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stages.conditioning import text_encoders, tokenizers
-from stages.errors import StyleMixError
-from stages.outputs import save_safetensors
+from stylemix.conditioning import text_encoders, tokenizers
+from stylemix.errors import StyleMixError
+from stylemix.outputs import save_safetensors
 
 DIFFUSERS, A1111 = "tokens", "embeddings"  # the two folders in a LoRA folder
 

@@ -1,8 +1,8 @@
-"""sweep: compare experiments over two params, as a heatmap per metric and an image grid.
+"""Compare experiments over two params, as a heatmap per metric and an image grid.
 
     dvc exp run --queue -S lora.rank=4,8,16 -S lora.alpha=4,8,16,32 && dvc queue start
-    python -m stages.sweep                  # after the queue is done: rows lora.rank, columns lora.alpha
-    python -m stages.sweep --rows train.lr --cols lora.rank --model watercolor --prompt 2 --metric '*final_loss'
+    stylemix sweep                  # after the queue is done: rows lora.rank, columns lora.alpha
+    stylemix sweep --rows train.lr --cols lora.rank --model watercolor --prompt 2 --metric '*final_loss'
 
 The table is `dvc exp show --json`'s, through `dvc.api.exp_show`; each experiment's image comes
 out of the DVC cache at its commit (`dvc.api.open`), so nothing is checked out or regenerated.
@@ -18,13 +18,13 @@ import dvc.api
 import pandas as pd
 from PIL import Image
 
-from stages import params
-from stages.errors import StyleMixError, run_stage
-from stages.images import grid
-from stages.layout import IMAGES, REPORTS, image_name
-from stages.outputs import atomic_dir
+from stylemix import params
+from stylemix.errors import StyleMixError
+from stylemix.images import grid
+from stylemix.outputs import atomic_dir
+from stylemix.paths import IMAGES, SWEEP, image_name
+from stylemix.queue import workers
 
-SWEEP = REPORTS / "sweep"
 DEFAULT_METRICS = ("*models.*.clip_score.mean", "*models.*.style_gain_over_base", "*train/*/metrics.json:final_loss")
 
 
@@ -48,6 +48,9 @@ def experiments(rows: str, cols: str, repo: str = ".") -> pd.DataFrame:
     if table.empty:
         raise StyleMixError("no experiments: run `dvc exp run --queue -S ...` and `dvc queue start` first")
     r, c = column(table, rows), column(table, cols)
+    if not table["State"].isin(["Queued", "Running"]).any() and (idle := workers(repo)):
+        print(f"sweep: nothing is queued or running, yet {len(idle)} queue worker(s) still run "
+              f"({', '.join(idle)}): `dvc queue stop` ends them")
     done = table[(table["rev"] != "workspace") & ~table["State"].isin(["Queued", "Running", "Failed"])]
     done = done.dropna(subset=[r, c]).sort_values("Created", ascending=False, na_position="last")
     done = done.drop_duplicates([r, c]).set_index([r, c]).sort_index()
@@ -115,8 +118,7 @@ def image_grid(table: pd.DataFrame, model: str, prompt: int, seed: int, rows: st
     return grid(grid_rows, [f"{cols} = {label(c)}" for c in col_values], f"{model}: prompt {prompt}, seed {seed}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.sweep", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", default="lora.rank", help="params key for the rows (default lora.rank)")
     parser.add_argument("--cols", default="lora.alpha", help="params key for the columns (default lora.alpha)")
     parser.add_argument("--metric", action="append", help="metric name or glob, repeatable (default: CLIP "
@@ -125,8 +127,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=0, help="index into generate.prompts")
     parser.add_argument("--seed", type=int, help="one of generate.seeds (default: the first)")
     parser.add_argument("-o", "--out", type=Path, default=SWEEP)
-    args = parser.parse_args()
 
+
+def run(args: argparse.Namespace) -> None:
     table = experiments(args.rows, args.cols)
     metrics = metric_columns(table, args.metric or list(DEFAULT_METRICS))
     p = params.load("styles", "generate")
@@ -137,7 +140,3 @@ def main() -> None:
         heatmaps(table, metrics, args.rows, args.cols, tmp / "heatmaps.png")
         image_grid(table, model, args.prompt, seed, args.rows, args.cols).save(tmp / "images.png")
     print(f"sweep: {len(table)} experiments x {len(metrics)} metrics -> {args.out}/heatmaps.png, images.png, sweep.csv")
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -20,12 +20,11 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stages import params
-from stages.base_model import PIPELINES, SD15, SDXL, architecture
-from stages.errors import StyleMixError
-from stages.outputs import save_safetensors
+from stylemix import params
+from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix.errors import StyleMixError
+from stylemix.outputs import save_safetensors
 
-LORAS = Path("models/lora")  # train@S writes models/lora/<style>/
 WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.

@@ -9,11 +9,20 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from stages.errors import StyleMixError
+from stylemix.errors import StyleMixError
+from stylemix.paths import PARAMS_FILE
 
-PARAMS_FILE = Path("params.yaml")
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 TOKEN = re.compile(r"^<[a-z0-9_]+>$")  # a new concept token: never a word the tokenizer already knows
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

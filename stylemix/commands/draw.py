@@ -1,18 +1,19 @@
 """Pictures on demand, outside the pipeline: a prompt, any trained styles or combinations with
 weights, a seed, an output path. Settings not given come from params.yaml's `generate`.
 
-    python -m stages.draw "a cat sitting by a window" watercolor=0.6 pixelart=0.4 --seed 3 -o cat.png
+    stylemix draw "a cat sitting by a window" watercolor=0.6 pixelart=0.4 --seed 3 -o cat.png
 """
 import argparse
 from pathlib import Path
 
-from stages import params
-from stages.base_model import default_device, load_pipeline
-from stages.errors import StyleMixError, run_stage
-from stages.generate import SCHEDULERS, render, triggered
-from stages.lora_files import LORAS, read_info_for
-from stages.merge import MERGED
-from stages.tokens import load_tokens
+from stylemix import params
+from stylemix.base_model import default_device, load_pipeline
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import read_info_for
+from stylemix.paths import LORAS, MERGED
+from stylemix.prompts import triggered
+from stylemix.render import SCHEDULERS, render
+from stylemix.tokens import load_tokens
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -23,15 +24,16 @@ def parse_lora(spec: str) -> tuple[str, float]:
         raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt")
     parser.add_argument("loras", nargs="*", help="STYLE=WEIGHT or COMBO=WEIGHT (trained or merged)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--negative")
     parser.add_argument("-o", "--out", type=Path, default=Path("draw.png"))
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
     p = params.load("base", "generate")
     cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative)) if v is not None})
     pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
@@ -55,7 +57,3 @@ def main() -> None:
     image, meta = render(pipe, text, args.seed, cfg, p.base, label, args.prompt)
     image.save(args.out, pnginfo=meta)
     print(f"draw: {text!r} ({label}, seed {args.seed}) -> {args.out}")
-
-
-if __name__ == "__main__":
-    run_stage(main)

@@ -16,15 +16,23 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import (AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from huggingface_hub import constants as hub_constants
 from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from stages import gpu
-from stages.errors import StyleMixError
-from stages.params import model_kind
+from stylemix import gpu
+from stylemix.errors import StyleMixError
+from stylemix.params import model_kind
+from stylemix.paths import BASE_DIR
 
 # Our own progress bars and messages say what happens; the libraries' would repeat it.
 diffusers.utils.logging.set_verbosity_error()
@@ -32,7 +40,6 @@ diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-BASE_DIR = Path("models/base")  # the base stage's output: `tiny` itself, and source.json for any model
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SD15, SDXL = "sd15", "sdxl"  # the two architectures; every stage reads which from the model itself
 PIPELINES = {SD15: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}

@@ -1,0 +1,3 @@
+from stylemix.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""The offline demo's dataset: public-domain photos that ship inside scikit-image, stylized with
+OpenCV, one folder per style. Each image gets a sidecar caption; every folder also gets the broken
+and awkward files the filter must survive. The sketch style comes at three camera framings with
+shot tokens in its captions (new concept tokens)."""
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from skimage import data
+
+from stylemix.progress import track
+
+# (loader, what the photo shows): the sidecar caption describes content, never style.
+PHOTOS = [
+    (data.astronaut, "an astronaut in a white spacesuit in front of a flag"),
+    (data.chelsea, "a tabby cat with green eyes"),
+    (data.coffee, "a cup of coffee on a saucer"),
+    (data.rocket, "a rocket on a launch pad under a blue sky"),
+    (lambda: data.stereo_motorcycle()[0], "a motorcycle parked in a workshop"),
+    (data.camera, "a man standing behind a camera on a tripod"),
+    (data.hubble_deep_field, "galaxies scattered across deep space"),
+    (data.coins, "old coins laid out in rows"),
+]
+
+
+def watercolor(rgb: np.ndarray) -> np.ndarray:
+    washed = cv2.stylization(rgb, sigma_s=45, sigma_r=0.35)
+    paper = np.random.default_rng(0).normal(0, 6, washed.shape[:2])[..., None]
+    return np.clip(washed.astype(np.float32) * 0.9 + 25 + paper, 0, 255).astype(np.uint8)
+
+
+def cartoon(rgb: np.ndarray) -> np.ndarray:
+    smooth = rgb
+    for _ in range(4):
+        smooth = cv2.bilateralFilter(smooth, 9, 60, 7)
+    flat = (smooth // 48) * 48 + 24  # posterize to a few flat tones per channel
+    gray = cv2.medianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 7)
+    edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 9, 4)
+    return cv2.bitwise_and(flat.astype(np.uint8), flat.astype(np.uint8), mask=edges)
+
+
+def sketch(rgb: np.ndarray) -> np.ndarray:
+    gray, _ = cv2.pencilSketch(rgb, sigma_s=50, sigma_r=0.08, shade_factor=0.04)
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+
+
+def pixelart(rgb: np.ndarray) -> np.ndarray:
+    small = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(small).quantize(colors=12, method=Image.Quantize.MEDIANCUT).convert("RGB"))
+
+
+# style -> (stylizer, side of the saved image): sizes echo the references' sources.
+RECIPES = {
+    "watercolor": (watercolor, 416),
+    "cartoon": (cartoon, 960),
+    "sketch": (sketch, 512),
+    "pixelart": (pixelart, None),
+}
+
+
+def _photo(index: int) -> tuple[np.ndarray, str]:
+    load, caption = PHOTOS[index % len(PHOTOS)]
+    img = load()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3]), caption
+
+
+# The sketch style is also the storyboard reference's: each photo framed close, medium or wide,
+# its caption led by the shot token (crop size as a share of the photo's short side). params.yaml
+# declares these tokens for styles.sketch.
+FRAMED_STYLE = "sketch"
+FRAMINGS = {"<cu_trg>": 0.3, "<ms_trg>": 0.6, "<fs_trg>": 1.0}
+
+
+def _view(rgb: np.ndarray, rng: np.random.Generator, side: int, share: float | None = None) -> np.ndarray:
+    """A random square crop (`share`, else 55-100%, of the short side), maybe mirrored, scaled to `side`."""
+    h, w = rgb.shape[:2]
+    crop = int(min(h, w) * (share or rng.uniform(0.55, 1.0)))
+    top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+    view = rgb[top : top + crop, left : left + crop]
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(view), (side, side), interpolation=cv2.INTER_AREA)
+
+
+def plant_edge_cases(folder: Path, good: list[Image.Image], extra: list[tuple[Image.Image, str]],
+                     rng: np.random.Generator) -> None:
+    """Files the filter must reject or repair, so every demo run exercises them."""
+    for i, img in enumerate(good[:3]):  # blurred copies: rejected by the Laplacian test
+        blurred = cv2.GaussianBlur(np.asarray(img), (0, 0), max(img.size) / 8)
+        Image.fromarray(blurred).save(folder / f"blurred_{i}.png")
+    buf = io.BytesIO()
+    good[0].save(buf, format="PNG")
+    (folder / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a text file with an image's name\n")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    # Kept after repair: grayscale, transparent and EXIF-rotated files become upright RGB.
+    (gray, _), (rgba, _), (upright, _) = extra
+    gray.convert("L").save(folder / "gray.png")
+    alpha = np.full(rgba.size[::-1], 255, np.uint8)
+    alpha[: rgba.size[1] // 6] = 0  # a transparent band on top
+    rgba = rgba.convert("RGBA")
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(folder / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: viewers rotate the stored pixels 90 degrees clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "rotated.jpg", exif=exif, quality=95)
+    for name, (_, caption) in zip(("gray", "rgba", "rotated"), extra):
+        (folder / f"{name}.txt").write_text(caption + "\n")
+
+
+def build_style(style: str, folder: Path, count: int, seed: int) -> None:
+    stylize, side = RECIPES[style]
+    rng = np.random.default_rng([seed, list(RECIPES).index(style)])
+    made = []
+    for i in track(range(count + 3), description=f"sample {style}"):
+        photo, caption = _photo(i)
+        shot = list(FRAMINGS)[i % len(FRAMINGS)] if style == FRAMED_STYLE else None
+        view = _view(photo, rng, side or 256, FRAMINGS.get(shot))
+        made.append((Image.fromarray(stylize(view)), f"{shot}, {caption}" if shot else caption))
+    for i, (img, caption) in enumerate(made[:count]):
+        img.save(folder / f"{style}_{i:03d}.png")
+        (folder / f"{style}_{i:03d}.txt").write_text(caption + "\n")
+    plant_edge_cases(folder, [img for img, _ in made[:count]], made[count:], rng)

@@ -1,0 +1,115 @@
+"""Combining style LoRAs, with weights, into one standalone LoRA (a new style; merge@C).
+
+Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
+- linear: h = W x + sum_i w_i dW_i x exactly, by stacking the scaled factors (rank sum r_i).
+  (peft's add_weighted_adapter "linear" mixes A and B separately, which is not this sum.)
+- svd:    the same sum, truncated to `rank` by SVD (exact when rank >= sum r_i).
+- ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
+  (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
+New concept tokens of the components come along unchanged.
+"""
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import merge_utils
+
+from stylemix import params
+from stylemix.base_model import SD15
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import load_factors, read_info, save_states
+from stylemix.outputs import atomic_dir
+from stylemix.paths import LORAS, MERGED
+from stylemix.tokens import copy_token
+
+
+def _delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    return scale * b.flatten(1) @ a.flatten(1)  # (out, in [* kh * kw]) for linear and conv layers
+
+
+def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: torch.Tensor):
+    """Best rank-`rank` factors (A, B) of delta, shaped like the originals (conv kernels too)."""
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    k = min(rank, len(s))
+    root = s[:k].sqrt()
+    a, b = root[:, None] * vh[:k], u[:, :k] * root
+    if k < rank:  # keep every layer at the same rank
+        a, b = torch.cat([a, a.new_zeros(rank - k, a.shape[1])]), torch.cat([b, b.new_zeros(b.shape[0], rank - k)], 1)
+    return a.reshape(rank, *like_a.shape[1:]), b.reshape(like_b.shape[0], rank, *like_b.shape[2:])
+
+
+def merge(components: list[tuple[dict, float]], combo: params.Combo) -> dict[str, tuple[dict, int]]:
+    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1."""
+    merged = {}
+    for prefix in sorted({p for factors, _ in components for p in factors}):
+        parts = [(factors.get(prefix, {}), w) for factors, w in components]
+        ranks = [next(iter(f.values()))[0].shape[0] if f else 0 for f, _ in parts]
+        rank = sum(ranks) if combo.method == "linear" else (combo.rank or max(ranks))
+        modules = {}
+        for module in sorted({m for f, _ in parts for m in f}):
+            a0, b0, _ = next(f[module] for f, _ in parts if module in f)
+            if combo.method == "linear":
+                a = torch.cat([f[module][0] if module in f else a0.new_zeros(r, *a0.shape[1:]) for (f, _), r in zip(parts, ranks)])
+                b = torch.cat([w * f[module][2] * f[module][1] if module in f else b0.new_zeros(b0.shape[0], r, *b0.shape[2:])
+                               for (f, w), r in zip(parts, ranks)], dim=1)
+                modules[module] = (a, b)
+                continue
+            deltas = [_delta(*f[module]) if module in f else _delta(a0, b0, 0.0) for f, _ in parts]
+            weights = torch.tensor([w for _, w in parts])
+            if combo.method == "svd":
+                total = sum(w * d for w, d in zip(weights, deltas))
+            else:
+                torch.manual_seed(combo.seed)  # DARE's random drop mask
+                merge_fn = getattr(merge_utils, combo.method)
+                total = merge_fn(deltas, weights, combo.density)
+            modules[module] = _factors_of(total, rank, a0, b0)
+        merged[prefix] = (modules, rank)
+    return merged
+
+
+def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED) -> dict:
+    infos = {style: read_info(loras / style) for style in combo.weights}
+    archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
+    if len(set(archs.values())) > 1:
+        sides = "; ".join(f"{arch}: {', '.join(s for s, a in archs.items() if a == arch)}" for arch in sorted(set(archs.values())))
+        raise StyleMixError(f"merge.combos.{name} mixes SD 1.5 and SDXL LoRAs ({sides}), which cannot be combined; "
+                            f"retrain them on one base model")
+    bases = {info.get("base_model") for info in infos.values()}
+    if len(bases) > 1:
+        raise StyleMixError(f"merge.combos.{name}: its styles were trained on different base models ({', '.join(map(str, bases))})")
+    tokens = combined_tokens(name, infos)
+    total = sum(combo.weights.values())
+    if total > 1:
+        print(f"warning: merge.combos.{name} weights sum to {total:g} > 1; styles tend to clash above 1 (the reference saw it)")
+    components = [(load_factors(loras / style), w) for style, w in combo.weights.items()]
+    merged = merge(components, combo)
+    states = {}
+    for prefix, (modules, rank) in merged.items():
+        state = {f"{m}.lora_A.weight": a.contiguous() for m, (a, _) in modules.items()}
+        state |= {f"{m}.lora_B.weight": b.contiguous() for m, (_, b) in modules.items()}
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(modules)).to_dict()
+        config["target_modules"] = sorted(modules)  # a list in the metadata, as diffusers writes it
+        states[prefix] = (state, config)
+    info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1],
+            "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
+            "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
+            "layers_per_block": next(iter(infos.values())).get("layers_per_block"),
+            "tokens": {token: phrase for token, (_, phrase) in tokens.items()}}
+    with atomic_dir(out / name) as tmp:
+        save_states(tmp, name, states, info)
+        for token, (style, _) in tokens.items():
+            copy_token(loras / style, tmp, token)
+    return info
+
+
+def combined_tokens(name: str, infos: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """Every component's new tokens, {token: (style, initializer)}: a token embedding is no
+    weight delta, so it comes along whole; two styles defining the same token cannot merge."""
+    tokens: dict[str, tuple[str, str]] = {}
+    for style, info in infos.items():
+        for token, phrase in (info.get("tokens") or {}).items():
+            if token in tokens:
+                raise StyleMixError(f"merge.combos.{name}: styles {tokens[token][0]} and {style} both define token {token}; "
+                                    f"rename it in one of them (styles.{style}.tokens) and retrain that style")
+            tokens[token] = (style, phrase)
+    return tokens

@@ -1,0 +1,32 @@
+"""The README.md written beside each trained LoRA: trigger word, tokens, settings, how to load it."""
+from stylemix import params
+from stylemix.prompts import with_trigger
+from stylemix.tokens import a1111_file, diffusers_file
+
+
+def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
+    tokens, example = "", with_trigger("a cat sitting by a window", style)
+    if style.tokens:
+        first = next(iter(style.tokens))
+        rows = "\n".join(f"| `{t}` | {phrase} | `{a1111_file(t)}` |" for t, phrase in style.tokens.items())
+        tokens = (f"\nNew tokens, trained with the LoRA (lr {cfg.token_lr:g}); A1111 and ComfyUI write an embedding "
+                  f"by its file name.\n\n| token | started from | A1111 / ComfyUI embedding |\n|---|---|---|\n{rows}\n")
+        example = with_trigger(f"{first}, a cat sitting by a window", style)
+    loads = "".join(f'pipe.load_textual_inversion("models/lora/{name}/{diffusers_file(t)}")\n' for t in style.tokens)
+    if loads:
+        loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
+    return f"""# {name} LoRA (stylemix)
+
+Trigger word: **`{style.trigger}`**, used as `{style.template}`.
+{tokens}
+| base model | resolution | rank / alpha | targets | text encoder | steps | lr | precision |
+|---|---|---|---|---|---|---|---|
+| {p.base.model} | {p.base.resolution} | {p.lora.rank} / {p.lora.alpha:g} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+
+```python
+pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI
+{loads}image = pipe("{example}").images[0]
+```
+
+![validation images](validation.png)
+"""

@@ -1,0 +1,37 @@
+"""Where the project's files live, relative to the repo root: every stage and command asks here,
+none asks another stage. dvc.yaml's outs name the same folders."""
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+SAMPLE = Path("data/sample")  # sample: the demo's style folders
+FILTERED = Path("data/filtered")  # filter@S: data/filtered/<style>/ with index.jsonl
+CAPTIONS = Path("data/captions")  # caption@S: data/captions/<style>/metadata.jsonl
+LATENTS = Path("data/latents")  # encode@S: data/latents/<style>/latents.safetensors
+LATENTS_FILE = "latents.safetensors"
+
+BASE_DIR = Path("models/base")  # base: `tiny` itself, and source.json for any model
+LORAS = Path("models/lora")  # train@S: models/lora/<style>/
+MERGED = Path("models/merged")  # merge@C: models/merged/<combo>/
+CHECKPOINTS = Path("models/checkpoints")  # train@S's resumable state: git-ignored, outside DVC
+
+REPORTS = Path("reports")
+FILTER_REPORTS = REPORTS / "filter"  # filter@S: reports/filter/<style>/
+TRAIN_LOGS = REPORTS / "train"  # train@S: dvclive's reports/train/<style>/
+IMAGES = REPORTS / "images"  # generate@M: reports/images/<model>/
+TOKEN_IMAGES = "tokens"  # and, for a model with new tokens, reports/images/<model>/tokens/
+SCORE_PLOTS = REPORTS / "plots" / "scores"  # score: one bar chart per metric
+GRIDS = REPORTS / "grids"  # report: the comparison grids
+SWEEP = REPORTS / "sweep"  # `stylemix sweep`: drawn on demand, git-ignored
+
+
+def latents_file(style: str, root: Path = LATENTS) -> Path:
+    return root / style / LATENTS_FILE
+
+
+def image_name(prompt_index: int, seed: int) -> str:
+    return f"p{prompt_index}_s{seed}.png"
+
+
+def token_image_name(token_index: int, prompt_index: int, seed: int) -> str:
+    return f"t{token_index}_p{prompt_index}_s{seed}.png"

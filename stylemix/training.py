@@ -1,0 +1,286 @@
+"""Training one LoRA per style on the frozen base model, from the latents encode@S cached (train@S).
+
+Runs through accelerate, so the stage works in one process or several (GPUs or CPU processes).
+Deterministic: the data order of each epoch and every random draw come from the seed, so a
+resumed run equals an unbroken one.
+Checkpoints land in models/checkpoints/<style>/ (git-ignored, outside DVC, so they survive between
+runs); a rerun after a kill resumes from the newest one made with the same settings.
+"""
+import contextlib
+import hashlib
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params, compute_snr
+from dvclive import Live
+from safetensors.torch import load_file
+from scmrepo.exceptions import SCMError
+
+from stylemix import checkpoints, params
+from stylemix.base_model import load_pipeline, pinned_source
+from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
+from stylemix.errors import StyleMixError
+from stylemix.images import contact_sheet
+from stylemix.lora_files import add_lora, save_lora
+from stylemix.model_card import model_card
+from stylemix.outputs import atomic_dir, atomic_write
+from stylemix.paths import CHECKPOINTS, LATENTS, LORAS, TRAIN_LOGS, latents_file
+from stylemix.progress import progress
+from stylemix.prompts import with_trigger
+from stylemix.tokens import add_tokens, save_tokens
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[str, torch.Tensor]:
+    path = latents_file(name, latents)
+    if not path.is_file():
+        raise StyleMixError(f"style {name}: no cached latents ({path} missing); run `dvc repro encode@{name}`")
+    data = load_file(path)
+    if data["mean"].shape[-1] * 8 != resolution:
+        raise StyleMixError(f"{path} was encoded at another resolution than base.resolution = {resolution}; rerun encode@{name}")
+    return data
+
+
+def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
+    """The base pipeline, frozen, with fresh LoRA adapters and the style's new tokens; returns
+    (pipe, trained modules, trainables)."""
+    pipe = load_pipeline(p.base.model, p.base.revision, "float32", p.base.vae)
+    pipe.set_progress_bar_config(disable=True)
+    unet, encoders = pipe.unet, text_encoders(pipe)
+    for module in (unet, *encoders, pipe.vae):
+        module.requires_grad_(False)
+    if tokens:
+        add_tokens(pipe, tokens, name)
+    # Frozen base weights in the training precision; the LoRA weights stay float32.
+    weight_dtype = DTYPES[cfg.mixed_precision]
+    for module in (unet, *encoders):
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
+    set_seed(cfg.seed)  # the LoRA's random initialisation
+    add_lora(unet, encoders, p.lora)
+    trained = [unet, *encoders] if p.lora.text_encoder or tokens else [unet]
+    cast_training_params(trained, dtype=torch.float32)
+    if cfg.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for encoder in trained[1:]:
+            encoder.gradient_checkpointing_enable()
+    trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder", "text_encoder_2"), trained)
+                  for k, v in m.named_parameters() if v.requires_grad}
+    return pipe, trained, trainables
+
+
+def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
+    """One parameter group each for the UNet's LoRA, the text encoders' LoRA and the new tokens'
+    embeddings, each at its own lr; no weight decay on embeddings, which would shrink them."""
+    def part(key: str) -> str:
+        return "unet" if key.startswith("unet.") else "tokens" if key.endswith(".token_embedding.new") else "text"
+    settings = {"unet": {"lr": cfg.lr}, "text": {"lr": cfg.text_encoder_lr or cfg.lr},
+                "tokens": {"lr": cfg.token_lr, "weight_decay": 0.0}}
+    groups = [{"params": [v for k, v in trainables.items() if part(k) == name]} | group for name, group in settings.items()]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            if device.type == "cuda":
+                return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
+        except ImportError:
+            pass
+        print("warning: train.optimizer = adamw8bit needs bitsandbytes and a CUDA GPU; using torch AdamW")
+    # Fused AdamW is the known win on CUDA; on the CPU it measured no better or worse (bench/train_step.py).
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
+def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int, latents_file: Path) -> str:
+    """What a checkpoint must match to be resumed: code, base model, data and every setting that
+    changes the numbers (not how often to checkpoint or validate, nor torch.compile)."""
+    settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts",
+                                       "validation_steps", "validate_every", "compile"})
+    digest = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731
+    return checkpoints.fingerprint({
+        "code": [digest(__file__), digest(checkpoints.__file__)], "base": pinned_source(p.base.model, p.base.revision),
+        "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file),
+        "tokens": style.tokens})
+
+
+def open_live(folder: Path, history: list[dict]) -> Live:
+    """dvclive logger for the loss and lr curves, replaying the history behind resumed weights."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        live = Live(str(folder), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as err:  # dvclive reads HEAD and fails in a git repo without commits
+        raise StyleMixError(f"dvclive cannot log in this git repo ({err}): make a first commit") from None
+    for row in history:
+        log_row(live, row)
+    return live
+
+
+def log_row(live: Live, row: dict) -> None:
+    live.step = row["step"]
+    live.log_metric("loss", row["loss"])
+    live.log_metric("lr", row["lr"])
+
+
+def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int) -> torch.Tensor:
+    """This process's images for one micro-batch: a seeded permutation per epoch, sharded by rank."""
+    epoch, within = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    start = ((within * cfg.gradient_accumulation + micro) * world + rank) * cfg.batch_size
+    return order[start : start + cfg.batch_size]
+
+
+def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: params.Train, gen: torch.Generator,
+                   encoders: list | None = None) -> torch.Tensor:
+    """Noise cached latents at random timesteps and score the UNet's prediction (min-SNR weighted)."""
+    device = gen.device
+    b = len(idx)
+    flip = (torch.rand(b, generator=gen, device=device) < 0.5) if cfg.random_flip else torch.zeros(b, dtype=torch.bool, device=device)
+    pick = lambda key: torch.where(flip[:, None, None, None], data[key + "_flipped"][idx], data[key][idx])  # noqa: E731
+    latents = pick("mean") + pick("std") * torch.randn(pick("mean").shape, generator=gen, device=device)
+    drop = torch.rand(b, generator=gen, device=device) < cfg.caption_dropout
+    caption = lambda key: torch.where(drop.view(-1, *[1] * (data[key].dim() - 1)), data["empty_" + key], data[key][idx])  # noqa: E731
+    if encoders is None:  # frozen text encoders: their cached output
+        cond, pooled = caption("text_hidden"), caption("text_pooled") if "text_pooled" in data else None
+    else:
+        cond, pooled = encode_text(encoders, [caption(k) for k in IDS[: len(encoders)]])
+    noise = torch.randn(latents.shape, generator=gen, device=device)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen, device=device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen, device=device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    v_pred = noise_scheduler.config.prediction_type == "v_prediction"
+    target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
+    pred = unet(noisy, t, cond, **unet_kwargs(pooled, data["time_ids"][idx] if pooled is not None else None)).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if cfg.min_snr_gamma:
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if v_pred else snr)
+        loss = loss * weight
+    return loss.mean()
+
+
+def validation_images(pipe, prompts: list[str], style: params.Style, resolution: int, steps: int, device) -> list:
+    was_training = pipe.unet.training
+    pipe.unet.eval()
+    pipe.to(device)
+    with torch.autocast(device.type, enabled=pipe.unet.dtype != torch.float32):
+        images = [pipe(with_trigger(p, style), num_inference_steps=steps, height=resolution, width=resolution,
+                       generator=torch.Generator(device).manual_seed(i)).images[0] for i, p in enumerate(prompts)]
+    pipe.unet.train(was_training)
+    return images
+
+
+def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ckpt_root: Path = CHECKPOINTS,
+                logs: Path = TRAIN_LOGS, latents: Path = LATENTS) -> dict:
+    """Train the style's LoRA; returns the pipeline holding it and a summary."""
+    cfg, style = params.train_for(p, name), params.style(p, name)
+    data = load_latents(name, p.base.resolution, latents)
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise StyleMixError("train.mixed_precision = fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.compile else "no")
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    n, per_batch = len(data["mean"]), cfg.batch_size * world * cfg.gradient_accumulation
+    if n < per_batch:
+        raise StyleMixError(f"style {name}: {n} images, fewer than one step's batch "
+                            f"(train.batch_size {cfg.batch_size} x {world} processes x accumulation {cfg.gradient_accumulation})")
+    per_epoch = n // per_batch
+    total = cfg.max_steps or cfg.epochs * per_epoch
+
+    pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
+    optimizer = make_optimizer(trainables, cfg, device)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    prepared = accelerator.prepare(*trained, optimizer)
+    model, te_models, optimizer = prepared[0], list(prepared[1:-1]) or None, prepared[-1]
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    data = {k: v.to(device) for k, v in data.items()}
+    gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
+
+    run = run_id(p, style, cfg, world, latents_file(name, latents))
+    ckpt_dir = ckpt_root / name
+    step, history = 0, []
+    if resume := checkpoints.latest(ckpt_dir, run):
+        step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen)
+        accelerator.print(f"train {name}: resuming from {resume}")
+    elif accelerator.is_main_process and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
+    live = open_live(logs / name, history) if accelerator.is_main_process else None
+    model.train()
+    started = time.perf_counter()
+    with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task(f"train {name}", total=total, completed=step, loss="-", lr="-")
+        while step < total:
+            losses = []
+            for micro in range(cfg.gradient_accumulation):
+                idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank).to(device)
+                last = micro == cfg.gradient_accumulation - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_models)
+                    losses.append(accelerator.reduce(loss.detach(), "mean").item())
+                    if not math.isfinite(losses[-1]):
+                        raise StyleMixError(
+                            f"train {name}: loss is {losses[-1]} at step {step + 1} with mixed_precision = "
+                            f"{cfg.mixed_precision}; set train.mixed_precision: no or lower train.lr "
+                            f"({cfg.lr:g}); the last good checkpoint is in {ckpt_dir}")
+                    accelerator.backward(loss / cfg.gradient_accumulation)
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(list(trainables.values()), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            history.append({"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]})
+            if live:
+                log_row(live, history[-1])
+                if cfg.validate_every and step % cfg.validate_every == 0:
+                    images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+                    for i, img in enumerate(images):
+                        live.log_image(f"step-{step:06d}/validation_{i}.png", img)
+            bar.update(task, advance=1, loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
+            if step % cfg.checkpoint_every == 0 or step == total:
+                checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, run,
+                                 cfg.keep_checkpoints)
+            if on_step:
+                on_step(step, trainables)
+    seconds = time.perf_counter() - started
+    summary = {"steps": total, "final_loss": history[-1]["loss"],
+               "mean_loss_last_10": sum(h["loss"] for h in history[-10:]) / len(history[-10:])}
+    if accelerator.is_main_process:
+        live.summary.update(summary)
+        live.end()
+        pipe.unet = accelerator.unwrap_model(model)
+        for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
+            setattr(pipe, component, accelerator.unwrap_model(te))
+        save_outputs(out / name, name, pipe, p, cfg, run, total)
+        accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
+                          f"final loss {summary['final_loss']:.4f} -> {out / name}/")
+    accelerator.wait_for_everyone()
+    return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}
+
+
+def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int) -> None:
+    """The LoRA in both layouts, validation images and a model card, all or nothing."""
+    style = params.style(p, name)
+    info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
+            "resolution": p.base.resolution, "steps": steps, "rank": p.lora.rank, "alpha": p.lora.alpha,
+            "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with atomic_dir(folder) as tmp:
+        save_lora(tmp, name, pipe, info)
+        if style.tokens:
+            save_tokens(tmp, pipe, list(style.tokens))
+        device = next(pipe.unet.parameters()).device
+        images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+        labels = [with_trigger(q, style) for q in cfg.validation_prompts]
+        contact_sheet(list(zip(images, labels)), tile=192).save(tmp / "validation.png")
+        atomic_write(tmp / "README.md", model_card(name, style, p, cfg, info))

@@ -1,0 +1,61 @@
+"""The package layout: imports only go down, and the `stylemix` command answers for every subcommand."""
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from stylemix.cli import COMMANDS
+from tests.conftest import ROOT
+from tests.readme import commands
+
+STAGES, LIBRARY = ROOT / "stages", ROOT / "stylemix"
+
+
+def imported(path: Path) -> set[str]:
+    """Every module a file imports, as written (`from stages import x` counts as stages.x)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_the_library_never_imports_a_stage_and_no_stage_imports_another():
+    for path in LIBRARY.rglob("*.py"):
+        up = sorted(n for n in imported(path) if n == "stages" or n.startswith("stages."))
+        assert not up, f"{path.relative_to(ROOT)} imports {up}: the library must not import a stage"
+    for path in STAGES.glob("*.py"):
+        sideways = sorted(n for n in imported(path) if n.startswith("stages."))
+        assert not sideways, f"{path.relative_to(ROOT)} imports {sideways}: move what stages share into stylemix/"
+
+
+def test_stages_holds_exactly_what_dvc_yaml_runs():
+    run = set(re.findall(r"python -m stages\.(\w+)", (ROOT / "dvc.yaml").read_text()))
+    assert {p.stem for p in STAGES.glob("*.py")} - {"__init__"} == run
+
+
+def test_the_import_check_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from stages.train import main\nimport stages.merge\nfrom stages import report\n")
+    assert {"stages.train", "stages.merge", "stages.report"} <= imported(bad)
+
+
+def test_stylemix_help_lists_every_command_and_each_has_its_own_help():
+    bin_dir = Path(sys.executable).parent
+    out = []
+    for line in commands("commands"):
+        result = subprocess.run(["bash", "-c", line], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                                env=os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert result.returncode == 0, result.stderr
+        out.append(result.stdout)
+    assert all(name in out[0] for name in COMMANDS)
+    assert out[1].startswith("usage: stylemix draw")
+    for name in COMMANDS:
+        result = subprocess.run([bin_dir / "stylemix", name, "--help"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: stylemix {name}"), result.stderr
+    unknown = subprocess.run([bin_dir / "stylemix", "paint"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "invalid choice: 'paint'" in unknown.stderr
