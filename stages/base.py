@@ -1,10 +1,11 @@
-"""base: pin the base model. `tiny` and `tiny-sdxl` are built here into models/base/; any other model is
+"""base: pin the base model. `tiny` (copied from the committed pretrained weights) and `tiny-sdxl` (built
+from configs) are made here in models/base/; any other model is
 resolved (downloaded once, for a hub id) and its identity recorded in models/base/source.json,
 so every stage that depends on models/base reruns when the weights behind the name change."""
 from pathlib import Path
 
 from stylemix import params
-from stylemix.base_model import build_tiny, identity
+from stylemix.base_model import build_tiny, copy_pretrained_tiny, identity
 from stylemix.errors import run_stage
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import BASE_DIR
@@ -14,8 +15,10 @@ def main() -> None:
     p = params.load("base")
     source = identity(p.base.model, p.base.revision)
     with atomic_dir(BASE_DIR) as tmp:
-        if source["kind"] == "tiny":
-            build_tiny(tmp, sdxl=p.base.model == "tiny-sdxl")
+        if p.base.model == "tiny":
+            copy_pretrained_tiny(tmp)
+        elif p.base.model == "tiny-sdxl":
+            build_tiny(tmp, sdxl=True)
         write_json(Path(tmp) / "source.json", source)
     print(f"base: {source['kind']} model {p.base.model} pinned in {BASE_DIR}/source.json")
 

@@ -6,6 +6,7 @@ training caption (trigger word applied, a style's new tokens as their own ids): 
 and for SDXL the pooled embedding and the time ids of its original size and crop. The empty
 caption's too, for caption dropout.
 Training samples latents from the stored posterior, as if it had run the VAE itself.
+The style's held-out images (stylemix.validation) go to their own file, which training never reads.
 """
 import json
 import sys
@@ -20,10 +21,11 @@ from stylemix.base_model import SDXL, architecture, default_device, load_pipelin
 from stylemix.conditioning import encode_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import atomic_dir, read_jsonl, save_safetensors
-from stylemix.paths import CAPTIONS, FILTERED, LATENTS, LATENTS_FILE
+from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.progress import progress
 from stylemix.prompts import training_captions
 from stylemix.tokens import add_tokens
+from stylemix.validation import heldout_indices, split
 
 BATCH = 8
 
@@ -40,8 +42,10 @@ def pixels(folder: Path, names: list[str], resolution: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_style(name: str, style: params.Style, base: params.Base,
-                 filtered: Path = FILTERED, captions: Path = CAPTIONS, out: Path = LATENTS) -> dict:
+def encode_style(name: str, style: params.Style, base: params.Base, filtered: Path = FILTERED, captions: Path = CAPTIONS,
+                 out: Path = LATENTS, heldout: int = 0, seed: int = 0) -> dict:
+    """Encode the style's images; `heldout` of them (chosen from `seed`) go to the held-out file
+    instead of the training one. Returns the training tensors."""
     texts = training_captions(name, style, captions)
     records = read_jsonl(filtered / name / "index.jsonl")
     names = [row["file_name"] for row in records]
@@ -71,11 +75,15 @@ def encode_style(name: str, style: params.Style, base: params.Base,
     tensors |= encode_captions(pipe, captions_in_order, names, device)
     if architecture(pipe) == SDXL:
         tensors["time_ids"] = time_ids(records, base.resolution)
-    meta = {"files": json.dumps(names), "captions": json.dumps(captions_in_order),
-            "resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
+    held = heldout_indices(heldout, len(names), seed, name)
+    train, held_tensors = split(tensors, held)
+    meta = {"resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
     with atomic_dir(out / name) as tmp:
-        save_safetensors(tensors, tmp / LATENTS_FILE, meta)
-    return tensors
+        for file, subset, rows in ((LATENTS_FILE, train, [i for i in range(len(names)) if i not in held]),
+                                   (HELDOUT_FILE, held_tensors, held)):
+            save_safetensors(subset, tmp / file, meta | {"files": json.dumps([names[i] for i in rows]),
+                                                         "captions": json.dumps([captions_in_order[i] for i in rows])})
+    return train
 
 
 def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict[str, torch.Tensor]:
@@ -100,10 +108,12 @@ def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict
 def main() -> None:
     if len(sys.argv) != 2:
         raise StyleMixError("usage: python -m stages.encode STYLE")
-    p = params.load("base", "styles")
+    p = params.load("base", "styles", "validation")
     name = sys.argv[1]
-    tensors = encode_style(name, params.style(p, name), p.base)
-    print(f"encode {name}: {len(tensors['mean'])} images (+ mirrored) -> latents {tuple(tensors['mean'].shape[1:])} in {LATENTS / name}/")
+    heldout = params.validation_split(p, name)
+    tensors = encode_style(name, params.style(p, name), p.base, heldout=heldout, seed=p.validation.seed)
+    print(f"encode {name}: {len(tensors['mean'])} images (+ mirrored) to train on, {heldout} held out -> "
+          f"latents {tuple(tensors['mean'].shape[1:])} in {LATENTS / name}/")
 
 
 if __name__ == "__main__":

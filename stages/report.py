@@ -9,7 +9,7 @@ from stylemix import params
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.images import grid, image_files
 from stylemix.outputs import atomic_dir, atomic_write
-from stylemix.paths import FILTER_REPORTS, GRIDS, IMAGES, REPORTS, TOKEN_IMAGES, TRAIN_LOGS
+from stylemix.paths import FILTER_REPORTS, GRIDS, IMAGES, REPORTS, TOKEN_IMAGES, TRAIN_LOGS, VALIDATION
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
@@ -57,7 +57,11 @@ def loss_plot(styles: list[str], path: Path, logs: Path = TRAIN_LOGS) -> None:
     fig, ax = plt.subplots(figsize=(6, 3))
     for style in styles:
         curve = pd.read_csv(logs / style / "plots/metrics/loss.tsv", sep="\t")
-        ax.plot(curve["step"], curve["loss"].rolling(10, min_periods=1).mean(), label=style)
+        line, = ax.plot(curve["step"], curve["loss"].rolling(10, min_periods=1).mean(), label=style)
+        held = logs / style / "plots/metrics/val_loss.tsv"  # with train.validate_every
+        if held.is_file():
+            curve = pd.read_csv(held, sep="\t")
+            ax.plot(curve["step"], curve["val_loss"], "--", color=line.get_color(), label=f"{style} held-out")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (10-step mean)")
     ax.legend(fontsize=8)
@@ -81,6 +85,20 @@ def metrics_table(metrics: dict, styles: list[str], combos: dict[str, params.Com
     return "\n".join(lines)
 
 
+def validation_table(validation: dict) -> str:
+    """The cross-style matrix as a table: rows are models, columns styles' held-out images; each
+    column's lowest loss in bold, and whether it is that style's own LoRA."""
+    styles = list(validation["loss"]["base"])
+    lines = ["| model | " + " | ".join(f"{s} held-out" for s in styles) + " |", "|---|" + "---|" * len(styles)]
+    for model, row in validation["loss"].items():
+        best = [min(validation["loss"], key=lambda m: validation["loss"][m][s]) == model for s in styles]
+        cells = [f"**{row[s]:.4f}**" if b else f"{row[s]:.4f}" for s, b in zip(styles, best)]
+        lines.append(f"| {model if model == 'base' else model + ' LoRA'} | " + " | ".join(cells) + " |")
+    verdict = ", ".join(f"{s}: {'yes' if ok else '**no**'} ({validation['own_gain_over_base'][s]:+.4f} vs base)"
+                        for s, ok in validation["own_style_best"].items())
+    return "\n".join(lines) + f"\n\nOwn LoRA best on its style (gain over base): {verdict}."
+
+
 def filter_table(styles: list[str]) -> str:
     lines = ["| style | kept | rejected | why |", "|---|---|---|---|"]
     for s in styles:
@@ -95,19 +113,25 @@ def main() -> None:
     styles, combos = list(p.styles), p.merge.combos
     models = ["base", *styles, *combos]
     metrics = json.loads((REPORTS / "metrics.json").read_text())
+    validation = json.loads(VALIDATION.read_text())
     with atomic_dir(GRIDS) as tmp:
         grids = comparison_grids(models, tmp)
         tokens = token_grids(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
     warning = "" if metrics["scorer"]["scorer_pretrained"] else (
         "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
-        "(`score.clip_pretrained: null`, the offline demo) and so is the tiny base model. "
+        "(`score.clip_pretrained: null`, the offline demo); the validation matrix above does not depend on it. "
         "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
     scorer = metrics["scorer"]
     md = [
         "# stylemix report\n",
         warning + f"Base model and LoRAs per `params.yaml`; scorer: open_clip `{scorer['clip_model']}` "
         f"(pretrained: `{scorer['clip_pretrained'] or 'none, random weights'}`). Bold: a model's own style(s).\n",
+        "## Did each LoRA learn its style?\n",
+        "Held-out denoising loss (images no training saw; fixed timesteps "
+        f"{', '.join(map(str, validation['timesteps']))} and fixed noise): every style's LoRA and the base on every "
+        "style's held-out images. A LoRA that learned its style is lowest in its own column.\n",
+        validation_table(validation) + "\n", "![validation matrix](plots/validation.png)\n",
         "## Scores\n", metrics_table(metrics, styles, combos) + "\n",
         "![CLIP score](plots/scores/clip_score.png)\n",
         *[f"![style similarity to {s}](plots/scores/style_similarity_{s}.png)\n" for s in styles],

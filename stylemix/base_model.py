@@ -4,13 +4,17 @@ checkpoints and `tiny` / `tiny-sdxl`, and the builder of those two.
 SD 1.5 or SDXL is never a setting: diffusers picks the pipeline from model_index.json, a single
 file's keys tell which it is, and the stages ask the loaded model (`architecture`).
 
-`tiny` is a small Stable Diffusion (UNet, VAE with the real 8x downsampling, CLIP text encoder,
-SD 1.5's noise schedule), `tiny-sdxl` the same for SDXL (two text encoders, pooled text and
-time-id conditioning), built from configs with a fixed seed and saved as ordinary diffusers
-folders, so the demo and the tests go through exactly the code a real model does. Their
-tokenizers are the real CLIP BPE, derived from the vocabulary open_clip ships.
+`tiny` is a small Stable Diffusion that has learned to draw the photos scikit-image ships (UNet,
+a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise schedule): pretrained by
+`python -m stylemix.pretrain` and committed in stylemix/pretrained/tiny/, copied by the base stage.
+`tiny-sdxl` is SDXL's shape in small (two text encoders, pooled text and time-id conditioning),
+built from configs with a fixed seed, untrained; `build_tiny` builds SD 1.5's the same way for
+fast tests. All are ordinary diffusers folders, so the demo and the tests go through exactly the
+code a real model does. Their tokenizers are the real CLIP BPE, derived from the vocabulary
+open_clip ships.
 """
 import json
+import shutil
 from pathlib import Path
 
 import diffusers
@@ -32,7 +36,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from stylemix import gpu
 from stylemix.errors import StyleMixError
 from stylemix.params import model_kind
-from stylemix.paths import BASE_DIR
+from stylemix.paths import BASE_DIR, PRETRAINED_TINY
 
 # Our own progress bars and messages say what happens; the libraries' would repeat it.
 diffusers.utils.logging.set_verbosity_error()
@@ -124,6 +128,14 @@ def build_tiny(path: Path | str, seed: int = 0, sdxl: bool = False) -> Path:
             unet=unet, scheduler=EulerDiscreteScheduler(**schedule, timestep_spacing="leading"), add_watermarker=False,
         )
     pipe.save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
+def copy_pretrained_tiny(path: Path | str) -> Path:
+    """The pretrained `tiny` (stylemix/pretrained/tiny/) as a diffusers folder at `path`, with its
+    tokenizer, which is derived from open_clip's BPE rather than committed."""
+    shutil.copytree(PRETRAINED_TINY, path, dirs_exist_ok=True)
+    clip_tokenizer().save_pretrained(Path(path) / "tokenizer")
     return Path(path)
 
 

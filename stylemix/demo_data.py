@@ -12,16 +12,17 @@ from skimage import data
 
 from stylemix.progress import track
 
-# (loader, what the photo shows): the sidecar caption describes content, never style.
+# (loader, what the photo shows, its subject in a word or two): the sidecar caption describes
+# content, never style. The pretrained tiny model (stylemix.pretrain) learned these same photos.
 PHOTOS = [
-    (data.astronaut, "an astronaut in a white spacesuit in front of a flag"),
-    (data.chelsea, "a tabby cat with green eyes"),
-    (data.coffee, "a cup of coffee on a saucer"),
-    (data.rocket, "a rocket on a launch pad under a blue sky"),
-    (lambda: data.stereo_motorcycle()[0], "a motorcycle parked in a workshop"),
-    (data.camera, "a man standing behind a camera on a tripod"),
-    (data.hubble_deep_field, "galaxies scattered across deep space"),
-    (data.coins, "old coins laid out in rows"),
+    (data.astronaut, "an astronaut in a white spacesuit in front of a flag", "an astronaut"),
+    (data.chelsea, "a tabby cat with green eyes", "a cat"),
+    (data.coffee, "a cup of coffee on a saucer", "a cup of coffee"),
+    (data.rocket, "a rocket on a launch pad under a blue sky", "a rocket"),
+    (lambda: data.stereo_motorcycle()[0], "a motorcycle parked in a workshop", "a motorcycle"),
+    (data.camera, "a man standing behind a camera on a tripod", "a cameraman"),
+    (data.hubble_deep_field, "galaxies scattered across deep space", "galaxies"),
+    (data.coins, "old coins laid out in rows", "old coins"),
 ]
 
 
@@ -60,8 +61,9 @@ RECIPES = {
 }
 
 
-def _photo(index: int) -> tuple[np.ndarray, str]:
-    load, caption = PHOTOS[index % len(PHOTOS)]
+def photo(index: int) -> tuple[np.ndarray, str]:
+    """Photo `index` (cycling) as RGB, and its caption."""
+    load, caption, _ = PHOTOS[index % len(PHOTOS)]
     img = load()
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
@@ -75,10 +77,11 @@ FRAMED_STYLE = "sketch"
 FRAMINGS = {"<cu_trg>": 0.3, "<ms_trg>": 0.6, "<fs_trg>": 1.0}
 
 
-def _view(rgb: np.ndarray, rng: np.random.Generator, side: int, share: float | None = None) -> np.ndarray:
-    """A random square crop (`share`, else 55-100%, of the short side), maybe mirrored, scaled to `side`."""
+def random_view(rgb: np.ndarray, rng: np.random.Generator, side: int, low: float = 0.55, high: float = 1.0,
+                share: float | None = None) -> np.ndarray:
+    """A random square crop (`share`, else `low`-`high`, of the short side), maybe mirrored, scaled to `side`."""
     h, w = rgb.shape[:2]
-    crop = int(min(h, w) * (share or rng.uniform(0.55, 1.0)))
+    crop = int(min(h, w) * (share or rng.uniform(low, high)))
     top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
     view = rgb[top : top + crop, left : left + crop]
     if rng.random() < 0.5:
@@ -118,9 +121,9 @@ def build_style(style: str, folder: Path, count: int, seed: int) -> None:
     rng = np.random.default_rng([seed, list(RECIPES).index(style)])
     made = []
     for i in track(range(count + 3), description=f"sample {style}"):
-        photo, caption = _photo(i)
+        rgb, caption = photo(i)
         shot = list(FRAMINGS)[i % len(FRAMINGS)] if style == FRAMED_STYLE else None
-        view = _view(photo, rng, side or 256, FRAMINGS.get(shot))
+        view = random_view(rgb, rng, side or 256, share=FRAMINGS.get(shot))
         made.append((Image.fromarray(stylize(view)), f"{shot}, {caption}" if shot else caption))
     for i, (img, caption) in enumerate(made[:count]):
         img.save(folder / f"{style}_{i:03d}.png")

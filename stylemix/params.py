@@ -83,7 +83,7 @@ class Base(Section):
     @classmethod
     def _multiple_of_8(cls, value: int) -> int:
         if value % 8:
-            raise ValueError("must be divisible by 8 (the VAE downsamples by 8)")
+            raise ValueError("must be divisible by 8 (the VAE downsamples by 8; the tiny demo model's by 4)")
         return value
 
 
@@ -140,6 +140,7 @@ class Style(Section):
     template: str = "{trigger}, {caption}"
     overrides: dict[str, str] = {}
     tokens: dict[str, str] = {}  # new concept token -> the word or phrase its embedding starts from
+    validation_split: Annotated[int, Field(ge=0)] | None = None  # held-out images; None: validation.split
     train: TrainOverride = TrainOverride()
 
     @field_validator("tokens")
@@ -165,6 +166,12 @@ class Style(Section):
         if "{trigger}" not in value or "{caption}" not in value:
             raise ValueError("must contain {trigger} and {caption}")
         return value
+
+
+class Validation(Section):
+    split: Annotated[int, Field(ge=0)] = 3  # images per style that training never sees (0: none)
+    timesteps: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, default=[100, 300, 500, 700, 900])
+    seed: int = 0  # which images are held out, and the fixed noise per (image, timestep)
 
 
 class Filter(Section):
@@ -230,6 +237,7 @@ class Params(Section):
     caption: Caption | None = None
     lora: Lora | None = None
     train: Train | None = None
+    validation: Validation | None = None
     merge: Merge | None = None
     generate: Generate | None = None
     score: Score | None = None
@@ -312,6 +320,12 @@ def train_for(params: Params, name: str) -> Train:
     """The train section with the style's own overrides applied."""
     override = style(params, name).train.model_dump(exclude_none=True)
     return params.train.model_copy(update=override)
+
+
+def validation_split(params: Params, name: str) -> int:
+    """How many of the style's images are held out: its own validation_split, else validation.split."""
+    own = style(params, name).validation_split
+    return params.validation.split if own is None else own
 
 
 def style(params: Params, name: str) -> Style:

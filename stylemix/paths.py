@@ -9,8 +9,10 @@ FILTERED = Path("data/filtered")  # filter@S: data/filtered/<style>/ with index.
 CAPTIONS = Path("data/captions")  # caption@S: data/captions/<style>/metadata.jsonl
 LATENTS = Path("data/latents")  # encode@S: data/latents/<style>/latents.safetensors
 LATENTS_FILE = "latents.safetensors"
+HELDOUT_FILE = "heldout.safetensors"  # the style's held-out images, never trained on
 
 BASE_DIR = Path("models/base")  # base: `tiny` itself, and source.json for any model
+PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; made by python -m stylemix.pretrain
 LORAS = Path("models/lora")  # train@S: models/lora/<style>/
 MERGED = Path("models/merged")  # merge@C: models/merged/<combo>/
 CHECKPOINTS = Path("models/checkpoints")  # train@S's resumable state: git-ignored, outside DVC
@@ -21,12 +23,18 @@ TRAIN_LOGS = REPORTS / "train"  # train@S: dvclive's reports/train/<style>/
 IMAGES = REPORTS / "images"  # generate@M: reports/images/<model>/
 TOKEN_IMAGES = "tokens"  # and, for a model with new tokens, reports/images/<model>/tokens/
 SCORE_PLOTS = REPORTS / "plots" / "scores"  # score: one bar chart per metric
+VALIDATION = REPORTS / "validation.json"  # validate: every LoRA on every style's held-out images
+VALIDATION_PLOT = REPORTS / "plots" / "validation.png"
 GRIDS = REPORTS / "grids"  # report: the comparison grids
 SWEEP = REPORTS / "sweep"  # `stylemix sweep`: drawn on demand, git-ignored
 
 
 def latents_file(style: str, root: Path = LATENTS) -> Path:
     return root / style / LATENTS_FILE
+
+
+def heldout_file(style: str, root: Path = LATENTS) -> Path:
+    return root / style / HELDOUT_FILE
 
 
 def image_name(prompt_index: int, seed: int) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import math
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
 from dvclive import Live
+from safetensors import safe_open
 from safetensors.torch import load_file
 from scmrepo.exceptions import SCMError
 
@@ -36,6 +38,7 @@ from stylemix.paths import CHECKPOINTS, LATENTS, LORAS, TRAIN_LOGS, latents_file
 from stylemix.progress import progress
 from stylemix.prompts import with_trigger
 from stylemix.tokens import add_tokens, save_tokens
+from stylemix.validation import adapters_off, heldout_loss, load_heldout
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,10 +47,11 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
     path = latents_file(name, latents)
     if not path.is_file():
         raise StyleMixError(f"style {name}: no cached latents ({path} missing); run `dvc repro encode@{name}`")
-    data = load_file(path)
-    if data["mean"].shape[-1] * 8 != resolution:
-        raise StyleMixError(f"{path} was encoded at another resolution than base.resolution = {resolution}; rerun encode@{name}")
-    return data
+    with safe_open(path, "pt") as f:
+        encoded_at = int(f.metadata()["resolution"])
+    if encoded_at != resolution:
+        raise StyleMixError(f"{path} was encoded at {encoded_at} px, not base.resolution = {resolution}; rerun encode@{name}")
+    return load_file(path)
 
 
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
@@ -127,8 +131,9 @@ def open_live(folder: Path, history: list[dict]) -> Live:
 
 def log_row(live: Live, row: dict) -> None:
     live.step = row["step"]
-    live.log_metric("loss", row["loss"])
-    live.log_metric("lr", row["lr"])
+    for key in ("loss", "lr", "val_loss"):  # val_loss: every train.validate_every steps
+        if key in row:
+            live.log_metric(key, row[key])
 
 
 def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int) -> torch.Tensor:
@@ -215,6 +220,14 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     elif accelerator.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
     live = open_live(logs / name, history) if accelerator.is_main_process else None
+    # The held-out loss, on the main process only, of the unwrapped modules (no other process waits).
+    validate = None
+    if accelerator.is_main_process and (held := load_heldout(name, latents)):
+        unet, encoders = accelerator.unwrap_model(model), [accelerator.unwrap_model(te) for te in te_models or []]
+        vcfg = p.validation or params.Validation()  # the stage declares it; tests may leave it out
+        validate = partial(heldout_loss, unet, noise_scheduler, held, vcfg.timesteps, vcfg.seed, encoders or None)
+        with adapters_off(unet, *encoders):
+            base_loss = validate()  # the base model (new tokens at their start) on the held-out images
     model.train()
     started = time.perf_counter()
     with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
@@ -240,6 +253,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             optimizer.zero_grad(set_to_none=True)
             step += 1
             history.append({"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]})
+            if validate and cfg.validate_every and step % cfg.validate_every == 0:
+                history[-1]["val_loss"] = validate()["mean"]
             if live:
                 log_row(live, history[-1])
                 if cfg.validate_every and step % cfg.validate_every == 0:
@@ -255,6 +270,10 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     seconds = time.perf_counter() - started
     summary = {"steps": total, "final_loss": history[-1]["loss"],
                "mean_loss_last_10": sum(h["loss"] for h in history[-10:]) / len(history[-10:])}
+    if validate:
+        final = validate()
+        summary |= {"val_loss": final["mean"], "val_loss_base": base_loss["mean"], "val_loss_by_timestep": final,
+                    "val_loss_base_by_timestep": base_loss}
     if accelerator.is_main_process:
         live.summary.update(summary)
         live.end()
