@@ -120,7 +120,7 @@ def main() -> None:
     loss_plot(styles, REPORTS / "plots" / "loss.png")
     warning = "" if metrics["scorer"]["scorer_pretrained"] else (
         "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
-        "(`score.clip_pretrained: null`, the offline demo); the validation matrix above does not depend on it. "
+        "(`score.clip_pretrained: null`, the offline demo); the held-out validation below does not depend on it. "
         "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
     scorer = metrics["scorer"]
     md = [
