@@ -8,12 +8,14 @@ import pytest
 from tests.e2e import make_repo, ran, sh
 
 STYLES = ("watercolor", "pixelart", "cartoon", "sketch")
+DEMO_S = 2400  # the whole demo: ~12 min on an idle 2-core CPU, ~20 min with other work beside it
+pytestmark = pytest.mark.timeout(DEMO_S + 300)  # the first test's setup runs the demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("demo") / "repo")
-    assert {f"train@{s}" for s in STYLES} <= ran(sh(repo, "dvc", "repro").stdout)
+    assert {f"train@{s}" for s in STYLES} <= ran(sh(repo, "dvc", "repro", timeout=DEMO_S).stdout)
     return repo
 
 
