@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": "",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-TIMEOUT = 900  # s for one command (the demo's first `dvc repro` takes ~6 min): only a hang gets there
+TIMEOUT = 900  # s for one command of the reduced demo (the slowest takes a few minutes): only a hang gets there
 
 
 def sh(repo: Path, *cmd: str, check: bool = True, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
