@@ -111,7 +111,7 @@ def test_exp_run_retrains_and_diffs_per_model(repo):
     assert ran(log) == models | combos | {"validate", "score", "report"}
     assert "lora.rank" in log and "models.mix.clip_score.mean" in log  # params diff, metrics diff, exp show
     params = json.loads(sh(repo, "dvc", "params", "diff", "--json").stdout)
-    assert params["params.yaml"] == {"lora.rank": {"old": 4, "new": 16, "diff": 12}}
+    assert params["params.yaml"] == {"lora.rank": {"old": 8, "new": 16, "diff": 8}}  # the demo trains rank 8
     metrics = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)["reports/metrics.json"]
     for model in (*STYLES, "mix", "mix2"):
         assert f"models.{model}.clip_score.mean" in metrics
@@ -199,8 +199,8 @@ def test_queued_sweep_and_its_heatmaps(queue):
     assert len([c for c in table.columns if c.endswith("clip_score.mean")]) == 5  # base, 2 styles, 2 combos
     heatmap, images = (Image.open(repo / f"reports/sweep/{name}.png") for name in ("heatmaps", "images"))
     assert heatmap.width > 1000 and images.size == (150 + 2 * 128, 34 + 22 + 2 * 128)  # 2 x 2 cells
-    # The workspace holds the committed rank 16 / alpha 4 run: its image is the (16, 4) cell.
-    cell = images.crop((152, 186, 276, 310))  # row rank = 16, column alpha = 4
+    # The workspace holds the committed rank 16 / alpha 8 run (the demo's alpha): its image is the (16, 8) cell.
+    cell = images.crop((280, 186, 404, 310))  # row rank = 16, column alpha = 8
     committed = Image.open(repo / "reports/images/watercolor/p0_s0.png").convert("RGB").resize((124, 124), Image.NEAREST)
     assert cell.tobytes() == committed.tobytes()
 
