@@ -4,7 +4,8 @@
 several, a worker's monitor thread can die reading a broker message that another process is still
 writing (kombu's filesystem transport moves a message file to read it without waiting for its
 writer; treeverse/dvc#10428, dvc-task#73): that worker then idles forever, holding nothing but
-its process. `dvc queue stop` ends it.
+its process. `dvc queue stop` ends it. The opposite race also happens: a worker ends while tasks
+are still queued (treeverse/dvc#10562); `dvc queue start` again picks them up.
 """
 import json
 import os
@@ -19,6 +20,8 @@ def _running(pid: int) -> bool:
     if cmdline.parent.parent.is_dir():
         try:
             return b"queue-worker" in cmdline.read_bytes()
+        except FileNotFoundError:  # no such process here, or a /proc of another pid namespace
+            pass
         except OSError:
             return False
     try:

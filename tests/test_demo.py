@@ -1,6 +1,7 @@
-"""The demo exactly as `make repro` runs it (params.yaml unchanged), once, in a temporary git repo:
-the evidence that each style's LoRA learned its style. A broken loss, a LoRA that never reaches the
-UNet or an lr of zero fails these tests."""
+"""The demo's training exactly as `make repro` runs it (params.yaml unchanged), once, in a temporary
+git repo, up to the validate stage (the pictures, scores and report after it are the e2e tests'
+part): the evidence that each style's LoRA learned its style. A broken loss, a LoRA that never
+reaches the UNet or an lr of zero fails these tests."""
 import json
 
 import pytest
@@ -8,14 +9,14 @@ import pytest
 from tests.e2e import make_repo, ran, sh
 
 STYLES = ("watercolor", "pixelart", "cartoon", "sketch")
-DEMO_S = 2400  # the whole demo: ~12 min on an idle 2-core CPU, ~20 min with other work beside it
+DEMO_S = 2400  # the demo up to validate: ~8 min on an idle 2-core CPU, ~17 min with other work beside it
 pytestmark = pytest.mark.timeout(DEMO_S + 300)  # the first test's setup runs the demo
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("demo") / "repo")
-    assert {f"train@{s}" for s in STYLES} <= ran(sh(repo, "dvc", "repro", timeout=DEMO_S).stdout)
+    assert {f"train@{s}" for s in STYLES} | {"validate"} <= ran(sh(repo, "dvc", "repro", "validate", timeout=DEMO_S).stdout)
     return repo
 
 
@@ -34,5 +35,3 @@ def test_each_lora_helps_its_own_style_more_than_the_other_loras_do(demo):
     for style in STYLES:
         others = [row[style] for model, row in loss.items() if model not in ("base", style)]
         assert loss[style][style] < sum(others) / len(others), (style, loss[style][style], others)
-    report = (demo / "reports/report.md").read_text()
-    assert "## Did each LoRA learn its style?" in report and "Own LoRA best on its style" in report

@@ -23,7 +23,7 @@ def reduce(raw: dict) -> None:
     raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
-    raw["train"] |= {"max_steps": 4, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
+    raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
     raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
                               "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4}}
     raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
@@ -159,13 +159,15 @@ def enqueue(repo: Path, line: str) -> list[str]:
     return names
 
 
-def queue_done(repo: Path, names: list[str], timeout: float = 1200, idle_grace: float = 30) -> dict[str, int]:
+def queue_done(repo: Path, names: list[str], start: str, timeout: float = 1200, idle_grace: float = 30, **env: str) -> dict[str, int]:
     """Wait until every named experiment reads Success (a task between the queue and a worker is
     listed as neither queued nor running, so only the names tell when it is done; a `dvc queue status`
     that meets the broker race fails with "Expecting value" and is asked again), then `idle_grace`
-    seconds for the workers to end themselves. Returns the workers still there: those the broker race
-    (treeverse/dvc#10428) left idle, for the `queue` fixture, or the test, to stop."""
-    deadline = time.monotonic() + timeout
+    seconds for the workers to end themselves. When tasks still read Queued and no worker is left
+    (treeverse/dvc#10562), runs the `start` line again, as the README tells users to. Returns the
+    workers still there: those the broker race (treeverse/dvc#10428) left idle, for the `queue`
+    fixture, or the test, to stop."""
+    deadline, orphaned = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
         result = sh(repo, "dvc", "queue", "status", check=False, timeout=120)
         if result.returncode and "Expecting value" in result.stderr:  # the same race, met by the status query
@@ -179,6 +181,11 @@ def queue_done(repo: Path, names: list[str], timeout: float = 1200, idle_grace: 
             while workers(repo) and time.monotonic() < settle:
                 time.sleep(1)
             return workers(repo)
+        stranded = any(states.get(n) == "Queued" for n in names) and "Running" not in states.values() and not workers(repo)
+        orphaned = orphaned + 1 if stranded else 0
+        if orphaned == 3:  # three polls in a row: not a worker still starting up
+            start_queue(repo, start, **env)
+            orphaned = 0
         time.sleep(3)
     raise AssertionError(f"queue still busy after {timeout}s:\n{status}")
 
@@ -190,7 +197,7 @@ def test_queued_sweep_and_its_heatmaps(queue):
     names = enqueue(repo, queue_line)
     assert len(names) == 4
     start_queue(repo, start)
-    queue_done(repo, names)
+    queue_done(repo, names, start)
     sh(repo, "bash", "-c", draw)
     table = pd.read_csv(repo / "reports/sweep/sweep.csv")
     assert sorted(zip(table["lora.rank"], table["lora.alpha"])) == [(4, 4), (4, 8), (16, 4), (16, 8)]
@@ -213,8 +220,9 @@ def test_styles_trained_in_parallel_come_back_through_the_run_cache_even_after_t
     commit(repo, "lower lr")
     *queue_lines, start, _status, repro = commands("parallel-styles", {"pixelart": "sketch"})
     names = [name for line in queue_lines for name in enqueue(repo, line)]
-    start_queue(repo, start, PYTHONPATH=str(ROOT / "tests/broker_race"))
-    idle = queue_done(repo, names)
+    race = {"PYTHONPATH": str(ROOT / "tests/broker_race")}
+    start_queue(repo, start, **race)
+    idle = queue_done(repo, names, start, **race)
     assert len(idle) == 2, idle  # both outlived the queue, as after the race
     assert "JSONDecodeError" in (repo / ".dvc/tmp/exps/celery/dvc-exp-worker-1.out").read_text()
     hint = sh(repo, "stylemix", "sweep", "--rows", "train.lr", "--cols", "lora.rank", check=False).stdout
@@ -243,7 +251,7 @@ def test_accelerate_launch_then_commit(repo):
     lora = repo / "models/lora/watercolor/pytorch_lora_weights.safetensors"
     before = lora.read_bytes()
     log = run_block(repo, "accelerate", ACCELERATE_USE_CPU="1")
-    assert "train watercolor: 4 steps" in log and lora.read_bytes() != before  # batch 2 x 4: other data order
+    assert "train watercolor: 4 steps" in log and lora.read_bytes() != before  # 2 processes x batch 2: other batches
     assert "train@watercolor" not in json.loads(sh(repo, "dvc", "status", "--json").stdout)
     downstream = {"merge@mix", "merge@mix2", "generate_style@watercolor", "generate_combo@mix", "generate_combo@mix2"}
     assert ran(sh(repo, "dvc", "repro").stdout) == downstream | {"validate", "score", "report"}

@@ -48,9 +48,13 @@ def experiments(rows: str, cols: str, repo: str = ".") -> pd.DataFrame:
     if table.empty:
         raise StyleMixError("no experiments: run `dvc exp run --queue -S ...` and `dvc queue start` first")
     r, c = column(table, rows), column(table, cols)
-    if not table["State"].isin(["Queued", "Running"]).any() and (idle := workers(repo)):
-        print(f"sweep: nothing is queued or running, yet {len(idle)} queue worker(s) still run "
-              f"({', '.join(idle)}): `dvc queue stop` ends them")
+    busy, alive = table["State"].isin(["Queued", "Running"]), workers(repo)
+    if not busy.any() and alive:
+        print(f"sweep: nothing is queued or running, yet {len(alive)} queue worker(s) still run "
+              f"({', '.join(alive)}): `dvc queue stop` ends them")
+    if (table["State"] == "Queued").any() and not alive:
+        print(f"sweep: {(table['State'] == 'Queued').sum()} experiment(s) still queued and no queue worker runs: "
+              "`dvc queue start` picks them up")
     done = table[(table["rev"] != "workspace") & ~table["State"].isin(["Queued", "Running", "Failed"])]
     done = done.dropna(subset=[r, c]).sort_values("Created", ascending=False, na_position="last")
     done = done.drop_duplicates([r, c]).set_index([r, c]).sort_index()
