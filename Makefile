@@ -18,8 +18,10 @@ $(READY): requirements.txt pyproject.toml
 repro: $(READY)
 	dvc repro
 
+# Two test processes, a test file each (--dist loadfile: the e2e files keep their order): the e2e
+# tests spend most of their time importing torch in stage processes, one core each.
 test: $(READY)
-	python -m pytest
+	python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV)

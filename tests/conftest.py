@@ -4,6 +4,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two test processes on the CPU: one thread each,
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the stages they start (two threads each would oversubscribe)
 
 from pathlib import Path  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Helpers of the end-to-end tests: a fresh clone of this checkout in a temporary git repo, and
-commands run in it, each with a timeout."""
+commands run in it, each with a timeout; the reduced demo the e2e tests share."""
 import os
 import shutil
 import subprocess
@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests.conftest import ROOT
+from tests.readme import block
 
 ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": "",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -52,3 +53,28 @@ def commit(repo: Path, message: str) -> None:
 def ran(log: str) -> set[str]:
     """The stages a `dvc repro` log says it ran."""
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def reduce(raw: dict) -> None:
+    raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
+    raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
+    raw["base"]["resolution"] = 32
+    raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
+    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
+                              "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4}}
+    raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
+
+
+STYLES = ("watercolor", "sketch")  # sketch: the framed style, with new concept tokens
+EVERY_STAGE = ({"sample", "base", "validate", "generate_base", "score", "report"}
+               | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
+               | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")})
+
+
+def run_block(cwd: Path, name: str, replace: dict[str, str] | None = None, **env: str) -> str:
+    """Run a README block as one bash script; returns its output."""
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block(name, replace)], cwd=cwd, env=ENV | env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    if result.returncode:
+        raise AssertionError(f"README block {name!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr

@@ -16,28 +16,13 @@ from safetensors import safe_open
 
 from stylemix.queue import workers
 from tests.conftest import ROOT
-from tests.e2e import ENV, TIMEOUT, commit, make_repo, ran, set_params, sh
+from tests.e2e import ENV, EVERY_STAGE, STYLES, commit, make_repo, ran, reduce, run_block, set_params, sh
 from tests.readme import block, commands
-
-def reduce(raw: dict) -> None:
-    raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
-    raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
-    raw["base"]["resolution"] = 32
-    raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
-    raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
-                              "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4}}
-    raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     return make_repo(tmp_path_factory.mktemp("e2e") / "repo", reduce)
-
-
-STYLES = ("watercolor", "sketch")  # sketch: the framed style, with new concept tokens
-EVERY_STAGE = ({"sample", "base", "validate", "generate_base", "score", "report"}
-               | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
-               | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")})
 
 
 def test_repro_runs_every_stage_then_nothing(repo):
@@ -92,15 +77,6 @@ def test_combo_weight_change_reruns_only_that_combo(repo):
     # score and report read the list of combinations; generate_combo@mix follows from merge@mix's output.
     assert set(json.loads(status)) == {"merge@mix", "score", "report"}
     assert ran(sh(repo, "dvc", "repro").stdout) == {"merge@mix", "generate_combo@mix", "score", "report"}
-
-
-def run_block(cwd: Path, name: str, replace: dict[str, str] | None = None, **env: str) -> str:
-    """Run a README block as one bash script; returns its output."""
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block(name, replace)], cwd=cwd, env=ENV | env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    if result.returncode:
-        raise AssertionError(f"README block {name!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result.stdout + result.stderr
 
 
 def test_exp_run_retrains_and_diffs_per_model(repo):
@@ -288,19 +264,3 @@ def test_bad_params_stop_a_stage_with_one_line(repo):
 def test_unknown_style_is_named(repo):
     result = sh(repo, sys.executable, "-m", "stages.filter", "anime", check=False)
     assert result.returncode == 2 and "unknown style 'anime'" in result.stderr
-
-
-def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
-    repo = make_repo(tmp_path / "repo", reduce)
-    log = run_block(repo, "sdxl-demo")
-    assert ran(log) == EVERY_STAGE
-    assert json.loads((repo / "models/base/model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
-    for folder in [repo / "models/lora" / s for s in STYLES] + [repo / "models/merged" / c for c in ("mix", "mix2")]:
-        weights = folder / "pytorch_lora_weights.safetensors"
-        assert json.loads(safe_open(weights, "pt").metadata()["stylemix"])["architecture"] == "sdxl", folder
-        kohya = safe_open(folder / f"{folder.name}_kohya.safetensors", "pt").keys()
-        assert any(k.startswith("lora_unet_output_blocks_") for k in kohya), folder
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
-    assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)
-

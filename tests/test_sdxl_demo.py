@@ -1,0 +1,24 @@
+"""End to end on SDXL: the README's `dvc exp run -S base.model=tiny-sdxl` on the reduced demo, in a
+temporary git repo of its own (so it runs beside tests/test_pipeline.py under `make test`)."""
+import json
+
+from PIL import Image
+from safetensors import safe_open
+
+from tests.e2e import EVERY_STAGE, STYLES, make_repo, ran, reduce, run_block
+
+
+def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
+    repo = make_repo(tmp_path / "repo", reduce)
+    log = run_block(repo, "sdxl-demo")
+    assert ran(log) == EVERY_STAGE
+    assert json.loads((repo / "models/base/model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    for folder in [repo / "models/lora" / s for s in STYLES] + [repo / "models/merged" / c for c in ("mix", "mix2")]:
+        weights = folder / "pytorch_lora_weights.safetensors"
+        assert json.loads(safe_open(weights, "pt").metadata()["stylemix"])["architecture"] == "sdxl", folder
+        kohya = safe_open(folder / f"{folder.name}_kohya.safetensors", "pt").keys()
+        assert any(k.startswith("lora_unet_output_blocks_") for k in kohya), folder
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
+    assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)
+
