@@ -9,7 +9,7 @@ import pytest
 from tests.e2e import make_repo, ran, sh
 
 STYLES = ("watercolor", "pixelart", "cartoon", "sketch")
-DEMO_S = 2400  # the demo up to validate: ~8 min on an idle 2-core CPU, ~17 min with other work beside it
+DEMO_S = 2400  # the demo up to validate: 6 min under `make test`, 16 min beside a second test run
 pytestmark = pytest.mark.timeout(DEMO_S + 300)  # the first test's setup runs the demo
 
 
