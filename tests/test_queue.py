@@ -19,7 +19,7 @@ def test_only_running_queue_workers_count(tmp_path):
         (folder / "dvc-exp-worker-2.json").write_text(json.dumps({"pid": fake.pid, "returncode": 0}))  # recorded as ended
         (folder / "dvc-exp-worker-3.json").write_text(json.dumps({"pid": os.getpid(), "returncode": None}))  # no worker
         (folder / "dvc-exp-worker-4.json").write_text("")  # being written
-        deadline = time.monotonic() + 30  # the fake's exec may not show in /proc the moment Popen returns
+        deadline = time.monotonic() + 30  # CI once failed here without detail: give /proc time, then show it
         while workers(tmp_path) != {"dvc-exp-worker-1": fake.pid} and time.monotonic() < deadline:
             time.sleep(0.2)
         proc = Path(f"/proc/{fake.pid}/cmdline")

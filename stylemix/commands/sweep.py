@@ -48,13 +48,12 @@ def experiments(rows: str, cols: str, repo: str = ".") -> pd.DataFrame:
     if table.empty:
         raise StyleMixError("no experiments: run `dvc exp run --queue -S ...` and `dvc queue start` first")
     r, c = column(table, rows), column(table, cols)
-    busy, alive = table["State"].isin(["Queued", "Running"]), workers(repo)
-    if not busy.any() and alive:
+    queued, alive = int((table["State"] == "Queued").sum()), workers(repo)
+    if alive and not queued and not (table["State"] == "Running").any():
         print(f"sweep: nothing is queued or running, yet {len(alive)} queue worker(s) still run "
               f"({', '.join(alive)}): `dvc queue stop` ends them")
-    if (table["State"] == "Queued").any() and not alive:
-        print(f"sweep: {(table['State'] == 'Queued').sum()} experiment(s) still queued and no queue worker runs: "
-              "`dvc queue start` picks them up")
+    if queued and not alive:
+        print(f"sweep: {queued} experiment(s) still queued and no queue worker runs: `dvc queue start` picks them up")
     done = table[(table["rev"] != "workspace") & ~table["State"].isin(["Queued", "Running", "Failed"])]
     done = done.dropna(subset=[r, c]).sort_values("Created", ascending=False, na_position="last")
     done = done.drop_duplicates([r, c]).set_index([r, c]).sort_index()
