@@ -118,15 +118,16 @@ def main() -> None:
         grids = comparison_grids(models, tmp)
         tokens = token_grids(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
-    warning = "" if metrics["scorer"]["scorer_pretrained"] else (
-        "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
-        "(`score.clip_pretrained: null`, the offline demo); the held-out validation below does not depend on it. "
-        "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
     scorer = metrics["scorer"]
+    warning = f"> **Scorer:** {scorer['about']}.\n\n" if scorer.get("about") else "" if scorer["scorer_pretrained"] else (
+        "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
+        "(`score.clip_pretrained: null`); the held-out validation below does not depend on it. "
+        "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
     md = [
         "# stylemix report\n",
         warning + f"Base model and LoRAs per `params.yaml`; scorer: open_clip `{scorer['clip_model']}` "
-        f"(pretrained: `{scorer['clip_pretrained'] or 'none, random weights'}`). Bold: a model's own style(s).\n",
+        f"(weights: `{scorer['clip_pretrained'] or ('its folder' if scorer['scorer_pretrained'] else 'none, random')}`). "
+        "Bold: a model's own style(s).\n",
         "## Did each LoRA learn its style?\n",
         "Held-out denoising loss (images no training saw; fixed timesteps "
         f"{', '.join(map(str, validation['timesteps']))} and fixed noise): every style's LoRA and the base on every "

@@ -24,8 +24,10 @@ def bar_chart(metrics: dict, key: str, path: Path, style: str | None = None) -> 
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names), 3.2))
     ax.bar(names, means, yerr=errors, capsize=4, color=["#999"] + ["#4c72b0"] * (len(names) - 1))
     title = key.replace("_", " ") + (f" to {style}" if style else "")
-    if not metrics["scorer"]["scorer_pretrained"]:
-        title += " (untrained demo scorer: not meaningful)"
+    if metrics["scorer"].get("about"):
+        title += " (demo scorer: knows the demo data only)"
+    elif not metrics["scorer"]["scorer_pretrained"]:
+        title += " (untrained scorer: not meaningful)"
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()

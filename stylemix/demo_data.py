@@ -26,20 +26,33 @@ PHOTOS = [
 ]
 
 
+# Each style must be unmistakable at the demo's 64 px, or a LoRA that learned nothing looks the
+# same as one that learned: pale washes, flat vivid colours with outlines, ink lines, big pixels.
 def watercolor(rgb: np.ndarray) -> np.ndarray:
-    washed = cv2.stylization(rgb, sigma_s=45, sigma_r=0.35)
-    paper = np.random.default_rng(0).normal(0, 6, washed.shape[:2])[..., None]
-    return np.clip(washed.astype(np.float32) * 0.9 + 25 + paper, 0, 255).astype(np.uint8)
+    washed = cv2.stylization(rgb, sigma_s=60, sigma_r=0.45)
+    hsv = cv2.cvtColor(washed, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] *= 0.75  # thinned pigment
+    washed = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+    h, w = rgb.shape[:2]
+    rng = np.random.default_rng(0)
+    blotches = cv2.resize(rng.normal(0, 10, (h // 8 + 1, w // 8 + 1)).astype(np.float32), (w, h))
+    paper = (blotches + rng.normal(0, 2.5, (h, w)))[..., None]  # fine grain: the paper is sharp, the wash is not
+    return np.clip(washed * 0.55 + 255 * 0.45 + paper, 0, 255).astype(np.uint8)  # on white paper
 
 
 def cartoon(rgb: np.ndarray) -> np.ndarray:
-    smooth = rgb
-    for _ in range(4):
-        smooth = cv2.bilateralFilter(smooth, 9, 60, 7)
-    flat = (smooth // 48) * 48 + 24  # posterize to a few flat tones per channel
-    gray = cv2.medianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 7)
-    edges = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, 9, 4)
-    return cv2.bitwise_and(flat.astype(np.uint8), flat.astype(np.uint8), mask=edges)
+    side = rgb.shape[0]
+    smooth = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)
+    for _ in range(5):
+        smooth = cv2.bilateralFilter(smooth, 9, 80, 9)
+    hsv = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] = hsv[..., 1] * 1.8 + 30  # vivid
+    hsv[..., 2] = hsv[..., 2] * 1.1 + 20
+    vivid = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    flat = (vivid // 80) * 80 + 40  # three flat tones per channel
+    edges = cv2.dilate(cv2.Canny(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY), 60, 140), np.ones((5, 5), np.uint8))
+    flat[edges > 0] = 0  # bold black outlines
+    return cv2.resize(flat.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
 
 
 def sketch(rgb: np.ndarray) -> np.ndarray:
@@ -48,8 +61,8 @@ def sketch(rgb: np.ndarray) -> np.ndarray:
 
 
 def pixelart(rgb: np.ndarray) -> np.ndarray:
-    small = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA)
-    return np.asarray(Image.fromarray(small).quantize(colors=12, method=Image.Quantize.MEDIANCUT).convert("RGB"))
+    small = cv2.resize(rgb, (16, 16), interpolation=cv2.INTER_AREA)
+    return np.asarray(Image.fromarray(small).quantize(colors=8, method=Image.Quantize.MEDIANCUT).convert("RGB"))
 
 
 # style -> (stylizer, side of the saved image): sizes echo the references' sources.

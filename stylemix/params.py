@@ -108,6 +108,7 @@ class Train(Section):
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     mixed_precision: Precision = "no"
     min_snr_gamma: Annotated[float, Field(gt=0)] | None = 5.0
+    debiased_estimation: bool = False  # kohya's: weight the loss by 1/sqrt(SNR), i.e. toward the noisy timesteps
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
     caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     random_flip: bool = True
@@ -225,7 +226,7 @@ class Generate(Section):
 
 
 class Score(Section):
-    clip_model: str = "ViT-B-32"  # an open_clip architecture
+    clip_model: str = "ViT-B-32"  # an open_clip architecture, or a folder: local-dir:PATH / hf-hub:ID
     clip_pretrained: str | None = None  # an open_clip tag (openai, laion2b_s34b_b79k), a weights file, or null
 
 

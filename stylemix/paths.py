@@ -13,6 +13,7 @@ HELDOUT_FILE = "heldout.safetensors"  # the style's held-out images, never train
 
 BASE_DIR = Path("models/base")  # base: `tiny` itself, and source.json for any model
 PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; made by python -m stylemix.pretrain
+PRETRAINED_TINY_CLIP = Path(__file__).parent / "pretrained" / "tiny-clip"  # committed; python -m stylemix.pretrain_clip
 LORAS = Path("models/lora")  # train@S: models/lora/<style>/
 MERGED = Path("models/merged")  # merge@C: models/merged/<combo>/
 CHECKPOINTS = Path("models/checkpoints")  # train@S's resumable state: git-ignored, outside DVC

@@ -6,8 +6,11 @@
 
 Seeded; the pipeline never runs it (`make repro` copies the committed result), and it reads nothing
 the pipeline writes. Three phases:
-1. the VAE (diffusers AutoencoderKL, 4x downsampling) as an autoencoder on random 64 px crops of the
-   photos (L1 + MSE + an image-gradient term for edges, a small KL);
+1. the VAE (diffusers AutoencoderKL, 4x downsampling) as a general autoencoder: random 64 px crops
+   of the photos and of scikit-image's other sample images (textures, text on paper, line art,
+   a logo, a colour wheel), each recoloured at random (lighter, darker, grey, inverted,
+   posterized, more or less saturated), so it can encode what the LoRAs will learn to draw, not
+   only these photos (L1 + MSE + an image-gradient term for edges, a small KL);
 2. a fixed bank of crops is encoded once; their latents' spread sets the VAE's scaling_factor;
 3. the UNet (UNet2DConditionModel) on the bank, epsilon prediction on SD 1.5's noise schedule,
    min-SNR weighted, with a CLIP text encoder (hidden 32, the real CLIP BPE) trained with it on
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
+from skimage import data
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stylemix.base_model import clip_tokenizer
@@ -37,6 +41,49 @@ from stylemix.paths import PRETRAINED_TINY
 SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
 RES = 64
 CROP = 0.75  # random crops take 75-100% of a photo's short side
+
+
+# More of scikit-image's public-domain images, for the VAE only: the UNet still learns just PHOTOS.
+TEXTURES = [data.brick, data.grass, data.gravel, data.text, data.checkerboard, data.horse, data.page, data.moon,
+            data.clock, data.immunohistochemistry, data.logo, data.retina, data.cell, data.colorwheel,
+            data.binary_blobs, data.shepp_logan_phantom]
+
+
+def as_rgb(img: np.ndarray) -> np.ndarray:
+    """Any scikit-image sample (bool, float, grey, RGBA) as uint8 RGB; transparency becomes white."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = (img.astype(np.float64) / max(float(img.max()), 1e-8) * 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.shape[-1] == 4:
+        alpha = img[..., 3:].astype(np.float32) / 255
+        img = (img[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def recolor(view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random photometric change, so the VAE meets pale, dark, grey, inverted and flat images."""
+    x = view.astype(np.float32)
+    grey = x.mean(-1, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(0.3, 2.0)  # saturation
+    if rng.random() < 0.25:
+        x = np.repeat(grey, 3, axis=-1)
+    if rng.random() < 0.15:
+        x = 255 - x
+    if rng.random() < 0.4:  # toward white paper or toward black
+        x = x + (rng.choice([255.0, 0.0]) - x) * rng.uniform(0.1, 0.6)
+    if rng.random() < 0.2:
+        step = 256 / rng.integers(2, 5)
+        x = np.floor(x / step) * step + step / 2
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def vae_view(sources: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One training crop: half the time a photo as it is, else any source recoloured."""
+    if rng.random() < 0.5:
+        return random_view(sources[rng.integers(0, len(PHOTOS))], rng, RES, CROP)
+    return recolor(random_view(sources[rng.integers(0, len(sources))], rng, RES, 0.3, 1.0), rng)
 
 
 def captions(index: int) -> list[str]:
@@ -72,6 +119,7 @@ def build(a) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
 
 
 def train_vae(a, vae: AutoencoderKL, photos: list[np.ndarray]) -> None:
+    sources = photos + [as_rgb(load()) for load in TEXTURES]  # the photos first: vae_view picks them by index
     torch.manual_seed(a.seed)
     rng = np.random.default_rng([a.seed, 1])
     opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
@@ -79,7 +127,7 @@ def train_vae(a, vae: AutoencoderKL, photos: list[np.ndarray]) -> None:
     for step in range(a.vae_steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, a.vae_steps, a.vae_lr, 50)
-        x = to_tensor([random_view(photos[i], rng, RES, CROP) for i in rng.integers(0, len(photos), 8)])
+        x = to_tensor([vae_view(sources, rng) for _ in range(a.vae_batch)])
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample()).sample
         edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (-1, -2))
@@ -187,7 +235,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m stylemix.pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PRETRAINED_TINY)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=600)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
     parser.add_argument("--bank", type=int, default=96, help="encoded crops per photo")
     parser.add_argument("--unet-steps", type=int, default=1250)

@@ -5,10 +5,12 @@
 - Style similarity of an image to style s: cosine between its embedding and the normalized mean
   of the normalized embeddings of s's filtered training images. Every model is scored against
   every style, so a LoRA's gain over the base model shows.
-Per model: the mean and a 95% bootstrap interval. With score.clip_pretrained null (the offline
-demo) the scorer is randomly initialised: the plumbing is real, the numbers mean nothing, and
-metrics.json says so (`scorer_pretrained: false`).
+Per model: the mean and a 95% bootstrap interval. The offline demo scores with a small open_clip
+model trained on the demo data only (`local-dir:stylemix/pretrained/tiny-clip`, its config says
+so); with neither pretrained weights nor such a folder the scorer is randomly initialised, the
+numbers mean nothing, and metrics.json says so (`scorer_pretrained: false`).
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +89,17 @@ def score_images(scorer, models: list[str], styles: list[str], images: Path = IM
     return pd.DataFrame(rows)
 
 
+def describe(cfg: params.Score) -> dict:
+    """What the scorer is: its names, whether it has trained weights, and what its folder's config
+    says about it (the demo scorer says it knows only the demo data)."""
+    schema, _, where = cfg.clip_model.partition(":") if cfg.clip_model.startswith(("local-dir:", "hf-hub:")) else ("", "", "")
+    about = None
+    if schema == "local-dir" and (config := Path(where) / "open_clip_config.json").is_file():
+        about = json.loads(config.read_text()).get("about")
+    return {"clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
+            "scorer_pretrained": cfg.clip_pretrained is not None or bool(schema), "about": about}
+
+
 def summarize(scores: pd.DataFrame, styles: list[str], cfg: params.Score) -> dict:
     per_model = {}
     for model, group in scores.groupby("model", sort=False):
@@ -96,5 +109,4 @@ def summarize(scores: pd.DataFrame, styles: list[str], cfg: params.Score) -> dic
         if style in per_model and "base" in per_model:
             own = per_model[style]["style_similarity"][style]["mean"]
             per_model[style]["style_gain_over_base"] = own - per_model["base"]["style_similarity"][style]["mean"]
-    return {"scorer": {"clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
-                       "scorer_pretrained": cfg.clip_pretrained is not None}, "models": per_model}
+    return {"scorer": describe(cfg), "models": per_model}

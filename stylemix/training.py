@@ -167,10 +167,12 @@ def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: pa
     target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
     pred = unet(noisy, t, cond, **unet_kwargs(pooled, data["time_ids"][idx] if pooled is not None else None)).sample
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if cfg.min_snr_gamma:
+    if cfg.min_snr_gamma or cfg.debiased_estimation:
         snr = compute_snr(noise_scheduler, t)
-        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if v_pred else snr)
-        loss = loss * weight
+    if cfg.min_snr_gamma:
+        loss = loss * torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if v_pred else snr)
+    if cfg.debiased_estimation:  # global colour and layout are decided at the noisy end
+        loss = loss / (snr + 1 if v_pred else snr).clamp(max=1000).sqrt()
     return loss.mean()
 
 

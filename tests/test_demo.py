@@ -1,7 +1,7 @@
 """The demo's training exactly as `make repro` runs it (params.yaml unchanged), once, in a temporary
 git repo, up to the validate stage (the pictures, scores and report after it are the e2e tests'
-part): the evidence that each style's LoRA learned its style. A broken loss, a LoRA that never
-reaches the UNet or an lr of zero fails these tests."""
+part): the evidence that each style's LoRA learned its style. An lr of zero (tried once), a LoRA
+that never reaches the UNet or a broken loss leaves every LoRA at the base and fails these tests."""
 import json
 
 import pytest
@@ -9,7 +9,7 @@ import pytest
 from tests.e2e import make_repo, ran, sh
 
 STYLES = ("watercolor", "pixelart", "cartoon", "sketch")
-DEMO_S = 2400  # the demo up to validate: 6 min under `make test`, 16 min beside a second test run
+DEMO_S = 2400  # the demo up to validate: ~8 min under `make test`, longer beside a second test run
 pytestmark = pytest.mark.timeout(DEMO_S + 300)  # the first test's setup runs the demo
 
 
@@ -26,12 +26,9 @@ def test_every_lora_beats_the_base_on_its_own_heldout_images(demo):
         assert metrics["val_loss"] < metrics["val_loss_base"], (style, metrics["val_loss"], metrics["val_loss_base"])
 
 
-def test_each_lora_helps_its_own_style_more_than_the_other_loras_do(demo):
-    """The cross-style matrix, column by column: a style's own LoRA lowers its held-out loss more than
-    the other styles' LoRAs do on average. (Strictly lowest in every column is the goal; on the
-    tiny demo the cartoon LoRA still beats the watercolor and pixel-art LoRAs on their own images.)"""
-    validation = json.loads((demo / "reports/validation.json").read_text())
-    loss = validation["loss"]
+def test_each_style_is_best_served_by_its_own_lora(demo):
+    """The cross-style matrix is diagonal-dominant: in each style's column its own LoRA is lowest."""
+    loss = json.loads((demo / "reports/validation.json").read_text())["loss"]
     for style in STYLES:
-        others = [row[style] for model, row in loss.items() if model not in ("base", style)]
-        assert loss[style][style] < sum(others) / len(others), (style, loss[style][style], others)
+        column = {model: row[style] for model, row in loss.items() if model != "base"}
+        assert min(column, key=column.get) == style, (style, column)

@@ -30,7 +30,7 @@ def test_planted_edge_cases_are_sorted_out(pixel_source, tmp_path):
     kept = read_jsonl(tmp_path / "filtered/pixelart/index.jsonl")
     assert {k["file_name"] for k in kept} >= {"gray.png", "rgba.png", "rotated.png", "pixelart_000.png"}
     assert result["kept"] == len(kept) == 9
-    assert all(k["original_size"] == [32, 32] and k["laplacian"] >= 100 for k in kept)
+    assert all(k["original_size"] == [16, 16] and k["laplacian"] >= 100 for k in kept)
     assert (tmp_path / "filtered/pixelart/pixelart_000.txt").read_text().strip()  # sidecar travels along
     summary = json.loads((tmp_path / "reports/pixelart/summary.json").read_text())
     assert summary == {"kept": 9, "rejected": 7, "rejected_by_reason": {"blurry": 3, "unreadable": 3, "too small": 1}}

@@ -45,9 +45,9 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", "watercolor", "sketch", "mix", "mix2"]
-    assert metrics["scorer"]["scorer_pretrained"] is False
+    assert metrics["scorer"]["clip_model"] == "local-dir:stylemix/pretrained/tiny-clip" and "demo" in metrics["scorer"]["about"]
     report = (repo / "reports/report.md").read_text()
-    assert "not meaningful" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
+    assert "**Scorer:** the demo's scorer" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
     assert "## Did each LoRA learn its style?" in report and "| sketch LoRA |" in report and "plots/validation.png" in report
     assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == [
         "overview.png", "prompt_0.png", "tokens_mix.png", "tokens_mix2.png", "tokens_sketch.png"]  # the merges keep sketch's tokens

@@ -189,3 +189,26 @@ def test_training_options_run_together(data, tmp_path, tiny_model):
     assert result["steps"] == 2 and torch.isfinite(torch.tensor(result["final_loss"]))
     images = sorted(q.parent.name for q in (tmp_path / "a/logs/pixelart").rglob("validation_0.png"))
     assert images == ["step-000001", "step-000002"]
+
+
+def test_debiased_estimation_weights_each_sample_by_one_over_root_snr():
+    """kohya's debiased estimation: the same draw's loss divided by sqrt(SNR(t)). A two-step noise
+    schedule makes SNR(t) 9 or 18/7, so each seed's ratio must be one of 1/3 and sqrt(7/18)."""
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from stylemix.training import diffusion_loss
+
+    scheduler = DDPMScheduler(num_train_timesteps=2, beta_start=0.1, beta_end=0.2, beta_schedule="linear")
+    latents = {"mean": torch.randn(1, 4, 8, 8), "std": torch.zeros(1, 4, 8, 8)}
+    data = latents | {f"{k}_flipped": v for k, v in latents.items()} | {"text_hidden": torch.zeros(1, 77, 32),
+                                                                     "empty_text_hidden": torch.zeros(1, 77, 32)}
+    unet = lambda noisy, t, cond, **kw: SimpleNamespace(sample=torch.zeros_like(noisy))  # noqa: E731 loss = mean(noise^2)
+
+    def loss(seed: int, **cfg) -> float:
+        train = params.Train(random_flip=False, min_snr_gamma=None, **cfg)
+        return float(diffusion_loss(unet, scheduler, data, torch.tensor([0]), train, torch.Generator().manual_seed(seed)))
+
+    ratios = {round(loss(seed, debiased_estimation=True) / loss(seed), 5) for seed in range(12)}
+    assert ratios == {round(1 / 3, 5), round((7 / 18) ** 0.5, 5)}
