@@ -119,15 +119,18 @@ def main() -> None:
         tokens = token_grids(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
     scorer = metrics["scorer"]
-    warning = f"> **Scorer:** {scorer['about']}.\n\n" if scorer.get("about") else "" if scorer["scorer_pretrained"] else (
-        "> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
-        "(`score.clip_pretrained: null`); the held-out validation below does not depend on it. "
-        "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
+    warning, weights = "", scorer["clip_pretrained"] or "its folder"
+    if scorer.get("about"):
+        warning = f"> **Scorer:** {scorer['about']}.\n\n"
+    elif not scorer["scorer_pretrained"]:
+        weights = "none, random"
+        warning = ("> **Demo numbers: not meaningful.** The CLIP scorer is randomly initialised "
+                   "(`score.clip_pretrained: null`); the held-out validation below does not depend on it. "
+                   "Set `score.clip_pretrained: openai` and a real base model for numbers that mean something.\n\n")
     md = [
         "# stylemix report\n",
         warning + f"Base model and LoRAs per `params.yaml`; scorer: open_clip `{scorer['clip_model']}` "
-        f"(weights: `{scorer['clip_pretrained'] or ('its folder' if scorer['scorer_pretrained'] else 'none, random')}`). "
-        "Bold: a model's own style(s).\n",
+        f"(weights: `{weights}`). Bold: a model's own style(s).\n",
         "## Did each LoRA learn its style?\n",
         "Held-out denoising loss (images no training saw; fixed timesteps "
         f"{', '.join(map(str, validation['timesteps']))} and fixed noise): every style's LoRA and the base on every "

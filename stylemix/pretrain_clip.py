@@ -1,7 +1,7 @@
 """Pretrain the demo's CLIP scorer: a small open_clip model that knows the demo's photos and its four
 styles, so the score stage's numbers mean something within the demo.
 
-    python -m stylemix.pretrain_clip --out /tmp/tiny-clip  # ~5 min on 2 CPU cores
+    python -m stylemix.pretrain_clip --out /tmp/tiny-clip  # ~11 min on 2 CPU cores
     python -m stylemix.pretrain_clip                      # writes stylemix/pretrained/tiny-clip/
 
 Contrastive (CLIP's loss) on crops of the scikit-image photos as photos and as each demo style

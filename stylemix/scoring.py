@@ -92,12 +92,14 @@ def score_images(scorer, models: list[str], styles: list[str], images: Path = IM
 def describe(cfg: params.Score) -> dict:
     """What the scorer is: its names, whether it has trained weights, and what its folder's config
     says about it (the demo scorer says it knows only the demo data)."""
-    schema, _, where = cfg.clip_model.partition(":") if cfg.clip_model.startswith(("local-dir:", "hf-hub:")) else ("", "", "")
+    from open_clip.factory import parse_model_name  # open_clip's own reading of local-dir: / hf-hub: names
+
+    schema, where = parse_model_name(cfg.clip_model)
     about = None
     if schema == "local-dir" and (config := Path(where) / "open_clip_config.json").is_file():
         about = json.loads(config.read_text()).get("about")
     return {"clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
-            "scorer_pretrained": cfg.clip_pretrained is not None or bool(schema), "about": about}
+            "scorer_pretrained": cfg.clip_pretrained is not None or schema is not None, "about": about}
 
 
 def summarize(scores: pd.DataFrame, styles: list[str], cfg: params.Score) -> dict:

@@ -10,16 +10,16 @@ import torch
 from PIL import Image
 
 from stylemix import params
-from stylemix.demo_data import PHOTOS, RECIPES, photo, random_view
+from stylemix.demo_data import PHOTOS
 from stylemix.paths import PRETRAINED_TINY_CLIP
+from stylemix.pretrain_clip import LOOKS, look_image
 from stylemix.scoring import describe, embed_images, load_scorer
+from tests.conftest import ROOT
 from tests.readme import commands
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_pretrain_clip_script_writes_what_the_score_stage_loads(tmp_path):
-    """The README's command, at 2 steps and 2 crops per pair instead of 1500 and 24."""
+    """The README's command, at 2 steps and 2 crops per pair instead of 600 and 24."""
     line, = commands("pretrain-clip", {"--out /tmp/tiny-clip": f"--out {tmp_path / 'clip'} --steps 2 --per-pair 2"})
     subprocess.run(["bash", "-c", line], cwd=ROOT, check=True, timeout=600, capture_output=True,
                    env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
@@ -35,18 +35,13 @@ def test_the_demo_scorer_tells_the_styles_apart():
     look's crops are nearest, on average, to that look's reference (the mean of other fresh crops),
     as the score stage measures style similarity. A random network gets about a third right."""
     scorer = load_scorer(params.Score(clip_model=f"local-dir:{PRETRAINED_TINY_CLIP}"))
-    looks = ["photo", *RECIPES]
 
-    def crops(look: str, seed: int) -> list[Image.Image]:
-        rng, out = np.random.default_rng([seed, looks.index(look)]), []
-        for i in range(len(PHOTOS)):
-            view = random_view(photo(i)[0], rng, 256 if look == "photo" else RECIPES[look][1] or 256)
-            styled = view if look == "photo" else RECIPES[look][0](view)
-            out.append(Image.fromarray(styled).resize((64, 64), Image.NEAREST if look == "pixelart" else Image.BICUBIC))
-        return out
+    def crops(look: str, seed: int) -> list[Image.Image]:  # the script's own crop maker, at other seeds
+        rng = np.random.default_rng([seed, list(LOOKS).index(look)])
+        return [Image.fromarray(look_image(i, look, rng)) for i in range(len(PHOTOS))]
 
-    refs = {look: torch.nn.functional.normalize(embed_images(scorer, crops(look, 101)).mean(0), dim=0) for look in looks}
-    for look in looks:
+    refs = {look: torch.nn.functional.normalize(embed_images(scorer, crops(look, 101)).mean(0), dim=0) for look in LOOKS}
+    for look in LOOKS:
         emb = embed_images(scorer, crops(look, 202))
         sims = {other: float((emb @ ref).mean()) for other, ref in refs.items()}
         assert max(sims, key=sims.get) == look, (look, sims)
