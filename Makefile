@@ -1,12 +1,13 @@
 # make repro: set up (once) and run the whole pipeline on the offline demo.
 # make test:  set up (once) and run the test suite.
+# make ui:    serve the web UI over what the pipeline trained (http://127.0.0.1:7860).
 VENV := .venv
 BIN := $(VENV)/bin
 READY := $(VENV)/.ready
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: repro test setup clean
+.PHONY: repro test ui setup clean
 
 setup: $(READY)
 
@@ -22,6 +23,9 @@ repro: $(READY)
 # tests spend most of their time importing torch in stage processes, one core each.
 test: $(READY)
 	python -m pytest -n 2 --dist loadfile
+
+ui: $(READY)
+	stylemix ui
 
 clean:
 	rm -rf $(VENV)

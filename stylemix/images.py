@@ -98,19 +98,23 @@ def contact_sheet(tiles: list[tuple[Image.Image | None, str]], tile: int = 160, 
     return sheet
 
 
-def grid(rows: list[tuple[str, list[Image.Image]]], columns: list[str], title: str = "", tile: int = 128) -> Image.Image:
-    """A labelled grid: one row per (label, images), one column per label in `columns`."""
-    left, top, head = 150, 34 if title else 0, 22
-    sheet = Image.new("RGB", (left + tile * len(columns), top + head + tile * len(rows)), "white")
+def grid(rows: list[tuple[str, list[Image.Image]]], columns: list[str], title: str = "", tile: int = 128,
+         notes: list[list[str]] | None = None) -> Image.Image:
+    """A labelled grid: one row per (label, images), one column per label in `columns`; `notes`
+    (per row, per image) are written under each image."""
+    left, top, head, note = 150, 34 if title else 0, 22, 16 if notes else 0
+    sheet = Image.new("RGB", (left + tile * len(columns), top + head + (tile + note) * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((6, 8), title, fill="black", font=font(15))
     for c, label in enumerate(columns):
         draw.text((left + c * tile + 4, top + 4), label, fill="black", font=font(11))
     for r, (label, images) in enumerate(rows):
-        y = top + head + r * tile
+        y = top + head + r * (tile + note)
         draw.multiline_text((6, y + tile // 2 - 8), "\n".join(textwrap.wrap(label, 22)), fill="black", font=font(12))
         for c, img in enumerate(images):
             method = Image.Resampling.NEAREST if max(img.size) < tile else Image.Resampling.LANCZOS
             sheet.paste(img.convert("RGB").resize((tile - 4, tile - 4), method), (left + c * tile + 2, y + 2))
+            if notes:
+                draw.text((left + c * tile + 4, y + tile), notes[r][c], fill="black", font=font(11))
     return sheet

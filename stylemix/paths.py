@@ -28,6 +28,7 @@ VALIDATION = REPORTS / "validation.json"  # validate: every LoRA on every style'
 VALIDATION_PLOT = REPORTS / "plots" / "validation.png"
 GRIDS = REPORTS / "grids"  # report: the comparison grids
 SWEEP = REPORTS / "sweep"  # `stylemix sweep`: drawn on demand, git-ignored
+UI_OUT = REPORTS / "ui"  # `stylemix ui`: drawn on demand, git-ignored
 
 
 def latents_file(style: str, root: Path = LATENTS) -> Path:

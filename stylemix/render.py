@@ -13,11 +13,13 @@ SCHEDULERS = {
 }
 
 
-def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str):
-    """One image, and PNG text metadata with its prompt, seed, model and settings."""
+def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str,
+           on_step_end=None):
+    """One image, and PNG text metadata with its prompt, seed, model and settings. `on_step_end` is
+    diffusers' callback_on_step_end (progress, cancel)."""
     image = pipe(text, negative_prompt=cfg.negative_prompt or None, num_inference_steps=cfg.steps,
                  guidance_scale=cfg.guidance_scale, height=base.resolution, width=base.resolution,
-                 generator=torch.Generator(pipe.device).manual_seed(seed)).images[0]
+                 generator=torch.Generator(pipe.device).manual_seed(seed), callback_on_step_end=on_step_end).images[0]
     meta = PngInfo()
     for key, value in {"prompt": text, "base_prompt": base_prompt, "negative_prompt": cfg.negative_prompt,
                        "seed": seed, "model": model, "base_model": base.model, "steps": cfg.steps,

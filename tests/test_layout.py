@@ -59,3 +59,13 @@ def test_stylemix_help_lists_every_command_and_each_has_its_own_help():
         assert result.returncode == 0 and result.stdout.startswith(f"usage: stylemix {name}"), result.stderr
     unknown = subprocess.run([bin_dir / "stylemix", "paint"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "invalid choice: 'paint'" in unknown.stderr
+
+
+def test_no_stage_loads_gradio():
+    """The web UI's gradio costs seconds to import: only `stylemix ui` may load it."""
+    code = ("import importlib, pathlib, sys\n"
+            "for p in sorted(pathlib.Path('stages').glob('*.py')): importlib.import_module(f'stages.{p.stem}')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'playwright')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

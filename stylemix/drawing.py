@@ -1,0 +1,159 @@
+"""Drawing on demand, outside the pipeline: one base pipeline loaded once, every trained style and
+combination as an adapter switched by weight. What `stylemix draw` and `stylemix ui` share.
+
+It only reads what the pipeline wrote (models/lora, models/merged): a LoRA retrained while it runs
+is reloaded on its next use, a deleted one is refused with a message. Every image is a PNG with
+its settings twice: A1111's `parameters` text (from render) and a `stylemix` recipe (adapters,
+weights, base model, commit) that `settings_from_png` reads back.
+"""
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from stylemix import params
+from stylemix.base_model import default_device, load_pipeline
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import WEIGHTS, read_info_for, weights_file
+from stylemix.paths import LORAS, MERGED
+from stylemix.prompts import triggered
+from stylemix.render import SCHEDULERS, render
+from stylemix.tokens import load_tokens, unload_tokens
+
+WEIGHT_RANGE = (-1.0, 2.0)  # A1111's sliders allow negative weights (a style subtracted) and some overdrive
+
+
+class Cancelled(StyleMixError):
+    """The person pressed Cancel: the image is dropped, nothing is written."""
+
+
+def adapters() -> dict[str, Path]:
+    """Every trained style, then every merged combination, by name: what is on disk now."""
+    found = {}
+    for root in (LORAS, MERGED):
+        for folder in sorted(root.glob("*/")):
+            if (folder / WEIGHTS).is_file() and folder.name not in found:
+                found[folder.name] = folder
+    return found
+
+
+def commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+class Drawer:
+    """The loaded pipeline. One drawing at a time (a lock); `cancel()` stops the one running at its
+    next denoising step."""
+
+    def __init__(self, base: params.Base):
+        self.base = base
+        self.pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae).to(default_device())
+        self.pipe.set_progress_bar_config(disable=True)
+        self.loaded: dict[str, float] = {}  # adapter name -> its file's mtime when loaded
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.commit = commit()
+
+    def infos(self, names: list[str]) -> dict[str, dict]:
+        """Load (or reload, when retrained) each named adapter; its stylemix facts by name."""
+        on_disk, out = adapters(), {}
+        for name in names:
+            if name not in on_disk:
+                if name in self.loaded:
+                    self.pipe.delete_adapters(name)
+                    del self.loaded[name]
+                raise StyleMixError(f"no trained style or merged combination named {name!r} in {LORAS}/ or {MERGED}/ "
+                                    f"(deleted while running?): refresh the list, or `dvc repro` it")
+            folder = on_disk[name]
+            mtime = weights_file(folder).stat().st_mtime
+            if self.loaded.get(name) not in (None, mtime):
+                self.pipe.delete_adapters(name)
+                del self.loaded[name]
+            if name not in self.loaded:
+                self.pipe.load_lora_weights(folder, adapter_name=name)
+                self.loaded[name] = mtime
+            out[name] = read_info_for(folder, self.pipe) | {"folder": str(folder)}
+        return out
+
+    def cancel(self) -> None:
+        self.stop.set()
+
+    def draw(self, prompt: str, weights: dict[str, float], seed: int, cfg: params.Generate, size: int | None = None,
+             on_step: Callable[[int, int], None] | None = None) -> tuple[Image.Image, object]:
+        """One image of `prompt` with the adapters at `weights` (0 = off), and its PNG metadata."""
+        if not prompt.strip():
+            raise StyleMixError("the prompt is empty: write what to draw, e.g. 'a tabby cat with green eyes'")
+        low, high = WEIGHT_RANGE
+        if bad := {n: w for n, w in weights.items() if not low <= w <= high}:
+            raise StyleMixError(f"weights {bad} out of range: use {low:g} to {high:g}")
+        active = {n: w for n, w in weights.items() if w}
+        base = self.base.model_copy(update={"resolution": size or self.base.resolution})
+        with self.lock:
+            self.stop.clear()
+            infos = self.infos(list(active))
+            tokens = [(name, list(info.get("tokens") or {})) for name, info in infos.items()]
+            if active:
+                self.pipe.enable_lora()
+                self.pipe.set_adapters(list(active), list(active.values()))
+            elif self.loaded:
+                self.pipe.disable_lora()
+            for name, names in tokens:
+                load_tokens(self.pipe, Path(infos[name]["folder"]), names)
+            triggers = {}
+            for name, info in infos.items():
+                triggers |= info.get("triggers") or {name: info["trigger"]}
+            text = triggered(prompt, {"triggers": triggers}) if triggers else prompt
+            label = " + ".join(f"{n}={w:g}" for n, w in active.items()) or "base"
+            self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
+            try:
+                image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, self._step(cfg.steps, on_step))
+            finally:
+                for _, names in tokens:
+                    unload_tokens(self.pipe, names)
+        meta.add_text("stylemix", json.dumps({
+            "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,
+            "adapters": active, "base_model": base.model, "commit": self.commit}))
+        return image, meta
+
+    def _step(self, total: int, on_step):
+        def callback(pipe, step, timestep, kwargs):
+            if self.stop.is_set():
+                raise Cancelled("cancelled")
+            if on_step:
+                on_step(step + 1, total)
+            return kwargs
+        return callback
+
+
+A1111_LORA = re.compile(r"<lora:([^:>]+):([-0-9.]+)>")
+
+
+def settings_from_png(path: Path | str) -> dict:
+    """The settings a PNG was drawn with: our recipe, else A1111's `parameters` text (its
+    `<lora:name:weight>` tags become weights)."""
+    try:
+        text = Image.open(path).text
+    except (OSError, SyntaxError) as err:
+        raise StyleMixError(f"{Path(path).name}: not a PNG image ({err})") from None
+    if "stylemix" in text:
+        return json.loads(text["stylemix"])
+    if "parameters" not in text:
+        raise StyleMixError(f"{Path(path).name}: carries no drawing settings (no `stylemix` or `parameters` text)")
+    lines = text["parameters"].strip().split("\n")
+    fields = dict(re.findall(r"\s*([\w ]+): ([^,]+)", lines[-1]))
+    negative = next((line.removeprefix("Negative prompt: ") for line in lines if line.startswith("Negative prompt: ")), "")
+    prompt = "\n".join(line for line in lines[:-1] if not line.startswith("Negative prompt: "))
+    width = fields.get("Size", "").split("x")[0]
+    return {"prompt": A1111_LORA.sub("", prompt).strip(" ,"), "negative_prompt": negative,
+            "seed": int(fields.get("Seed", 0)), "steps": int(fields.get("Steps", 25)),
+            "guidance_scale": float(fields.get("CFG scale", 7.5)), "size": int(width) if width.isdigit() else None,
+            "adapters": {n: float(w) for n, w in A1111_LORA.findall(prompt)}}

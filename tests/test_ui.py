@@ -1,0 +1,133 @@
+"""The web UI's library, without a browser: drawing with switched adapters, PNG settings read back,
+the X/Y plot's value syntax, saving a mix into params.yaml."""
+import json
+
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from stylemix import params
+from stylemix.errors import StyleMixError
+from stylemix.xy_grid import MAX_CELLS, Axis, cells, parse_values, plot
+from tests.ui_workspace import COMBO, make_workspace
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("ui"))
+
+
+@pytest.fixture
+def drawer(workspace, monkeypatch):
+    from stylemix.drawing import Drawer
+
+    monkeypatch.chdir(workspace)
+    p = params.load("base", "generate")
+    return Drawer(p.base), p.generate.model_copy(update={"steps": 4})
+
+
+def pixels(image):
+    import numpy as np
+
+    return np.asarray(image, dtype=float)
+
+
+def test_a1111_value_syntax():
+    assert parse_values("weight:x", "0, 0.5,1") == [0, 0.5, 1]
+    assert parse_values("weight:x", "0-1 [5]") == [0, 0.25, 0.5, 0.75, 1]
+    assert parse_values("weight:x", "0-1 (+0.5)") == [0, 0.5, 1]
+    assert parse_values("seed", "1-3 [3]") == [1, 2, 3]
+    assert parse_values("prompt", 'a cat, "a rocket, at night"') == ["a cat", "a rocket, at night"]
+    assert parse_values("", "") == [None]
+    for kind, text in (("weight:x", "zero"), ("seed", "0.5"), ("weight:x", "1-0 (+0)"), ("prompt", " , ")):
+        with pytest.raises(StyleMixError, match="axis"):
+            parse_values(kind, text)
+
+
+def test_grid_cells_and_plot():
+    x, y = Axis("weight:sketch", [0.0, 1.0]), Axis("seed", [3, 4])
+    got = cells(x, y)
+    assert [(r, c) for r, c, _ in got] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert got[1][2] == {"weights": {"sketch": 1.0}, "seed": 3}
+    picture = plot(x, y, [Image.new("RGB", (64, 64), "red")] * 4, [0.1, 0.2, 0.3, 0.4], "t")
+    assert picture.size == (150 + 2 * 144, 34 + 22 + 2 * (144 + 16))
+    with pytest.raises(StyleMixError, match=f"at most {MAX_CELLS}"):
+        cells(Axis("seed", list(range(9))), Axis("seed", list(range(8))))
+
+
+def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
+    from stylemix.drawing import settings_from_png
+
+    d, cfg = drawer
+    base, _ = d.draw("a tabby cat with green eyes", {}, 0, cfg)
+    wc, meta = d.draw("a tabby cat with green eyes", {"watercolor": 1.0, "sketch": 0.0}, 0, cfg)
+    half, _ = d.draw("a tabby cat with green eyes", {"watercolor": 0.5}, 0, cfg)
+    again, _ = d.draw("a tabby cat with green eyes", {}, 0, cfg)
+    assert abs(pixels(wc) - pixels(base)).mean() > abs(pixels(half) - pixels(base)).mean() > 1  # weight 1 moves it further
+    assert (pixels(again) == pixels(base)).all()  # a disabled adapter leaves the base untouched
+    wc.save(tmp_path / "wc.png", pnginfo=meta)
+    s = settings_from_png(tmp_path / "wc.png")
+    assert s["adapters"] == {"watercolor": 1.0} and s["prompt"] == "a tabby cat with green eyes" and s["steps"] == 4
+    assert "wcstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
+
+
+def test_a1111_parameters_read_back(tmp_path):
+    from stylemix.drawing import settings_from_png
+
+    meta = PngInfo()
+    meta.add_text("parameters", "a cat <lora:watercolor:0.6>, by a window\nNegative prompt: ugly\n"
+                  "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x768, Model: v1-5")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png", pnginfo=meta)
+    s = settings_from_png(tmp_path / "a.png")
+    assert s == {"prompt": "a cat , by a window", "negative_prompt": "ugly", "seed": 42, "steps": 20,
+                 "guidance_scale": 7.0, "size": 512, "adapters": {"watercolor": 0.6}}
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(StyleMixError, match="plain.png: carries no drawing settings"):
+        settings_from_png(tmp_path / "plain.png")
+
+
+def test_bad_input_and_a_deleted_lora(drawer, workspace):
+    import shutil
+
+    from stylemix.drawing import Cancelled
+
+    d, cfg = drawer
+    with pytest.raises(StyleMixError, match="prompt is empty"):
+        d.draw("  ", {}, 0, cfg)
+    with pytest.raises(StyleMixError, match="out of range"):
+        d.draw("a cat", {"sketch": 3.0}, 0, cfg)
+    d.draw("a cat", {"sketch": 1.0}, 0, cfg)
+    shutil.copytree(workspace / "models/lora/sketch", workspace / "sketch.bak")
+    shutil.rmtree(workspace / "models/lora/sketch")
+    try:
+        with pytest.raises(StyleMixError, match="no trained style or merged combination named 'sketch'.*refresh"):
+            d.draw("a cat", {"sketch": 1.0}, 0, cfg)
+        d.draw("a cat", {"watercolor": 1.0}, 0, cfg)  # the others still draw
+    finally:
+        shutil.move(workspace / "sketch.bak", workspace / "models/lora/sketch")
+    with pytest.raises(Cancelled):  # Cancel pressed during the first step stops the drawing at the next
+        d.draw("a cat", {}, 0, cfg, on_step=lambda i, n: d.cancel())
+
+
+def test_save_mix_keeps_comments_and_checks_the_schema(workspace, monkeypatch, tmp_path):
+    from stylemix.mixes import save_mix
+
+    monkeypatch.chdir(workspace)
+    path = tmp_path / "params.yaml"
+    path.write_text((workspace / "params.yaml").read_text())
+    before = path.read_text()
+    assert save_mix("soft", {"watercolor": 0.7, "sketch": 0.3}, path) == {"watercolor": 0.7, "sketch": 0.3}
+    after = path.read_text()
+    assert after.startswith(before.split("merge:")[0])  # everything before merge: byte for byte, comments included
+    assert "# The offline demo" in after and "# keep sprites crisp" in after
+    assert params.load("merge", path=path).merge.combos["soft"].weights == {"watercolor": 0.7, "sketch": 0.3}
+    # a linear combination in the mix counts as its styles: 0.5 x (0.5, 0.5) + sketch 0.25
+    assert save_mix("softer", {COMBO: 0.5, "sketch": 0.25}, path) == {"watercolor": 0.25, "sketch": 0.5}
+    saved = path.read_text()
+    for name, weights, message in (("soft", {"watercolor": 1, "sketch": 1}, "name is taken"),
+                                   ("Bad Name", {"watercolor": 1, "sketch": 1}, "lowercase"),
+                                   ("one", {"watercolor": 1, "sketch": 0}, "at least two styles")):
+        with pytest.raises(StyleMixError, match=message):
+            save_mix(name, weights, path)
+        assert path.read_text() == saved  # nothing half-written
+    json.dumps(params.load("merge", path=path).model_dump())

@@ -1,0 +1,41 @@
+"""A workspace the web UI can serve without running the pipeline: the demo's pretrained `tiny` as
+models/base, two styles whose LoRAs are random (seeded, so each changes the picture its own way)
+and their linear combination, written by the same library code train@S and merge@C use."""
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from tests.conftest import ROOT
+
+STYLES = {"watercolor": "wcstyle", "sketch": "skstyle"}
+COMBO = "watercolor_sketch"
+
+
+def make_workspace(root: Path) -> Path:
+    from stylemix import params
+    from stylemix.base_model import copy_pretrained_tiny, load_pipeline
+    from stylemix.lora_files import add_lora, save_lora
+    from stylemix.merging import merge_combo
+
+    shutil.copy(ROOT / "params.yaml", root / "params.yaml")
+    (root / "stylemix").mkdir()
+    (root / "stylemix/pretrained").symlink_to(ROOT / "stylemix/pretrained")  # the demo scorer, where params.yaml says
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        copy_pretrained_tiny(root / "models/base")
+        for i, (name, trigger) in enumerate(STYLES.items()):
+            pipe = load_pipeline("tiny")
+            add_lora(pipe.unet, [], params.Lora(rank=4, alpha=4, targets=["to_q", "to_k", "to_v", "to_out.0"]))
+            torch.manual_seed(i)
+            for n, p in pipe.unet.named_parameters():
+                if "lora_B" in n:
+                    p.data.normal_(0, 0.3)
+            save_lora(root / "models/lora" / name, name, pipe, {"style": name, "trigger": trigger, "base_model": "tiny",
+                                                               "resolution": 64, "rank": 4, "alpha": 4})
+        merge_combo(COMBO, params.Combo(weights={"watercolor": 0.5, "sketch": 0.5}))
+    finally:
+        os.chdir(here)
+    return root
