@@ -58,11 +58,12 @@ class Drawer:
         self.pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae).to(default_device())
         self.pipe.set_progress_bar_config(disable=True)
         self.loaded: dict[str, float] = {}  # adapter name -> its file's mtime when loaded
+        self.fused: dict[str, float] | None = None  # the weights baked into the model by fuse()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.commit = commit()
 
-    def infos(self, names: list[str]) -> dict[str, dict]:
+    def infos(self, names: list[str], load: bool = True) -> dict[str, dict]:
         """Load (or reload, when retrained) each named adapter; its stylemix facts by name."""
         on_disk, out = adapters(), {}
         for name in names:
@@ -77,7 +78,7 @@ class Drawer:
             if self.loaded.get(name) not in (None, mtime):
                 self.pipe.delete_adapters(name)
                 del self.loaded[name]
-            if name not in self.loaded:
+            if load and name not in self.loaded:
                 self.pipe.load_lora_weights(folder, adapter_name=name)
                 self.loaded[name] = mtime
             out[name] = read_info_for(folder, self.pipe) | {"folder": str(folder)}
@@ -85,6 +86,20 @@ class Drawer:
 
     def cancel(self) -> None:
         self.stop.set()
+
+    def fuse(self, weights: dict[str, float]) -> None:
+        """Bake the adapters at `weights` into the model's weights once (diffusers' fuse_lora) and drop
+        the adapter layers: every later drawing costs what the base model's does. draw() then takes
+        exactly these weights."""
+        active = {n: w for n, w in weights.items() if w}
+        with self.lock:
+            self.infos(list(active))
+            if active:
+                self.pipe.set_adapters(list(active), list(active.values()))
+                self.pipe.fuse_lora(adapter_names=list(active))
+                self.pipe.unload_lora_weights()
+            self.loaded.clear()
+            self.fused = active
 
     def draw(self, prompt: str, weights: dict[str, float], seed: int, cfg: params.Generate, size: int | None = None,
              on_step: Callable[[int, int], None] | None = None) -> tuple[Image.Image, object]:
@@ -95,12 +110,14 @@ class Drawer:
         if bad := {n: w for n, w in weights.items() if not low <= w <= high}:
             raise StyleMixError(f"weights {bad} out of range: use {low:g} to {high:g}")
         active = {n: w for n, w in weights.items() if w}
+        if self.fused is not None and active != self.fused:
+            raise StyleMixError(f"{self.fused or 'no style'} is fused into this model: draw with exactly those weights")
         base = self.base.model_copy(update={"resolution": size or self.base.resolution})
         with self.lock:
             self.stop.clear()
-            infos = self.infos(list(active))
+            infos = self.infos(list(active), load=self.fused is None)
             tokens = [(name, list(info.get("tokens") or {})) for name, info in infos.items()]
-            if active:
+            if active and self.fused is None:
                 self.pipe.enable_lora()
                 self.pipe.set_adapters(list(active), list(active.values()))
             elif self.loaded:
@@ -121,7 +138,7 @@ class Drawer:
         meta.add_text("stylemix", json.dumps({
             "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
             "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,
-            "adapters": active, "base_model": base.model, "commit": self.commit}))
+            "adapters": active, "fused": self.fused is not None, "base_model": base.model, "commit": self.commit}))
         return image, meta
 
     def _step(self, total: int, on_step):

@@ -34,10 +34,26 @@ def changed(**edits) -> dict:
 DELETE = object()
 
 
-@pytest.mark.parametrize("preset", ["params.yaml", "presets/sd15.yaml"])
+@pytest.mark.parametrize("preset", ["params.yaml"] + sorted(f"presets/{p.name}" for p in (ROOT / "presets").glob("*.yaml")))
 def test_shipped_params_validate(preset):
-    p = params.load("base", "styles", "filter", path=ROOT / preset)
+    p = params.load("base", "styles", "filter", "caption", "lora", "train", "validation", "merge", "generate", "score",
+                    path=ROOT / preset)
     assert p.styles and p.base.resolution % 8 == 0
+
+
+def test_the_reference_presets_say_what_their_references_did():
+    own = params.load("base", "styles", "caption", "train", path=ROOT / "presets/own-style.yaml")
+    assert params.model_kind(own.base.model) == "single_file" and own.caption.backend == "blip2"
+    assert own.styles["mystyle"].template == "{caption}, drawn by {trigger} drawing style"
+    t = own.train
+    assert (own.base.resolution, t.batch_size, t.epochs, t.scheduler, t.warmup_steps, t.random_flip) == (512, 1, 50, "cosine", 0, True)
+    aware = params.load("base", "caption", "lora", "train", path=ROOT / "presets/caption-aware.yaml")
+    assert (aware.lora.targets, aware.lora.rank, aware.lora.alpha, aware.base.resolution) == ("cross_attn_qv", 4, 8, 384)
+    t = aware.train
+    assert (t.lr, t.mixed_precision, t.gradient_accumulation, t.scheduler, t.checkpoint_every) == (5e-5, "fp16", 2, "constant", 100)
+    assert aware.caption.backend == "blip" and any(s.overrides for s in params.load("styles", path=ROOT / "presets/caption-aware.yaml").styles.values())
+    board = params.load("styles", path=ROOT / "presets/storyboard.yaml")
+    assert set(board.styles["storyboard"].tokens) == {"<cu_trg>", "<ms_trg>", "<fs_trg>"}
 
 
 def test_sd15_preset_is_the_main_reference():

@@ -2,13 +2,22 @@
 weights, a seed, an output path. Settings not given come from params.yaml's `generate`.
 
     stylemix draw "a cat sitting by a window" watercolor=0.6 pixelart=0.4 --seed 3 -o cat.png
+    stylemix draw --prompts shots.csv sketch=1 --fuse -o storyboard/
+
+A batch (`--prompts`) is a text file with one prompt per line, or a CSV with a `prompt` column and
+optional `negative`, `seed` and `weights` (`watercolor=0.6 pixelart=0.4`, replacing the command
+line's for that row); it draws into a folder, one PNG per row and index.jsonl. `--fuse` bakes the
+command line's LoRAs into the weights once, so each drawing skips the adapters' extra work.
 """
 import argparse
+import csv
 from pathlib import Path
 
 from stylemix import params
 from stylemix.drawing import Drawer
 from stylemix.errors import StyleMixError
+from stylemix.outputs import atomic_dir, write_jsonl
+from stylemix.progress import track
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -19,20 +28,78 @@ def parse_lora(spec: str) -> tuple[str, float]:
         raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
 
 
+def read_batch(path: Path, seed: int, weights: dict[str, float]) -> list[dict]:
+    """The rows of a prompts file: prompt, negative (None = params'), seed, weights."""
+    if not path.is_file():
+        raise StyleMixError(f"--prompts {path}: no such file")
+    if path.suffix.lower() != ".csv":
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        rows = [{"prompt": line} for line in lines if line and not line.startswith("#")]
+    else:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "prompt" not in rows[0]:
+            raise StyleMixError(f"{path}: a CSV needs a `prompt` column (optional: negative, seed, weights)")
+    if not rows:
+        raise StyleMixError(f"{path}: no prompts in it")
+    out = []
+    for i, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+        try:
+            own = dict(map(parse_lora, row["weights"].split())) if (row.get("weights") or "").strip() else None
+            out.append({"prompt": row["prompt"], "negative": row.get("negative") or None,
+                        "seed": int(row["seed"]) if (row.get("seed") or "").strip() else seed,
+                        "weights": weights if own is None else own})
+        except (StyleMixError, ValueError) as err:
+            raise StyleMixError(f"{path} line {i}: {err}") from None
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt")
+    parser.add_argument("prompt", nargs="?", help="what to draw (or --prompts FILE)")
     parser.add_argument("loras", nargs="*", help="STYLE=WEIGHT or COMBO=WEIGHT (trained or merged)")
+    parser.add_argument("--prompts", type=Path, help="a batch: .txt (a prompt per line) or .csv; -o is then a folder")
+    parser.add_argument("--fuse", action="store_true", help="bake the LoRAs into the weights once (faster batches)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--negative")
-    parser.add_argument("-o", "--out", type=Path, default=Path("draw.png"))
+    parser.add_argument("-o", "--out", type=Path, help="the PNG (default draw.png), or a batch's folder (default drawn/)")
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.prompts and args.prompt:  # argparse put the first STYLE=WEIGHT in `prompt`
+        args.loras.insert(0, args.prompt)
     p = params.load("base", "generate")
     cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative)) if v is not None})
     weights = dict(map(parse_lora, args.loras))
-    image, meta = Drawer(p.base).draw(args.prompt, weights, args.seed, cfg)
-    image.save(args.out, pnginfo=meta)
-    label = " + ".join(f"{n}={w:g}" for n, w in weights.items()) or "base"
-    print(f"draw: {args.prompt!r} ({label}, seed {args.seed}) -> {args.out}")
+    if not args.prompts:
+        if not args.prompt:
+            raise StyleMixError("give a prompt, or --prompts FILE for a batch")
+        rows = [{"prompt": args.prompt, "negative": None, "seed": args.seed, "weights": weights}]
+    else:
+        rows = read_batch(args.prompts, args.seed, weights)
+    drawer = Drawer(p.base)
+    if args.fuse:
+        if any(row["weights"] != weights for row in rows):
+            raise StyleMixError(f"--fuse draws every row with the command line's styles; {args.prompts} gives rows their "
+                                f"own weights: drop --fuse or the CSV's weights column")
+        drawer.fuse(weights)
+    draws = ((row, *drawer.draw(row["prompt"], row["weights"], row["seed"],
+                                cfg if row["negative"] is None else cfg.model_copy(update={"negative_prompt": row["negative"]})))
+             for row in rows)
+    if not args.prompts:
+        _, image, meta = next(draws)
+        out = args.out or Path("draw.png")
+        image.save(out, pnginfo=meta)
+        label = " + ".join(f"{n}={w:g}" for n, w in weights.items()) or "base"
+        print(f"draw: {args.prompt!r} ({label}, seed {args.seed}) -> {out}")
+        return
+    out = args.out or Path("drawn")
+    with atomic_dir(out) as tmp:
+        index = []
+        for i, (row, image, meta) in enumerate(track(draws, f"draw {args.prompts.name}", total=len(rows))):
+            name = f"{i:04d}.png"
+            image.save(tmp / name, pnginfo=meta)
+            index.append({"file": name, "prompt": row["prompt"], "negative": row["negative"] or cfg.negative_prompt,
+                          "seed": row["seed"], "weights": row["weights"], "fused": args.fuse})
+        write_jsonl(tmp / "index.jsonl", index)
+    print(f"draw: {len(rows)} images from {args.prompts} -> {out}/ (index.jsonl)")

@@ -1,0 +1,77 @@
+"""`stylemix draw`: one picture, a batch from a prompts file, and LoRAs fused into the weights."""
+import argparse
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stylemix.commands import draw
+from stylemix.errors import StyleMixError
+from tests.e2e import ENV
+from tests.readme import commands
+from tests.ui_workspace import make_workspace
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("draw"))
+
+
+def run(*argv: str) -> None:
+    parser = argparse.ArgumentParser()
+    draw.add_arguments(parser)
+    draw.run(parser.parse_args([*argv, "--steps", "4"]))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=float)
+
+
+def test_a_csv_batch_draws_each_row_with_its_own_seed_and_weights(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    (workspace / "shots.csv").write_text('prompt,negative,seed,weights\n"a cat, close-up",,,\na rocket,ugly,7,\n'
+                                         "a cat,,,sketch=0.5 watercolor=0.25\n")
+    run("--prompts", "shots.csv", "watercolor=0.6", "-o", "board", "--seed", "3")
+    index = [json.loads(line) for line in (workspace / "board/index.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"], r["weights"]) for r in index] == [
+        ("a cat, close-up", 3, {"watercolor": 0.6}), ("a rocket", 7, {"watercolor": 0.6}),
+        ("a cat", 3, {"sketch": 0.5, "watercolor": 0.25})]
+    assert index[1]["negative"] == "ugly" and index[0]["negative"] == "blurry, low quality"
+    recipes = [json.loads(Image.open(workspace / "board" / r["file"]).text["stylemix"]) for r in index]
+    assert [r["adapters"] for r in recipes] == [r["weights"] for r in index]
+
+
+def test_fused_loras_draw_the_same_pictures(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    (workspace / "shots.txt").write_text("# a storyboard\na tabby cat with green eyes\n\na rocket on a launch pad\n")
+    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "plain")
+    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "fused", "--fuse")
+    run("--prompts", "shots.txt", "-o", "base")
+    for name in ("0000.png", "0001.png"):
+        fused, plain, base = (pixels(workspace / d / name) for d in ("fused", "plain", "base"))
+        assert abs(fused - plain).mean() < 1 < abs(plain - base).mean()  # the same picture, which is not the base's
+    assert json.loads(Image.open(workspace / "fused/0000.png").text["stylemix"])["fused"] is True
+
+
+def test_bad_batches_say_what_to_do(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    (workspace / "own.csv").write_text("prompt,weights\na cat,sketch=1\n")
+    with pytest.raises(StyleMixError, match="--fuse draws every row with the command line's styles"):
+        run("--prompts", "own.csv", "watercolor=1", "--fuse", "-o", "x")
+    (workspace / "bad.csv").write_text("text\na cat\n")
+    with pytest.raises(StyleMixError, match="bad.csv: a CSV needs a `prompt` column"):
+        run("--prompts", "bad.csv", "-o", "x")
+    (workspace / "seed.csv").write_text("prompt,seed\na cat,three\n")
+    with pytest.raises(StyleMixError, match="seed.csv line 2"):
+        run("--prompts", "seed.csv", "-o", "x")
+    assert not (workspace / "x").exists()
+
+
+def test_the_readme_batch_block(workspace):
+    (workspace / "storyboard.txt").write_text("a tabby cat with green eyes\na rocket on a launch pad\n")
+    for line in commands("draw-batch"):
+        result = subprocess.run(["bash", "-c", line], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    assert len(list((workspace / "storyboard").glob("*.png"))) == 2
