@@ -41,6 +41,11 @@ def adapters() -> dict[str, Path]:
     return found
 
 
+def mix_label(weights: dict[str, float]) -> str:
+    """`watercolor=0.6 + pixelart=0.4` for the styles that are on, or `base`."""
+    return " + ".join(f"{n}={w:g}" for n, w in weights.items() if w) or "base"
+
+
 def commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
@@ -128,7 +133,7 @@ class Drawer:
             for name, info in infos.items():
                 triggers |= info.get("triggers") or {name: info["trigger"]}
             text = triggered(prompt, {"triggers": triggers}) if triggers else prompt
-            label = " + ".join(f"{n}={w:g}" for n, w in active.items()) or "base"
+            label = mix_label(active)
             self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
             try:
                 image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, self._step(cfg.steps, on_step))

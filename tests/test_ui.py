@@ -1,6 +1,5 @@
 """The web UI's library, without a browser: drawing with switched adapters, PNG settings read back,
 the X/Y plot's value syntax, saving a mix into params.yaml."""
-import json
 
 import pytest
 from PIL import Image
@@ -130,4 +129,3 @@ def test_save_mix_keeps_comments_and_checks_the_schema(workspace, monkeypatch, t
         with pytest.raises(StyleMixError, match=message):
             save_mix(name, weights, path)
         assert path.read_text() == saved  # nothing half-written
-    json.dumps(params.load("merge", path=path).model_dump())

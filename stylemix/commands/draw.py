@@ -14,7 +14,7 @@ import csv
 from pathlib import Path
 
 from stylemix import params
-from stylemix.drawing import Drawer
+from stylemix.drawing import Drawer, mix_label
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_dir, write_jsonl
 from stylemix.progress import track
@@ -90,8 +90,7 @@ def run(args: argparse.Namespace) -> None:
         _, image, meta = next(draws)
         out = args.out or Path("draw.png")
         image.save(out, pnginfo=meta)
-        label = " + ".join(f"{n}={w:g}" for n, w in weights.items()) or "base"
-        print(f"draw: {args.prompt!r} ({label}, seed {args.seed}) -> {out}")
+        print(f"draw: {args.prompt!r} ({mix_label(weights)}, seed {args.seed}) -> {out}")
         return
     out = args.out or Path("drawn")
     with atomic_dir(out) as tmp:

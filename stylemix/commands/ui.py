@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from stylemix import params  # noqa: E402
-from stylemix.drawing import WEIGHT_RANGE, Drawer, adapters, settings_from_png  # noqa: E402
+from stylemix.drawing import WEIGHT_RANGE, Drawer, adapters, mix_label, settings_from_png  # noqa: E402
 from stylemix.errors import StyleMixError  # noqa: E402
 from stylemix.outputs import atomic_write  # noqa: E402
 from stylemix.paths import GRIDS, LORAS, UI_OUT  # noqa: E402
@@ -191,8 +191,7 @@ def build():
         def on_generate(progress=gr.Progress(), *values):
             form, weights = unpack(values)
             img, meta = studio.draw(form, weights, progress)
-            mix = ", ".join(f"{n}={w:g}" for n, w in weights.items() if w) or "base"
-            return save_png(img, meta), f"seed {form['seed']} · {mix}", form["seed"]
+            return save_png(img, meta), f"seed {form['seed']} · {mix_label(weights)}", form["seed"]
 
         generate.click(on_generate, inputs, [image, info, seed], concurrency_id="pipeline", concurrency_limit=1)
         cancel.click(lambda: studio.drawer and studio.drawer.cancel(), None, None, concurrency_limit=None)
@@ -230,7 +229,7 @@ def build():
                 img, _ = studio.draw(cell, weights | change["weights"])
                 images.append(img)
                 scores.append(studio.clip_score(img, cell["prompt"]))
-            title = f"{form['prompt']} · " + (", ".join(f"{n}={w:g}" for n, w in weights.items() if w) or "base")
+            title = f"{form['prompt']} · {mix_label(weights)}"
             return save_png(plot(x, y, images, scores, title), kind="grid")
 
         plot_button.click(on_grid, [x_kind, x_values, y_kind, y_values] + inputs, plot_image,
@@ -271,8 +270,7 @@ def build():
 def run(args: argparse.Namespace) -> None:
     import gradio as gr
 
-    params.load("base", "generate")  # a bad params.yaml stops here, with one line
-    app = build()
+    app = build()  # reads params.yaml first: a bad one stops here, with one line
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=args.host, server_port=args.port, share=False, prevent_thread_lock=True, quiet=True,
