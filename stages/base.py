@@ -13,7 +13,8 @@ from stylemix.paths import BASE_DIR
 
 def main() -> None:
     p = params.load("base")
-    source = identity(p.base.model, p.base.revision)
+    # A single file's configs and a prediction type override change the model as much as its weights.
+    source = identity(p.base.model, p.base.revision) | p.base.model_dump(include={"config", "prediction_type"}, exclude_none=True)
     with atomic_dir(BASE_DIR) as tmp:
         if p.base.model == "tiny":
             copy_pretrained_tiny(tmp)

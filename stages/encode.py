@@ -52,7 +52,7 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     missing = [n for n in names if n not in texts]
     if missing:
         raise StyleMixError(f"style {name}: no caption for {', '.join(missing[:3])}; rerun `dvc repro caption@{name}`")
-    pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae)
+    pipe = load_pipeline(base)
     if style.tokens:  # their ids in the cached token ids; training learns their embeddings
         add_tokens(pipe, style.tokens, name)
     device = default_device()

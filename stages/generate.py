@@ -65,7 +65,7 @@ def main() -> None:
     lora = lora_folder(kind, name)
     if lora and not lora.is_dir():
         raise StyleMixError(f"{lora} missing: run `dvc repro {'train' if kind == 'style' else 'merge'}@{name}` first")
-    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
+    pipe = load_pipeline(p.base).to(default_device())
     pipe.set_progress_bar_config(disable=True)
     with atomic_dir(IMAGES / name) as tmp:
         count = generate_model(pipe, name, lora, p.generate, p.base, tmp)

@@ -103,7 +103,7 @@ def heatmap(metrics: dict, path) -> None:
 
 def main() -> None:
     p = params.load("base", "styles", "validation")
-    pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
+    pipe = load_pipeline(p.base).to(default_device())
     pipe.set_progress_bar_config(disable=True)
     metrics = summarize(loss_matrix(pipe, list(p.styles), p.validation), p.validation)
     write_json(VALIDATION, metrics)

@@ -30,13 +30,13 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from huggingface_hub import constants as hub_constants
-from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from stylemix import gpu
+from stylemix import gpu, single_file
 from stylemix.errors import StyleMixError
-from stylemix.params import model_kind
+from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
+from stylemix.single_file import SD15, SDXL  # the two architectures; every stage reads which from the model itself
 
 # Our own progress bars and messages say what happens; the libraries' would repeat it.
 diffusers.utils.logging.set_verbosity_error()
@@ -45,7 +45,6 @@ transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SD15, SDXL = "sd15", "sdxl"  # the two architectures; every stage reads which from the model itself
 PIPELINES = {SD15: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
 
 
@@ -76,20 +75,20 @@ def _tiny_unet(sdxl: bool) -> UNet2DConditionModel:
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
         )
     # SDXL's shape in small: a first level without attention, linear projections, both text
-    # encoders' hidden states side by side (32 + 32) and the pooled text + 6 time ids as extra input.
+    # encoders' hidden states side by side (32 + 48) and the pooled text + 6 time ids as extra input.
     return UNet2DConditionModel(
         sample_size=16, block_out_channels=(32, 64), layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        cross_attention_dim=32 + 48, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
         use_linear_projection=True, norm_num_groups=8,
         addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32,
     )
 
 
-def _tiny_text_encoder(cls=CLIPTextModel):
+def _tiny_text_encoder(cls=CLIPTextModel, width: int = 32):
     return cls(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     ))
@@ -122,8 +121,9 @@ def build_tiny(path: Path | str, seed: int = 0, sdxl: bool = False) -> Path:
         )
     else:
         torch.manual_seed(seed + 3)
+        # The second encoder is wider, as SDXL's is: diffusers' single-file loader tells the two apart by width.
         pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=_tiny_text_encoder(CLIPTextModelWithProjection),
+            vae=vae, text_encoder=text_encoder, text_encoder_2=_tiny_text_encoder(CLIPTextModelWithProjection, width=48),
             tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"),  # SDXL's second tokenizer pads with "!"
             unet=unet, scheduler=EulerDiscreteScheduler(**schedule, timestep_spacing="leading"), add_watermarker=False,
         )
@@ -145,12 +145,6 @@ def architecture(model) -> str:
     return SDXL if unet.config.get("addition_embed_type") == "text_time" else SD15
 
 
-def file_architecture(path: Path | str) -> str:
-    """SD15 or SDXL from a single-file checkpoint's keys: SDXL's second text encoder is conditioner.embedders.1."""
-    with safe_open(str(path), "pt") as f:
-        return SDXL if any(k.startswith("conditioner.embedders.1.") for k in f.keys()) else SD15
-
-
 def _not_found(model: str, kind: str, err: Exception, key: str = "base.model") -> StyleMixError:
     if kind == "hub":
         offline = " HF_HUB_OFFLINE is set, so nothing was downloaded;" if hub_constants.HF_HUB_OFFLINE else ""
@@ -162,28 +156,50 @@ def _not_found(model: str, kind: str, err: Exception, key: str = "base.model") -
     return StyleMixError(f"{key} = {model!r}: cannot load from {Path(model).resolve()} ({err})")
 
 
-def load_pipeline(model: str, revision: str | None = None, dtype: str = "float32", vae: str | None = None) -> DiffusionPipeline:
-    """Load any kind of base model as a diffusers pipeline (safety checker off), with `vae` instead
-    of its own VAE when given."""
-    kind = model_kind(model)
-    torch_dtype = DTYPES[dtype]
+def load_pipeline(base: Base | str, dtype: str | None = None) -> DiffusionPipeline:
+    """Load the `base` section's model (or just a model name, with the defaults) as a diffusers
+    pipeline, safety checker off, in `dtype` (default base.dtype), with base.vae instead of its own
+    VAE and base.prediction_type in its scheduler when given."""
+    base = Base(model=base) if isinstance(base, str) else base
+    model, kind, torch_dtype = base.model, model_kind(base.model), DTYPES[dtype or base.dtype]
     if kind == "tiny":
         if not (BASE_DIR / "model_index.json").is_file():
             raise StyleMixError(f"base.model = {model!r}: {BASE_DIR}/ holds no model yet; run `dvc repro base`")
         model, kind = str(BASE_DIR), "local"
-    if kind == "single_file" and not Path(model).is_file():
-        raise StyleMixError(f"base.model = {model!r}: no such file ({Path(model).resolve()})")
-    extra = {"vae": load_vae(vae, torch_dtype)} if vae else {}
+    extra = {"vae": load_vae(base.vae, torch_dtype)} if base.vae else {}
     try:
         if kind == "single_file":
-            arch = file_architecture(model)
-            extra |= {"safety_checker": None} if arch == SD15 else {}
-            return PIPELINES[arch].from_single_file(model, dtype=torch_dtype, **extra)
-        # SDXL pipelines have no safety checker; diffusers ignores the two arguments for them.
-        return DiffusionPipeline.from_pretrained(model, revision=revision, dtype=torch_dtype, safety_checker=None,
-                                                 requires_safety_checker=False, **extra)
+            pipe = _from_single_file(base, torch_dtype, extra)
+        else:  # SDXL pipelines have no safety checker; diffusers ignores the two arguments for them.
+            pipe = DiffusionPipeline.from_pretrained(model, revision=base.revision, dtype=torch_dtype, safety_checker=None,
+                                                     requires_safety_checker=False, **extra)
     except (OSError, ValueError) as err:
         raise _not_found(model, kind, err) from None
+    if base.prediction_type:  # v-prediction models whose scheduler config does not say so (many community files)
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=base.prediction_type)
+    return pipe
+
+
+def _from_single_file(base: Base, torch_dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
+    """An original-layout checkpoint through diffusers' from_single_file, with every config from a
+    local folder (the real SD 1.5 / SDXL configs we ship, or base.config) and CLIP's tokenizer from
+    open_clip's BPE: nothing is looked up on the hub."""
+    path = Path(base.model)
+    if not path.is_file():
+        raise StyleMixError(f"base.model = {base.model!r}: no such file ({path.resolve()})")
+    keys = single_file.file_keys(path)
+    arch = single_file.architecture_of(keys)
+    config = Path(base.config) if base.config else single_file.CONFIGS[arch]
+    if "vae" not in extra and not any(k.startswith(single_file.VAE) for k in keys):
+        raise StyleMixError(f"base.model = {base.model!r}: the file holds no VAE (no {single_file.VAE}* weights); set base.vae "
+                            "to one, e.g. stabilityai/sd-vae-ft-mse for SD 1.5 or madebyollin/sdxl-vae-fp16-fix for SDXL")
+    parts = {"tokenizer": clip_tokenizer()}
+    parts |= {"tokenizer_2": clip_tokenizer(pad_token="!")} if arch == SDXL else {"safety_checker": None}
+    prefix = single_file.CLIP[arch]
+    if not any(k.startswith(prefix + "text_model.") for k in keys):  # older files: CLIP one level up
+        parts["text_encoder"] = single_file.text_encoder_without_prefix(path, prefix, config, torch_dtype)
+    return PIPELINES[arch].from_single_file(str(path), config=str(config), local_files_only=True, dtype=torch_dtype,
+                                            **parts, **extra)
 
 
 def load_vae(vae: str, dtype: torch.dtype) -> AutoencoderKL:

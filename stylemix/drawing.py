@@ -60,7 +60,7 @@ class Drawer:
 
     def __init__(self, base: params.Base):
         self.base = base
-        self.pipe = load_pipeline(base.model, base.revision, base.dtype, base.vae).to(default_device())
+        self.pipe = load_pipeline(base).to(default_device())
         self.pipe.set_progress_bar_config(disable=True)
         self.loaded: dict[str, float] = {}  # adapter name -> its file's mtime when loaded
         self.fused: dict[str, float] | None = None  # the weights baked into the model by fuse()

@@ -65,6 +65,8 @@ class Base(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     resolution: Annotated[int, Field(ge=32)] = 512
     vae: str | None = None  # a VAE to use instead of the model's (hub id or diffusers folder), e.g. an fp16-safe SDXL VAE
+    config: str | None = None  # a single-file model's configs: a diffusers folder (weights not needed); null = SD 1.5's or SDXL's
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None  # null = the model's own; v_prediction for v-models
 
     @field_validator("model")
     @classmethod
@@ -77,6 +79,14 @@ class Base(Section):
     def _vae_kind(cls, value: str | None) -> str | None:
         if value is not None and model_kind(value) not in ("hub", "local"):
             raise ValueError("must be a hub id or a diffusers VAE folder (or null for the model's own)")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_folder(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value).expanduser() / "model_index.json").is_file():
+            raise ValueError(f"no model_index.json in {value}: point it at a diffusers model folder (only its configs "
+                             "are read) or null for the real SD 1.5 / SDXL configs")
         return value
 
     @field_validator("resolution")

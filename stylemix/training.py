@@ -21,10 +21,8 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
-from dvclive import Live
 from safetensors import safe_open
 from safetensors.torch import load_file
-from scmrepo.exceptions import SCMError
 
 from stylemix import checkpoints, params
 from stylemix.base_model import load_pipeline, pinned_source
@@ -57,7 +55,7 @@ def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[st
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
     """The base pipeline, frozen, with fresh LoRA adapters and the style's new tokens; returns
     (pipe, trained modules, trainables)."""
-    pipe = load_pipeline(p.base.model, p.base.revision, "float32", p.base.vae)
+    pipe = load_pipeline(p.base, "float32")
     pipe.set_progress_bar_config(disable=True)
     unet, encoders = pipe.unet, text_encoders(pipe)
     for module in (unet, *encoders, pipe.vae):
@@ -117,8 +115,12 @@ def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int,
         "tokens": style.tokens})
 
 
-def open_live(folder: Path, history: list[dict]) -> Live:
-    """dvclive logger for the loss and lr curves, replaying the history behind resumed weights."""
+def open_live(folder: Path, history: list[dict]):
+    """dvclive logger for the loss and lr curves, replaying the history behind resumed weights.
+    Imported here: the GPU benchmark's machine has no dvc (bench/gpu_train.py)."""
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
     shutil.rmtree(folder, ignore_errors=True)
     try:
         live = Live(str(folder), save_dvc_exp=False, dvcyaml=None)
@@ -129,7 +131,7 @@ def open_live(folder: Path, history: list[dict]) -> Live:
     return live
 
 
-def log_row(live: Live, row: dict) -> None:
+def log_row(live, row: dict) -> None:
     live.step = row["step"]
     for key in ("loss", "lr", "val_loss"):  # val_loss: every train.validate_every steps
         if key in row:

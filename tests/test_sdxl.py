@@ -12,13 +12,14 @@ from stages.caption import caption_style
 from stages.encode import encode_style
 from stages.filter import filter_style
 from stylemix import params
-from stylemix.base_model import SD15, SDXL, architecture, build_tiny, file_architecture, load_pipeline
+from stylemix.base_model import SD15, SDXL, architecture, build_tiny, load_pipeline
 from stylemix.conditioning import encode_text, text_encoders, tokenize
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import add_lora, load_factors, read_info_for, save_lora
 from stylemix.merging import merge_combo
 from stylemix.outputs import read_jsonl
+from stylemix.single_file import architecture_of, file_keys
 from stylemix.training import train_style
 
 RESOLUTION = 32
@@ -62,7 +63,8 @@ def test_the_architecture_comes_from_the_model(tiny_sdxl, tiny_model, tmp_path):
     # Single files: SDXL's second text encoder lives under conditioner.embedders.1 in the original layout.
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.ones(1)}, tmp_path / "xl.safetensors")
     save_file({"cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(1)}, tmp_path / "v1.safetensors")
-    assert file_architecture(tmp_path / "xl.safetensors") == SDXL and file_architecture(tmp_path / "v1.safetensors") == SD15
+    arch = {name: architecture_of(file_keys(tmp_path / f"{name}.safetensors")) for name in ("xl", "v1")}
+    assert arch == {"xl": SDXL, "v1": SD15}
 
 
 @pytest.mark.parametrize("sdxl", [True, False])
@@ -74,7 +76,7 @@ def test_text_conditioning_is_what_the_pipelines_compute(tiny_sdxl, tiny_model, 
         expected = pipe.encode_prompt(texts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
     assert torch.allclose(hidden, expected[0], atol=1e-6)
     if sdxl:
-        assert hidden.shape == (2, 77, 64) and torch.allclose(pooled, expected[2], atol=1e-6)
+        assert hidden.shape == (2, 77, 32 + 48) and torch.allclose(pooled, expected[2], atol=1e-6)
     else:
         assert pooled is None
 
@@ -83,7 +85,7 @@ def test_encode_caches_both_encoders_and_the_time_ids(data):
     latents = data / "latents/watercolor/latents.safetensors"
     cached = load_file(latents)
     records = read_jsonl(data / "filtered/watercolor/index.jsonl")
-    assert cached["text_hidden"].shape == (len(records), 77, 64) and cached["text_pooled"].shape == (len(records), 32)
+    assert cached["text_hidden"].shape == (len(records), 77, 32 + 48) and cached["text_pooled"].shape == (len(records), 32)
     assert cached["empty_text_pooled"].shape == (1, 32) and cached["input_ids_2"].shape == (len(records), 77)
     for row, ids in zip(records, cached["time_ids"].tolist()):
         width, height = row["original_size"]

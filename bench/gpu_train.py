@@ -1,0 +1,291 @@
+"""Benchmark: training speed and memory where users train, on a CUDA GPU at the real models' size.
+
+    python bench/gpu_train.py           # CUDA: SD 1.5 at 512 px (batch 1 and 4), SDXL at 1024 px (batch 1)
+    python bench/gpu_train.py --tiny    # the same code on the CPU with the tiny models, but torch.compile
+                                        # (minutes on a CPU): what tests/test_bench.py runs
+
+SD 1.5 and SDXL base are built from their real configs (stylemix/configs/) with random weights:
+nothing is downloaded, and speed does not depend on the weights. LoRA rank 32 on attention (the
+reference setting), bf16 mixed precision. Per model and batch size, seconds per step and peak CUDA
+memory of:
+- floor:     UNet forward + backward + optimizer step on a batch already on the GPU, same LoRA, same
+             precision, channels_last and fused AdamW as ours (plain_floor: without those two);
+- ours:      stylemix.training.train_style, the real code path of train@S, from latents cached by
+             encode@S (the demo's images), timed between its steps; and ours with gradient
+             checkpointing, with torch.compile, with 8-bit AdamW (when bitsandbytes is there);
+- reference: diffusers' train_text_to_image_lora.py loop: the VAE and the text encoder run on every
+             step's batch, then the same UNet step.
+Floors are timed with CUDA events after warm-up, in interleaved rounds (each keeps its best); ratios
+come from this one run. Results: bench/results/gpu_train.json (--tiny: gpu_train_tiny.json) with
+the device's name and the torch and CUDA versions. The device machine has no dvc: train_style then
+logs to a no-op logger (the JSON says so); bench/gpu_wheels.sh fetches what else it lacks.
+"""
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from accelerate.state import AcceleratorState  # noqa: E402
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.optimization import get_scheduler  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
+
+from stages.caption import caption_style  # noqa: E402
+from stages.encode import encode_style, pixels  # noqa: E402
+from stages.filter import filter_style  # noqa: E402
+from stylemix import params, training  # noqa: E402
+from stylemix.base_model import build_tiny, clip_tokenizer, load_pipeline  # noqa: E402
+from stylemix.conditioning import unet_kwargs  # noqa: E402
+from stylemix.demo_data import build_style  # noqa: E402
+from stylemix.lora_files import add_lora  # noqa: E402
+from stylemix.single_file import CONFIGS  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+# (model, resolution, batch sizes): the issue's settings, and their tiny stand-ins for --tiny.
+REAL = [("sd15", 512, [1, 4]), ("sdxl", 1024, [1])]
+TINY = [("sd15", 64, [1, 4]), ("sdxl", 64, [1])]
+
+
+def random_model(arch: str, folder: Path, tiny: bool) -> Path:
+    """A diffusers folder of the architecture with random weights: the real configs, or the tiny ones."""
+    if tiny:
+        return build_tiny(folder, sdxl=arch == "sdxl")
+    config = CONFIGS[arch]
+    torch.manual_seed(0)
+    parts = dict(unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet")),
+                 vae=AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae")),
+                 text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")),
+                 tokenizer=clip_tokenizer(), scheduler=DDPMScheduler.from_pretrained(config / "scheduler"))
+    if arch == "sdxl":
+        parts |= dict(text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config / "text_encoder_2")),
+                      tokenizer_2=clip_tokenizer(pad_token="!"))
+        pipe = StableDiffusionXLPipeline(**parts, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+class Timer:
+    """Seconds of one call: CUDA events on a GPU (no host sync inside the step), else the wall clock."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def many(self, step, warmup: int, steps: int) -> list[float]:
+        for _ in range(warmup):
+            step()
+        if not self.cuda:
+            stamps = [time.perf_counter()]
+            for _ in range(steps):
+                step()
+                stamps.append(time.perf_counter())
+            return [b - a for a, b in zip(stamps, stamps[1:])]
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+        events[0].record()
+        for e in events[1:]:
+            step()
+            e.record()
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) / 1000 for a, b in zip(events, events[1:])]
+
+
+def peak_reset(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(cuda: bool) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None
+
+
+def unet_with_lora(model: Path, p: params.Params, device, plain: bool = False):
+    """The frozen UNet in bf16 with a float32 LoRA, as prepare_models makes it."""
+    pipe = load_pipeline(str(model))
+    pipe.unet.requires_grad_(False)
+    pipe.unet.to(device, torch.bfloat16)
+    torch.manual_seed(0)
+    add_lora(pipe.unet, [], p.lora)
+    for q in pipe.unet.parameters():
+        if q.requires_grad:
+            q.data = q.data.float()
+    if not plain:
+        pipe.unet.to(memory_format=torch.channels_last)
+    pipe.unet.train()
+    return pipe
+
+
+def unet_step(pipe, batch: dict, fused: bool, encoders=None, vae=None):
+    """One optimizer step of the UNet's LoRA on `batch` (the floor); with `encoders` and `vae`, the
+    reference loop's step, which encodes pixels and captions first."""
+    unet = pipe.unet
+    trainable = [q for q in unet.parameters() if q.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=fused)
+    lr = get_scheduler("constant", optimizer)
+    device = batch["latents"].device
+    autocast = torch.autocast(device.type, torch.bfloat16)
+
+    def step():
+        with autocast:
+            if vae is None:
+                latents, cond, pooled = batch["latents"], batch["cond"], batch.get("pooled")
+            else:
+                with torch.no_grad():
+                    latents = vae.encode(batch["pixels"]).latent_dist.sample() * vae.config.scaling_factor
+                    outs = [enc(ids, output_hidden_states=True) for enc, ids in zip(encoders, batch["ids"])]
+                    cond = torch.cat([o.hidden_states[-2] if len(encoders) > 1 else o[0] for o in outs], dim=-1)
+                    pooled = outs[-1].text_embeds if len(encoders) > 1 else None
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (len(latents),), device=device)
+            added = unet_kwargs(pooled, batch["time_ids"] if pooled is not None else None)
+            pred = unet(latents + noise, t, cond, **added).sample
+            loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        lr.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+class NullLive:
+    """train_style's logger where dvclive is not installed (the GPU machine)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    summary: dict = {}
+
+
+def ours(p: params.Params, work: Path, run: str, cuda: bool, **train) -> dict:
+    """train_style with `train` overrides: median seconds between its steps after warm-up, and the peak."""
+    cfg = p.model_copy(update={"train": p.train.model_copy(update=train)})
+    stamps, peaks = [], []
+
+    def on_step(step, _):
+        if cuda:
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+        peaks.append(peak_gib(cuda))  # during training only: saving the LoRA draws validation images
+    AcceleratorState._reset_state(True)
+    peak_reset(cuda)
+    training.train_style("style", cfg, on_step, out=work / run / "lora", ckpt_root=work / run / "ckpt",
+                         logs=work / run / "logs", latents=work / "latents")
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # the first steps compile and warm the allocator
+    return {"s": statistics.median(gaps), "peak_gib": peaks[-1]}
+
+
+def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args, cuda: bool) -> dict:
+    device = torch.device("cuda" if cuda else "cpu")
+    model = random_model(arch, work / "model", args.tiny)
+    count = max(batches) * 2 + 2
+    p = params.validate({
+        "base": {"model": str(model), "resolution": resolution},
+        "styles": {"style": {"source": str(work / "src"), "trigger": "wcstyle"}},
+        "lora": {"rank": 32, "alpha": 32, "targets": ATTENTION},
+        "train": {"mixed_precision": "bf16", "checkpoint_every": 100_000, "validation_steps": 1, "validation_prompts": ["a cat"]},
+    })
+    (work / "src").mkdir()
+    build_style("watercolor", work / "src", count=count, seed=0)
+    filter_style("style", p.styles["style"], params.Filter(), resolution, work / "filtered", work / "reports")
+    caption_style("style", params.Caption(), work / "filtered", work / "captions")
+    cached = encode_style("style", p.styles["style"], p.base, work / "filtered", work / "captions", work / "latents")
+    names = sorted(q.name for q in (work / "filtered/style").glob("*.png"))
+    timer = Timer(cuda)
+    results = {}
+    for batch in batches:
+        row = {}
+        on = {k: v[:batch].clone().to(device) for k, v in cached.items() if v.dim() and len(v) >= batch}
+        data = {"latents": on["mean"].to(memory_format=torch.channels_last), "cond": on["text_hidden"],
+                "pooled": on.get("text_pooled"), "time_ids": on.get("time_ids")}
+        data = {k: v for k, v in data.items() if v is not None}
+        pipe, plain = unet_with_lora(model, p, device), unet_with_lora(model, p, device, plain=True)
+        vae = pipe.vae.to(device, torch.bfloat16)
+        encoders = [e.to(device, torch.bfloat16) for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
+        tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
+        captions = [f"wcstyle, a cat {i}" for i in range(batch)]
+        ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)
+               for t in tokenizers]
+        images = pixels(work / "filtered/style", names[:batch], resolution).to(device, torch.bfloat16)
+        steps = {"floor": unet_step(pipe, data, fused=cuda),
+                 "plain_floor": unet_step(plain, data | {"latents": on["mean"]}, fused=False),
+                 "reference": unet_step(pipe, data | {"pixels": images, "ids": ids}, fused=cuda, encoders=encoders, vae=vae)}
+        times = {name: [] for name in steps}
+        for _ in range(args.rounds):  # interleaved: a drifting clock or load hits every variant alike
+            for name, step in steps.items():
+                times[name].append(statistics.median(timer.many(step, args.warmup, args.steps)))
+        for name, step in steps.items():
+            peak_reset(cuda)
+            step()
+            row[name] = {"s": min(times[name]), "peak_gib": peak_gib(cuda)}
+        del pipe, plain, vae, encoders, steps
+        if cuda:
+            torch.cuda.empty_cache()
+        common = {"batch_size": batch, "max_steps": args.warmup + args.steps + 3}
+        row["ours"] = ours(p, work, f"b{batch}", cuda, **common)
+        row["ours_gradient_checkpointing"] = ours(p, work, f"b{batch}gc", cuda, gradient_checkpointing=True, **common)
+        if cuda:  # compiling the UNet's backward takes minutes on a CPU: --tiny leaves this variant out
+            row["ours_compile"] = ours(p, work, f"b{batch}c", cuda, compile=True, **common)
+        if cuda and bitsandbytes():
+            row["ours_adamw8bit"] = ours(p, work, f"b{batch}8", cuda, optimizer="adamw8bit", **common)
+        f = row["floor"]["s"]
+        row["ratios"] = {"ours_over_floor": row["ours"]["s"] / f, "reference_over_ours": row["reference"]["s"] / row["ours"]["s"],
+                         "plain_floor_over_floor": row["plain_floor"]["s"] / f,
+                         **{f"{k}_over_ours": row[k]["s"] / row["ours"]["s"] for k in row if k.startswith("ours_")}}
+        results[f"batch_{batch}"] = row
+        print(f"{arch} {resolution} px batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in row["ratios"].items()), flush=True)
+    return {"resolution": resolution, **results}
+
+
+def bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny models on the CPU: checks the script, measures nothing")
+    parser.add_argument("--only", choices=["sd15", "sdxl"], help="one model (two device calls if one is too short)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() and not args.tiny
+    if not cuda and not args.tiny:
+        sys.exit("bench/gpu_train.py needs a CUDA GPU; --tiny runs it on the CPU with the tiny models")
+    try:
+        import dvclive  # noqa: F401
+        logging = "dvclive"
+    except ImportError:
+        training.open_live = lambda folder, history: NullLive()
+        logging = "none: dvclive is not installed here, so train_style logged nothing"
+    out = args.out or RESULTS / ("gpu_train_tiny.json" if args.tiny else "gpu_train.json")
+    report = {"setup": {
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})", "torch": torch.__version__,
+        "cuda": torch.version.cuda, "precision": "bf16", "lora": "rank 32 on attention", "warmup": args.warmup,
+        "steps": args.steps, "rounds": args.rounds, "train_style_logging": logging, "tiny": args.tiny}}
+    for arch, resolution, batches in TINY if args.tiny else REAL:
+        if args.only in (None, arch):
+            with tempfile.TemporaryDirectory(prefix=f"bench-gpu-{arch}-") as tmp:
+                report[arch] = bench_model(arch, resolution, batches, Path(tmp), args, cuda)
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
