@@ -42,10 +42,9 @@ from stages.caption import caption_style  # noqa: E402
 from stages.encode import encode_style, pixels  # noqa: E402
 from stages.filter import filter_style  # noqa: E402
 from stylemix import params, training  # noqa: E402
-from stylemix.base_model import build_tiny, clip_tokenizer, load_pipeline  # noqa: E402
+from stylemix.base_model import build_tiny, clip_tokenizer  # noqa: E402
 from stylemix.conditioning import unet_kwargs  # noqa: E402
 from stylemix.demo_data import build_style  # noqa: E402
-from stylemix.lora_files import add_lora  # noqa: E402
 from stylemix.single_file import CONFIGS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -109,18 +108,10 @@ def peak_gib(cuda: bool) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None
 
 
-def unet_with_lora(model: Path, p: params.Params, device, plain: bool = False):
-    """The frozen UNet in bf16 with a float32 LoRA, as prepare_models makes it."""
-    pipe = load_pipeline(str(model))
-    pipe.unet.requires_grad_(False)
-    pipe.unet.to(device, torch.bfloat16)
-    torch.manual_seed(0)
-    add_lora(pipe.unet, [], p.lora)
-    for q in pipe.unet.parameters():
-        if q.requires_grad:
-            q.data = q.data.float()
-    if not plain:
-        pipe.unet.to(memory_format=torch.channels_last)
+def unet_with_lora(p: params.Params, device, channels_last: bool = True):
+    """The models exactly as train@S prepares them (frozen bf16 base, float32 LoRA), in train mode."""
+    cfg = p.train.model_copy(update={"channels_last": channels_last})
+    pipe, _, _ = training.prepare_models(p, cfg, device, "style", {})
     pipe.unet.train()
     return pipe
 
@@ -209,9 +200,9 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         data = {"latents": on["mean"].to(memory_format=torch.channels_last), "cond": on["text_hidden"],
                 "pooled": on.get("text_pooled"), "time_ids": on.get("time_ids")}
         data = {k: v for k, v in data.items() if v is not None}
-        pipe, plain = unet_with_lora(model, p, device), unet_with_lora(model, p, device, plain=True)
+        pipe, plain = unet_with_lora(p, device), unet_with_lora(p, device, channels_last=False)
         vae = pipe.vae.to(device, torch.bfloat16)
-        encoders = [e.to(device, torch.bfloat16) for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]  # on the device, bf16
         tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
         captions = [f"wcstyle, a cat {i}" for i in range(batch)]
         ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)

@@ -41,6 +41,14 @@ def adapters() -> dict[str, Path]:
     return found
 
 
+def find_adapter(name: str) -> Path:
+    """The folder of the trained style or merged combination `name`, or a one-line error listing them."""
+    found = adapters()
+    if name not in found:
+        raise StyleMixError(f"no trained style or merged combination named {name!r}; there are: {', '.join(found) or 'none'}")
+    return found[name]
+
+
 def mix_label(weights: dict[str, float]) -> str:
     """`watercolor=0.6 + pixelart=0.4` for the styles that are on, or `base`."""
     return " + ".join(f"{n}={w:g}" for n, w in weights.items() if w) or "base"

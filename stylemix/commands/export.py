@@ -29,19 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from stylemix import single_file
     from stylemix.base_model import DTYPES, architecture
-    from stylemix.drawing import Drawer, adapters
-    from stylemix.lora_files import read_info_for
+    from stylemix.drawing import Drawer, find_adapter
 
     out = args.fused
     if out.suffix != ".safetensors":
         raise StyleMixError(f"--fused {out}: name the checkpoint OUT.safetensors")
-    found = adapters()
-    if args.name not in found:
-        raise StyleMixError(f"no trained style or merged combination named {args.name!r}; "
-                            f"there are: {', '.join(found) or 'none'}")
+    folder = find_adapter(args.name)
     base = params.load("base").base
     drawer = Drawer(base)
-    info = read_info_for(found[args.name], drawer.pipe)
+    info = drawer.infos([args.name])[args.name]  # loads it; fuse() then bakes it in
     drawer.fuse({args.name: args.weight})
     arch = architecture(drawer.pipe)
     metadata = {"format": "pt", "stylemix.fused": f"{args.name}={args.weight:g}", "stylemix.base_model": base.model,
@@ -57,4 +53,4 @@ def run(args: argparse.Namespace) -> None:
           f"load it with {load}")
     if info.get("tokens"):
         print(f"export: {args.name}'s new tokens ({', '.join(info['tokens'])}) are not in the checkpoint (a single file has "
-              f"no tokenizer): load them from {found[args.name]}/embeddings/ as A1111 embeddings")
+              f"no tokenizer): load them from {folder}/embeddings/ as A1111 embeddings")

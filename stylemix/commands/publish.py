@@ -9,7 +9,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from stylemix.drawing import adapters
+from stylemix.drawing import find_adapter
 from stylemix.errors import StyleMixError
 from stylemix.publishing import build, upload
 
@@ -22,15 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    found = adapters()
-    if args.name not in found:
-        raise StyleMixError(f"no trained style or merged combination named {args.name!r}; there are: {', '.join(found) or 'none'}")
+    folder = find_adapter(args.name)
     if args.dry_run:
-        build(args.name, found[args.name], args.dry_run)
+        build(args.name, folder, args.dry_run)
         print(f"publish: {args.dry_run}/ is what would be uploaded (README.md is the model card)")
         return
     if not args.repo or "/" not in args.repo:
         raise StyleMixError("--repo user/name is needed to publish (or --dry-run FOLDER to look first)")
     with tempfile.TemporaryDirectory() as tmp:
-        url = upload(build(args.name, found[args.name], Path(tmp) / args.name), args.repo, args.private, args.name)
+        url = upload(build(args.name, folder, Path(tmp) / args.name), args.repo, args.private, args.name)
     print(f"publish: {args.name} -> {url}")
