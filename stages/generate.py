@@ -1,5 +1,6 @@
 """generate@M: the comparison images, one model per stage: the base, each style, each combination
-(and, for a model with new concept tokens, each prompt at each token).
+(and, for a model with new concept tokens, each prompt at each token; for a style or combination,
+each prompt at each of `generate.strengths`).
 
 Every model draws the same prompts with the same seeds, so the columns of a grid compare like
 with like. A style's prompts carry its trigger word, a combination's all of its components'
@@ -14,7 +15,7 @@ from stylemix.base_model import default_device, load_pipeline
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.lora_files import read_info_for
 from stylemix.outputs import atomic_dir
-from stylemix.paths import IMAGES, LORAS, MERGED, TOKEN_IMAGES, image_name, token_image_name
+from stylemix.paths import IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
 from stylemix.prompts import triggered
 from stylemix.render import SCHEDULERS, render
@@ -28,27 +29,37 @@ def lora_folder(kind: str, name: str) -> Path | None:
 
 
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:
-    """Draw every prompt x seed for one model into `out`, and for a model with new tokens every
-    prompt at each token (first seed) into `out`/tokens/; returns the number of images."""
+    """Draw every prompt x seed for one model into `out`, for a model with new tokens every prompt at
+    each token (first seed) into `out`/tokens/, and for a LoRA every prompt at each other strength
+    (first seed) into `out`/strengths/; returns the number of images."""
     info = read_info_for(lora, pipe) if lora else {}
     tokens = list(info.get("tokens") or {})
     if lora:
         pipe.load_lora_weights(lora, adapter_name=model)
-        pipe.set_adapters([model])
         load_tokens(pipe, lora, tokens)
     pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
-    jobs = [(out / image_name(i, seed), prompt, prompt, seed, None) for i, prompt in enumerate(cfg.prompts) for seed in cfg.seeds]
+    first = cfg.seeds[0]
+    jobs = [(out / image_name(i, seed), prompt, prompt, seed, None, 1.0)
+            for i, prompt in enumerate(cfg.prompts) for seed in cfg.seeds]
     if tokens:
         (out / TOKEN_IMAGES).mkdir()
-        jobs += [(out / TOKEN_IMAGES / token_image_name(k, i, cfg.seeds[0]), f"{token}, {prompt}", prompt, cfg.seeds[0], token)
+        jobs += [(out / TOKEN_IMAGES / token_image_name(k, i, first), f"{token}, {prompt}", prompt, first, token, 1.0)
                  for k, token in enumerate(tokens) for i, prompt in enumerate(cfg.prompts)]
+    if strengths := sorted({w for w in cfg.strengths if w != 1.0}) if lora else []:
+        (out / STRENGTH_IMAGES).mkdir()
+        jobs += [(out / STRENGTH_IMAGES / strength_image_name(w, i, first), prompt, prompt, first, None, w)
+                 for w in strengths for i, prompt in enumerate(cfg.prompts)]
     with progress() as bar:
         task = bar.add_task(f"generate {model}", total=len(jobs))
-        for path, prompt, base_prompt, seed, token in jobs:
+        for path, prompt, base_prompt, seed, token, strength in jobs:
             text = triggered(prompt, info) if lora else prompt
-            image, meta = render(pipe, text, seed, cfg, base, model, base_prompt)
+            if lora:
+                pipe.set_adapters([model], [strength])
+            image, meta = render(pipe, text, seed, cfg, base, model if strength == 1.0 else f"{model}:{strength:g}", base_prompt)
             if token:
                 meta.add_text("token", token)
+            if lora:
+                meta.add_text("strength", f"{strength:g}")
             image.save(path, pnginfo=meta)
             bar.advance(task)
     if lora:

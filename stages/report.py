@@ -9,7 +9,8 @@ from stylemix import params
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.images import grid, image_files
 from stylemix.outputs import atomic_dir, atomic_write
-from stylemix.paths import FILTER_REPORTS, GRIDS, IMAGES, REPORTS, TOKEN_IMAGES, TRAIN_LOGS, VALIDATION
+from stylemix.paths import (FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, VALIDATION,
+                            image_name)
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
@@ -46,6 +47,26 @@ def token_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tup
         grid(rows, [f"prompt {i}" for i in prompts], f"{model}: each new token, seed {seed}").save(out / f"tokens_{model}.png")
         made.append((f"tokens_{model}.png", f"{model}: the same prompts at each new token"))
     return made
+
+
+def strength_grid(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
+    """The base, then each style and combination at each of its strengths (rows), on every prompt at
+    the seed they were drawn with (columns): how a style comes in as its weight rises."""
+    drawn = {m: {tuple(float(part[1:]) for part in f.stem.split("_")): f for f in image_files(images / m / STRENGTH_IMAGES)}
+             for m in models if (images / m / STRENGTH_IMAGES).is_dir()}  # (strength, prompt, seed) -> file
+    if not drawn:
+        return []
+    _, _, seed = next(iter(next(iter(drawn.values()))))
+    prompts = sorted({int(i) for index in drawn.values() for _, i, _ in index})
+    at_one = lambda model: [images / model / image_name(i, int(seed)) for i in prompts]  # noqa: E731
+    rows = [("base", at_one("base"))]
+    for model, index in drawn.items():
+        for w in sorted({w for w, _, _ in index} | {1.0}):
+            rows.append((f"{model} {w:g}", at_one(model) if w == 1.0 else [index[w, i, seed] for i in prompts]))
+    rows = [(label, [Image.open(f) for f in files]) for label, files in rows]
+    title = f"each style and combination at each strength, seed {seed:g}"
+    grid(rows, [f"prompt {i}" for i in prompts], title).save(out / "strengths.png")
+    return [("strengths.png", "every style and combination at each strength")]
 
 
 def loss_plot(styles: list[str], path: Path, logs: Path = TRAIN_LOGS) -> None:
@@ -117,6 +138,7 @@ def main() -> None:
     with atomic_dir(GRIDS) as tmp:
         grids = comparison_grids(models, tmp)
         tokens = token_grids(models, tmp)
+        strengths = strength_grid(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
     scorer = metrics["scorer"]
     warning, weights = "", scorer["clip_pretrained"] or "its folder"
@@ -141,13 +163,16 @@ def main() -> None:
         *[f"![style similarity to {s}](plots/scores/style_similarity_{s}.png)\n" for s in styles],
         "## Comparison grids\n", "Rows: models (base, each style, each combination); same prompts and seeds in every row.\n",
         *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in grids],
+        *(["## Strengths\n", "Rows: each style and combination at each weight of `generate.strengths` (users apply style "
+           "LoRAs at 0.6 to 0.8, not only at 1); the base on top.\n"] if strengths else []),
+        *[f"![{caption}](grids/{name})\n" for name, caption in strengths],
         *(["## New tokens\n", "Rows: a model's new concept tokens, each added to the same prompts.\n"] if tokens else []),
         *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in tokens],
         "## Training loss\n", "![loss curves](plots/loss.png)\n",
         "## Filtered images\n", filter_table(styles) + "\n",
     ]
     atomic_write(REPORTS / "report.md", "\n".join(md))
-    print(f"report: {REPORTS / 'report.md'} with {len(grids) + len(tokens)} grids")
+    print(f"report: {REPORTS / 'report.md'} with {len(grids) + len(tokens) + len(strengths)} grids")
 
 
 if __name__ == "__main__":

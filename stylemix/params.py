@@ -233,6 +233,9 @@ class Generate(Section):
     steps: Positive = 25
     guidance_scale: Annotated[float, Field(ge=0)] = 7.5
     scheduler: Literal["dpmsolver++", "ddim", "euler"] = "dpmsolver++"
+    # Each style and combination also drawn at these LoRA weights (first seed) for the strengths grid;
+    # 1.0 is always drawn (the images scored).
+    strengths: list[Annotated[float, Field(gt=0, le=2)]] = [1.0]
 
 
 class Score(Section):

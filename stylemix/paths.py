@@ -23,6 +23,7 @@ FILTER_REPORTS = REPORTS / "filter"  # filter@S: reports/filter/<style>/
 TRAIN_LOGS = REPORTS / "train"  # train@S: dvclive's reports/train/<style>/
 IMAGES = REPORTS / "images"  # generate@M: reports/images/<model>/
 TOKEN_IMAGES = "tokens"  # and, for a model with new tokens, reports/images/<model>/tokens/
+STRENGTH_IMAGES = "strengths"  # a style's or combination's images at generate.strengths other than 1
 SCORE_PLOTS = REPORTS / "plots" / "scores"  # score: one bar chart per metric
 VALIDATION = REPORTS / "validation.json"  # validate: every LoRA on every style's held-out images
 VALIDATION_PLOT = REPORTS / "plots" / "validation.png"
@@ -45,3 +46,7 @@ def image_name(prompt_index: int, seed: int) -> str:
 
 def token_image_name(token_index: int, prompt_index: int, seed: int) -> str:
     return f"t{token_index}_p{prompt_index}_s{seed}.png"
+
+
+def strength_image_name(strength: float, prompt_index: int, seed: int) -> str:
+    return f"w{strength:g}_p{prompt_index}_s{seed}.png"

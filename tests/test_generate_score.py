@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from stages.generate import generate_model
+from stages.report import strength_grid
 from stylemix import params
 from stylemix.base_model import load_pipeline
 from stylemix.prompts import triggered
@@ -39,6 +40,33 @@ def test_generate_writes_every_prompt_and_seed_with_metadata(tmp_path, tiny_mode
     same = [np.asarray(Image.open(tmp_path / m / "out/p0_s0.png")) for m in ("base", "base_again")]
     assert np.array_equal(*same)  # same seed, same model: same picture (the LoRA was unloaded)
     assert not np.array_equal(same[0], np.asarray(Image.open(tmp_path / "ink/out/p0_s0.png")))
+
+
+
+def test_a_lora_is_drawn_at_each_strength_and_the_report_grids_them(tmp_path, tiny_model):
+    """generate.strengths: each prompt again at each other weight (first seed), the weight in the
+    PNG; 1 is the scored image itself, and a weight changes the picture between the base and 1."""
+    (tmp_path / "ink").mkdir()
+    random_lora(tiny_model, tmp_path / "ink", rank=4, alpha=4, text_encoder=False, seed=0)
+    pipe = load_pipeline(str(tiny_model))
+    cfg = GEN.model_copy(update={"strengths": [1.0, 0.5, 1.5]})
+    for model, lora in (("base", None), ("ink", tmp_path / "ink")):
+        (tmp_path / "images" / model).mkdir(parents=True)
+        assert generate_model(pipe, model, lora, cfg, BASE, tmp_path / "images" / model) == (4 if lora is None else 4 + 2 * 2)
+    assert sorted(p.name for p in (tmp_path / "images/ink/strengths").iterdir()) == [
+        "w0.5_p0_s0.png", "w0.5_p1_s0.png", "w1.5_p0_s0.png", "w1.5_p1_s0.png"]
+    half = Image.open(tmp_path / "images/ink/strengths/w0.5_p1_s0.png")
+    assert half.text["strength"] == "0.5" and "Lora: ink:0.5" in half.text["parameters"]
+    assert Image.open(tmp_path / "images/ink/p1_s0.png").text["strength"] == "1"
+    pixels = {w: np.asarray(Image.open(tmp_path / "images" / f)).astype(float) for w, f in (
+        (0, "base/p1_s0.png"), (0.5, "ink/strengths/w0.5_p1_s0.png"), (1, "ink/p1_s0.png"), (1.5, "ink/strengths/w1.5_p1_s0.png"))}
+    moved = [np.abs(pixels[w] - pixels[0]).mean() for w in (0.5, 1, 1.5)]
+    assert 0 < moved[0] < moved[1] < moved[2], moved
+    (tmp_path / "grids").mkdir()
+    assert strength_grid(["base", "ink"], tmp_path / "grids", tmp_path / "images") == [
+        ("strengths.png", "every style and combination at each strength")]
+    assert Image.open(tmp_path / "grids/strengths.png").size == (150 + 2 * 128, 34 + 22 + 4 * 128)  # base, ink 0.5 / 1 / 1.5
+    assert strength_grid(["base"], tmp_path / "grids", tmp_path / "images") == []  # nothing drawn at other strengths
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,11 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert "**Scorer:** the demo's scorer" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
     assert "## Did each LoRA learn its style?" in report and "| sketch LoRA |" in report and "plots/validation.png" in report
     assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == [
-        "overview.png", "prompt_0.png", "tokens_mix.png", "tokens_mix2.png", "tokens_sketch.png"]  # the merges keep sketch's tokens
-    assert "grids/tokens_sketch.png" in report
+        "overview.png", "prompt_0.png", "strengths.png",  # the merges keep sketch's tokens:
+        "tokens_mix.png", "tokens_mix2.png", "tokens_sketch.png"]
+    assert "grids/tokens_sketch.png" in report and "grids/strengths.png" in report
+    assert sorted(p.name for p in (repo / "reports/images/mix2/strengths").iterdir()) == ["w0.5_p0_s0.png", "w0.75_p0_s0.png"]
+    assert not (repo / "reports/images/base/strengths").exists()
     assert sorted(p.name for p in (repo / "reports/images/mix/tokens").iterdir()) == ["t0_p0_s0.png", "t1_p0_s0.png", "t2_p0_s0.png"]
     assert json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])["tokens"] == {
         "<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
