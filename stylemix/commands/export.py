@@ -9,7 +9,6 @@ A model of another shape than SD 1.5 / SDXL (the demo's tiny) gets its configs b
 OUT.configs/, which `base.config` takes to load it back.
 """
 import argparse
-import shutil
 from pathlib import Path
 
 from stylemix import params
@@ -30,6 +29,7 @@ def run(args: argparse.Namespace) -> None:
     from stylemix import single_file
     from stylemix.base_model import DTYPES, architecture
     from stylemix.drawing import Drawer, find_adapter
+    from stylemix.outputs import atomic_dir
 
     out = args.fused
     if out.suffix != ".safetensors":
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> None:
     arch = architecture(drawer.pipe)
     metadata = {"format": "pt", "stylemix.fused": f"{args.name}={args.weight:g}", "stylemix.base_model": base.model,
                 "stylemix.architecture": arch}
-    size = single_file.save(drawer.pipe, out, DTYPES[args.dtype], metadata)
     load = f"base.model: {out}"
     configs = out.with_suffix(".configs")
-    if not single_file.is_real_shape(drawer.pipe, arch):
-        shutil.rmtree(configs, ignore_errors=True)
-        single_file.save_configs(drawer.pipe, configs)
+    if not single_file.is_real_shape(drawer.pipe, arch):  # the configs first: a finished file always has them
+        with atomic_dir(configs) as tmp:
+            single_file.save_configs(drawer.pipe, tmp)
         load += f" with base.config: {configs}"
+    size = single_file.save(drawer.pipe, out, DTYPES[args.dtype], metadata)
     print(f"export: {args.name} at {args.weight:g} baked into {out} ({size / 2**20:.1f} MiB, {arch}, {args.dtype}); "
           f"load it with {load}")
     if info.get("tokens"):
