@@ -30,6 +30,7 @@ _TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "t
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
            "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 _OPENCLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
                    "self_attn.out_proj": "attn.out_proj"}
 _OPENCLIP_TOP = {"embeddings.token_embedding.weight": "token_embedding.weight",
@@ -80,17 +81,14 @@ def _unet(unet) -> dict:
 
 
 def _vae_key(key: str, levels: int) -> str:
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        return f"encoder.down.{m[1]}.block.{m[2]}.{_renamed(m[3], {'conv_shortcut': 'nin_shortcut'})}"
-    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.(.+)", key):
-        return f"encoder.down.{m[1]}.downsample.{m[2]}"
     # The original decoder numbers its levels from the lowest resolution up, diffusers' from the top.
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
-        return f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}.{_renamed(m[3], {'conv_shortcut': 'nin_shortcut'})}"
-    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)", key):
-        return f"decoder.up.{levels - 1 - int(m[1])}.upsample.{m[2]}"
+    level = lambda side, i: int(i) if side == "encoder.down" else levels - 1 - int(i)  # noqa: E731
+    if m := re.fullmatch(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", key):
+        return f"{m[1]}.{level(m[1], m[2])}.block.{m[3]}.{_renamed(m[4], _VAE_RESNET)}"
+    if m := re.fullmatch(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(down|up)samplers\.0\.(.+)", key):
+        return f"{m[1]}.{level(m[1], m[2])}.{m[3]}sample.{m[4]}"
     if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_renamed(m[3], {'conv_shortcut': 'nin_shortcut'})}"
+        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_renamed(m[3], _VAE_RESNET)}"
     if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key):
         return f"{m[1]}.mid.attn_1.{_renamed(m[2], _VAE_ATTENTION)}"
     return key.replace("conv_norm_out", "norm_out")
