@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stages.generate import generate_model, lora_folder  # noqa: E402
 from stylemix import params  # noqa: E402
-from stylemix.base_model import default_device, load_pipeline  # noqa: E402
+from stylemix.base_model import load_pipeline  # noqa: E402
+from stylemix.gpu import default_device  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "generate.json"
 
@@ -28,7 +29,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
 
     def load():
-        pipe = load_pipeline(p.base.model, p.base.revision, p.base.dtype, p.base.vae).to(default_device())
+        pipe = load_pipeline(p.base).to(default_device())
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -30,7 +30,7 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from stylemix.base_model import default_device
+    from stylemix.gpu import default_device
 
     device = default_device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32

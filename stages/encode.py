@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemix import params
-from stylemix.base_model import SDXL, architecture, default_device, load_pipeline
+from stylemix import gpu, params
+from stylemix.base_model import SDXL, architecture, load_pipeline
 from stylemix.conditioning import encode_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import atomic_dir, read_jsonl, save_safetensors
@@ -55,7 +55,7 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     pipe = load_pipeline(base)
     if style.tokens:  # their ids in the cached token ids; training learns their embeddings
         add_tokens(pipe, style.tokens, name)
-    device = default_device()
+    device = gpu.default_device()
     vae = pipe.vae.to(device)
     if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's own VAE overflows in fp16
         vae.to(torch.float32)

@@ -1,6 +1,7 @@
 """generate@M: the comparison images, one model per stage: the base, each style, each combination
 (and, for a model with new concept tokens, each prompt at each token; for a style or combination,
-each prompt at each of `generate.strengths`).
+each prompt at each of `generate.strengths`). A combination with a strength schedule is drawn from its
+styles' LoRAs live, the schedule setting their weights at every step; any other from its merged file.
 
 Every model draws the same prompts with the same seeds, so the columns of a grid compare like
 with like. A style's prompts carry its trigger word, a combination's all of its components'
@@ -10,15 +11,18 @@ its prompt, seed, model and settings in its text metadata (A1111's `parameters` 
 import sys
 from pathlib import Path
 
-from stylemix import params
-from stylemix.base_model import default_device, load_pipeline
+from pydantic import TypeAdapter
+
+from stylemix import gpu, params
+from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.lora_files import read_info_for
+from stylemix.lora_files import read_info, read_info_for
 from stylemix.outputs import atomic_dir
-from stylemix.paths import IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
+from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
 from stylemix.prompts import triggered
 from stylemix.render import SCHEDULERS, render
+from stylemix.schedules import Mix
 from stylemix.tokens import load_tokens, unload_tokens
 
 
@@ -28,43 +32,60 @@ def lora_folder(kind: str, name: str) -> Path | None:
     return (LORAS if kind == "style" else MERGED) / name
 
 
+def adapters_of(model: str, lora: Path | None) -> tuple[dict[str, Path], Mix | None]:
+    """The LoRA folders a model is drawn with, by adapter name, and their mix at strength 1: a style
+    or combination its own file, or, for a combination with a schedule (which no file can hold), the
+    styles' LoRAs merge@C kept beside it, live, with their weights, block weights and schedules."""
+    if lora is None:
+        return {}, None
+    info = read_info(lora)
+    if not info.get("schedule"):
+        return {model: lora}, Mix({model: 1.0})
+    schedules = TypeAdapter(dict[str, params.Schedule]).validate_python(info["schedule"])
+    return ({style: lora / COMPONENTS / style for style in info["components"]},
+            Mix(info["components"], info.get("blocks"), schedules))
+
+
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:
     """Draw every prompt x seed for one model into `out`, for a model with new tokens every prompt at
     each token (first seed) into `out`/tokens/, and for a LoRA every prompt at each other strength
     (first seed) into `out`/strengths/; returns the number of images."""
-    info = read_info_for(lora, pipe) if lora else {}
-    tokens = list(info.get("tokens") or {})
-    if lora:
-        pipe.load_lora_weights(lora, adapter_name=model)
-        load_tokens(pipe, lora, tokens)
+    loras, mix = adapters_of(model, lora)
+    infos = {adapter: read_info_for(folder, pipe) for adapter, folder in loras.items()}
+    # One LoRA places its trigger(s) itself; live styles are triggered as their merged file would be.
+    words = next(iter(infos.values())) if len(infos) == 1 else {"triggers": {a: i["trigger"] for a, i in infos.items()}}
+    tokens = {adapter: list(info.get("tokens") or {}) for adapter, info in infos.items()}
+    for adapter, folder in loras.items():
+        pipe.load_lora_weights(folder, adapter_name=adapter)
+        load_tokens(pipe, folder, tokens[adapter])
     pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
     first = cfg.seeds[0]
     jobs = [(out / image_name(i, seed), prompt, prompt, seed, None, 1.0)
             for i, prompt in enumerate(cfg.prompts) for seed in cfg.seeds]
-    if tokens:
+    if new_tokens := [t for names in tokens.values() for t in names]:
         (out / TOKEN_IMAGES).mkdir()
         jobs += [(out / TOKEN_IMAGES / token_image_name(k, i, first), f"{token}, {prompt}", prompt, first, token, 1.0)
-                 for k, token in enumerate(tokens) for i, prompt in enumerate(cfg.prompts)]
-    if strengths := sorted({w for w in cfg.strengths if w != 1.0}) if lora else []:
+                 for k, token in enumerate(new_tokens) for i, prompt in enumerate(cfg.prompts)]
+    if strengths := sorted({w for w in cfg.strengths if w != 1.0}) if loras else []:
         (out / STRENGTH_IMAGES).mkdir()
         jobs += [(out / STRENGTH_IMAGES / strength_image_name(w, i, first), prompt, prompt, first, None, w)
                  for w in strengths for i, prompt in enumerate(cfg.prompts)]
     with progress() as bar:
         task = bar.add_task(f"generate {model}", total=len(jobs))
         for path, prompt, base_prompt, seed, token, strength in jobs:
-            text = triggered(prompt, info) if lora else prompt
-            if lora:
-                pipe.set_adapters([model], [strength])
-            image, meta = render(pipe, text, seed, cfg, base, model if strength == 1.0 else f"{model}:{strength:g}", base_prompt)
+            text = triggered(prompt, words) if loras else prompt
+            callback = mix.scaled(strength).apply(pipe) if mix else None
+            image, meta = render(pipe, text, seed, cfg, base, model if strength == 1.0 else f"{model}:{strength:g}", base_prompt,
+                                 callback)
             if token:
                 meta.add_text("token", token)
-            if lora:
+            if loras:
                 meta.add_text("strength", f"{strength:g}")
             image.save(path, pnginfo=meta)
             bar.advance(task)
-    if lora:
-        pipe.delete_adapters(model)
-        unload_tokens(pipe, tokens)
+    for adapter in loras:
+        pipe.delete_adapters(adapter)
+        unload_tokens(pipe, tokens[adapter])
     return len(jobs)
 
 
@@ -76,7 +97,7 @@ def main() -> None:
     lora = lora_folder(kind, name)
     if lora and not lora.is_dir():
         raise StyleMixError(f"{lora} missing: run `dvc repro {'train' if kind == 'style' else 'merge'}@{name}` first")
-    pipe = load_pipeline(p.base).to(default_device())
+    pipe = load_pipeline(p.base).to(gpu.default_device())
     pipe.set_progress_bar_config(disable=True)
     with atomic_dir(IMAGES / name) as tmp:
         count = generate_model(pipe, name, lora, p.generate, p.base, tmp)

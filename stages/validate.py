@@ -9,8 +9,8 @@ import numpy as np
 from diffusers import DDPMScheduler
 from safetensors import safe_open
 
-from stylemix import params
-from stylemix.base_model import default_device, load_pipeline
+from stylemix import gpu, params
+from stylemix.base_model import load_pipeline
 from stylemix.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.lora_files import read_info_for
@@ -103,7 +103,7 @@ def heatmap(metrics: dict, path) -> None:
 
 def main() -> None:
     p = params.load("base", "styles", "validation")
-    pipe = load_pipeline(p.base).to(default_device())
+    pipe = load_pipeline(p.base).to(gpu.default_device())
     pipe.set_progress_bar_config(disable=True)
     metrics = summarize(loss_matrix(pipe, list(p.styles), p.validation), p.validation)
     write_json(VALIDATION, metrics)

@@ -32,7 +32,7 @@ from diffusers import (
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from stylemix import gpu, single_file
+from stylemix import single_file
 from stylemix.errors import StyleMixError
 from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
@@ -46,12 +46,6 @@ transformers.utils.logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PIPELINES = {SD15: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
-
-
-def default_device() -> torch.device:
-    """CUDA when there is a GPU (one of its own when several stages share several GPUs), else the CPU."""
-    gpu.claim()
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def clip_tokenizer(**kwargs) -> CLIPTokenizer:

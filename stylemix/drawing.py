@@ -15,13 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from stylemix import params
-from stylemix.base_model import default_device, load_pipeline
+from stylemix import block_weights, gpu, params
+from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import WEIGHTS, read_info_for, weights_file
 from stylemix.paths import LORAS, MERGED
 from stylemix.prompts import triggered
 from stylemix.render import SCHEDULERS, render
+from stylemix.schedules import Mix, dump as dump_schedules
 from stylemix.tokens import load_tokens, unload_tokens
 
 WEIGHT_RANGE = (-1.0, 2.0)  # A1111's sliders allow negative weights (a style subtracted) and some overdrive
@@ -68,7 +69,7 @@ class Drawer:
 
     def __init__(self, base: params.Base):
         self.base = base
-        self.pipe = load_pipeline(base).to(default_device())
+        self.pipe = load_pipeline(base).to(gpu.default_device())
         self.pipe.set_progress_bar_config(disable=True)
         self.loaded: dict[str, float] = {}  # adapter name -> its file's mtime when loaded
         self.fused: dict[str, float] | None = None  # the weights baked into the model by fuse()
@@ -100,39 +101,53 @@ class Drawer:
     def cancel(self) -> None:
         self.stop.set()
 
-    def fuse(self, weights: dict[str, float]) -> None:
-        """Bake the adapters at `weights` into the model's weights once (diffusers' fuse_lora) and drop
-        the adapter layers: every later drawing costs what the base model's does. draw() then takes
-        exactly these weights."""
+    def multipliers(self, blocks: dict | None, active: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Each named adapter's block multipliers (stylemix.block_weights) on this pipeline's UNet."""
+        if unknown := sorted(set(blocks or {}) - set(active)):
+            raise StyleMixError(f"block weights for {', '.join(unknown)}, which is not drawn: give it a weight too")
+        layers = block_weights.attention_layers(self.pipe.unet.config)
+        return {name: block_weights.multipliers(spec, layers, f"blocks of {name}") for name, spec in (blocks or {}).items()}
+
+    def fuse(self, weights: dict[str, float], blocks: dict | None = None) -> None:
+        """Bake the adapters at `weights` (and `blocks`) into the model's weights once (diffusers'
+        fuse_lora) and drop the adapter layers: every later drawing costs what the base model's does.
+        draw() then takes exactly these weights."""
         active = {n: w for n, w in weights.items() if w}
         with self.lock:
             self.infos(list(active))
             if active:
-                self.pipe.set_adapters(list(active), list(active.values()))
+                Mix(active, self.multipliers(blocks, active)).apply(self.pipe)
                 self.pipe.fuse_lora(adapter_names=list(active))
                 self.pipe.unload_lora_weights()
             self.loaded.clear()
             self.fused = active
 
     def draw(self, prompt: str, weights: dict[str, float], seed: int, cfg: params.Generate, size: int | None = None,
-             on_step: Callable[[int, int], None] | None = None) -> tuple[Image.Image, object]:
-        """One image of `prompt` with the adapters at `weights` (0 = off), and its PNG metadata."""
+             on_step: Callable[[int, int], None] | None = None, blocks: dict | None = None,
+             schedules: dict[str, params.Schedule] | None = None) -> tuple[Image.Image, object]:
+        """One image of `prompt` with the adapters at `weights` (0 = off), each optionally with block
+        weights (a block spec by name) and a strength schedule, and its PNG metadata."""
         if not prompt.strip():
             raise StyleMixError("the prompt is empty: write what to draw, e.g. 'a tabby cat with green eyes'")
         low, high = WEIGHT_RANGE
         if bad := {n: w for n, w in weights.items() if not low <= w <= high}:
             raise StyleMixError(f"weights {bad} out of range: use {low:g} to {high:g}")
         active = {n: w for n, w in weights.items() if w}
-        if self.fused is not None and active != self.fused:
-            raise StyleMixError(f"{self.fused or 'no style'} is fused into this model: draw with exactly those weights")
+        if self.fused is not None and (active != self.fused or blocks or schedules):
+            raise StyleMixError(f"{self.fused or 'no style'} is fused into this model: draw with exactly those weights "
+                                f"(no block weights or schedules)")
+        if unknown := sorted(set(schedules or {}) - set(active)):
+            raise StyleMixError(f"a schedule for {', '.join(unknown)}, which is not drawn: give it a weight too")
         base = self.base.model_copy(update={"resolution": size or self.base.resolution})
         with self.lock:
             self.stop.clear()
             infos = self.infos(list(active), load=self.fused is None)
             tokens = [(name, list(info.get("tokens") or {})) for name, info in infos.items()]
+            mix = Mix(active, self.multipliers(blocks, active), schedules)
+            callback = self._step(cfg.steps, on_step)
             if active and self.fused is None:
                 self.pipe.enable_lora()
-                self.pipe.set_adapters(list(active), list(active.values()))
+                callback = mix.apply(self.pipe, callback)
             elif self.loaded:
                 self.pipe.disable_lora()
             for name, names in tokens:
@@ -144,14 +159,16 @@ class Drawer:
             label = mix_label(active)
             self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
             try:
-                image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, self._step(cfg.steps, on_step))
+                image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, callback)
             finally:
                 for _, names in tokens:
                     unload_tokens(self.pipe, names)
         meta.add_text("stylemix", json.dumps({
             "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
             "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,
-            "adapters": active, "fused": self.fused is not None, "base_model": base.model, "commit": self.commit}))
+            "adapters": active, "fused": self.fused is not None, "base_model": base.model, "commit": self.commit}
+            | ({"blocks": mix.blocks} if mix.blocks else {})
+            | ({"schedules": dump_schedules(mix.schedules)} if mix.schedules else {})))
         return image, meta
 
     def _step(self, total: int, on_step):

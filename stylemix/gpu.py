@@ -50,3 +50,9 @@ def claim(poll_s: float = 5.0) -> str | None:
             print(f"gpu: all of {','.join(gpus)} are held by other stylemix processes; waiting for one")
             waited = True
         time.sleep(poll_s)
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU (one of its own when several stages share several GPUs), else the CPU."""
+    claim()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,20 +6,25 @@ Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
 - svd:    the same sum, truncated to `rank` by SVD (exact when rank >= sum r_i).
 - ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
   (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
-New concept tokens of the components come along unchanged.
+With `blocks`, a style's weight differs per UNet attention block and for the text encoder
+(stylemix.block_weights): w_i above becomes w_i * m_i(layer), baked into the merged file.
+New concept tokens of the components come along unchanged. A strength schedule over the denoising
+steps cannot be baked into weights: a combination with one also keeps its styles' LoRAs in
+components/, which generate@C draws live (stylemix.schedules); its merged file is the mix unscheduled.
 """
+import shutil
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
 from peft.utils import merge_utils
 
-from stylemix import params
-from stylemix.base_model import SD15
+from stylemix import block_weights, params, schedules
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import load_factors, read_info, save_states
 from stylemix.outputs import atomic_dir
-from stylemix.paths import LORAS, MERGED
+from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
+from stylemix.single_file import SD15
 from stylemix.tokens import copy_token
 
 
@@ -38,36 +43,37 @@ def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: to
     return a.reshape(rank, *like_a.shape[1:]), b.reshape(like_b.shape[0], rank, *like_b.shape[2:])
 
 
-def merge(components: list[tuple[dict, float]], combo: params.Combo) -> dict[str, tuple[dict, int]]:
-    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1."""
+def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo) -> dict[str, tuple[dict, int]]:
+    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1. Each
+    component is (factors, weight, block multipliers or None)."""
     merged = {}
-    for prefix in sorted({p for factors, _ in components for p in factors}):
-        parts = [(factors.get(prefix, {}), w) for factors, w in components]
-        ranks = [next(iter(f.values()))[0].shape[0] if f else 0 for f, _ in parts]
+    for prefix in sorted({p for factors, _, _ in components for p in factors}):
+        parts = [(factors.get(prefix, {}), w, mults) for factors, w, mults in components]
+        ranks = [next(iter(f.values()))[0].shape[0] if f else 0 for f, _, _ in parts]
         rank = sum(ranks) if combo.method == "linear" else (combo.rank or max(ranks))
         modules = {}
-        for module in sorted({m for f, _ in parts for m in f}):
-            a0, b0, _ = next(f[module] for f, _ in parts if module in f)
+        for module in sorted({m for f, _, _ in parts for m in f}):
+            a0, b0, _ = next(f[module] for f, _, _ in parts if module in f)
+            weights = [w * block_weights.module_multiplier(mults, prefix, module) if mults else w for _, w, mults in parts]
             if combo.method == "linear":
-                a = torch.cat([f[module][0] if module in f else a0.new_zeros(r, *a0.shape[1:]) for (f, _), r in zip(parts, ranks)])
+                a = torch.cat([f[module][0] if module in f else a0.new_zeros(r, *a0.shape[1:]) for (f, _, _), r in zip(parts, ranks)])
                 b = torch.cat([w * f[module][2] * f[module][1] if module in f else b0.new_zeros(b0.shape[0], r, *b0.shape[2:])
-                               for (f, w), r in zip(parts, ranks)], dim=1)
+                               for (f, _, _), w, r in zip(parts, weights, ranks)], dim=1)
                 modules[module] = (a, b)
                 continue
-            deltas = [_delta(*f[module]) if module in f else _delta(a0, b0, 0.0) for f, _ in parts]
-            weights = torch.tensor([w for _, w in parts])
+            deltas = [_delta(*f[module]) if module in f else _delta(a0, b0, 0.0) for f, _, _ in parts]
             if combo.method == "svd":
                 total = sum(w * d for w, d in zip(weights, deltas))
             else:
                 torch.manual_seed(combo.seed)  # DARE's random drop mask
                 merge_fn = getattr(merge_utils, combo.method)
-                total = merge_fn(deltas, weights, combo.density)
+                total = merge_fn(deltas, torch.tensor(weights), combo.density)
             modules[module] = _factors_of(total, rank, a0, b0)
         merged[prefix] = (modules, rank)
     return merged
 
 
-def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED) -> dict:
+def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED, base_dir: Path = BASE_DIR) -> dict:
     infos = {style: read_info(loras / style) for style in combo.weights}
     archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
     if len(set(archs.values())) > 1:
@@ -81,7 +87,8 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     total = sum(combo.weights.values())
     if total > 1:
         print(f"warning: merge.combos.{name} weights sum to {total:g} > 1; styles tend to clash above 1 (the reference saw it)")
-    components = [(load_factors(loras / style), w) for style, w in combo.weights.items()]
+    mults = combo_multipliers(name, combo, base_dir)
+    components = [(load_factors(loras / style), w, mults.get(style)) for style, w in combo.weights.items()]
     merged = merge(components, combo)
     states = {}
     for prefix, (modules, rank) in merged.items():
@@ -94,11 +101,15 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
             "layers_per_block": next(iter(infos.values())).get("layers_per_block"),
-            "tokens": {token: phrase for token, (_, phrase) in tokens.items()}}
+            "tokens": {token: phrase for token, (_, phrase) in tokens.items()}} | ({"blocks": mults} if mults else {})
+    if combo.schedule:
+        info["schedule"] = schedules.dump(combo.schedule)
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
         for token, (style, _) in tokens.items():
             copy_token(loras / style, tmp, token)
+        for style in combo.weights if combo.schedule else []:
+            shutil.copytree(loras / style, tmp / COMPONENTS / style)
     return info
 
 
@@ -113,3 +124,12 @@ def combined_tokens(name: str, infos: dict[str, dict]) -> dict[str, tuple[str, s
                                     f"rename it in one of them (styles.{style}.tokens) and retrain that style")
             tokens[token] = (style, phrase)
     return tokens
+
+
+def combo_multipliers(name: str, combo: params.Combo, base_dir: Path = BASE_DIR) -> dict[str, dict[str, float]]:
+    """{style: {layer: multiplier}} for the combination's styles with block weights."""
+    if not combo.blocks:
+        return {}
+    layers = block_weights.attention_layers(block_weights.unet_config(base_dir))
+    return {style: block_weights.multipliers(spec, layers, f"merge.combos.{name}.blocks.{style}")
+            for style, spec in combo.blocks.items()}

@@ -6,14 +6,17 @@ a value behind DVC's back.
 """
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     create_model,
     field_validator,
@@ -206,12 +209,67 @@ class Lora(Section):
     text_encoder: bool = False
 
 
+def _shape(value) -> str:
+    """Which branch of a union a params value takes, so that an error names only that one."""
+    return "(dict)" if isinstance(value, (dict, BaseModel)) else "(list)" if isinstance(value, (list, tuple)) else "(scalar)"
+
+
+SHAPE_TAGS = ("(dict)", "(list)", "(scalar)")
+
+
+def by_shape(**branches):
+    """A union whose branch is chosen by the value's shape (a mapping, a list, else a scalar)."""
+    return Annotated[Union[tuple(Annotated[t, Tag(f"({tag})")] for tag, t in branches.items())], Discriminator(_shape)]
+
+
+BlockWeight = by_shape(scalar=float, dict=dict[Annotated[str, Field(pattern=r"^block_\d+$")], by_shape(scalar=float, list=list[float])])
+
+
+class BlockGroups(Section):
+    """A style's multiplier per group of UNet blocks and for the text encoder(s) (stylemix.block_weights)."""
+    text_encoder: float = 1.0
+    down: BlockWeight = 1.0
+    mid: float = 1.0
+    up: BlockWeight = 1.0
+
+
+# Per style: groups, an LBW vector (BASE, then one number per attention layer) or an LBW preset name.
+BlockSpec = by_shape(dict=BlockGroups, list=list[float], scalar=str)
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Window(Section):
+    """A style on, at its weight, from `start` to `end` of the denoising steps (fractions), off outside."""
+    start: Fraction = 0.0
+    end: Fraction = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Window":
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start:g} must be below end {self.end:g}")
+        return self
+
+
+def _points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if not points or any(b[0] <= a[0] for a, b in zip(points, points[1:])):
+        raise ValueError("give (step fraction, multiplier) points with increasing fractions, e.g. [[0, 1], [0.6, 0]]")
+    return points
+
+
+# A strength schedule over the denoising steps: a window, or (fraction, multiplier) points, linear between.
+Schedule = by_shape(dict=Window, list=Annotated[list[tuple[Fraction, float]], AfterValidator(_points)])
+
+
 class Combo(Section):
     weights: dict[str, float]
     method: Literal["linear", "svd", "ties", "dare_linear", "dare_ties"] = "linear"
     rank: Positive | None = None
     density: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int = 0
+    blocks: dict[str, BlockSpec] = {}  # style -> its weight per block (A1111 LBW); a style not named: the same everywhere
+    schedule: dict[str, Schedule] = {}  # style -> its strength over the denoising steps (generate draws the styles live)
 
     @model_validator(mode="after")
     def _method_needs(self) -> "Combo":
@@ -219,6 +277,9 @@ class Combo(Section):
             raise ValueError("a combination needs at least two styles in weights")
         if self.method in ("ties", "dare_linear", "dare_ties") and self.density is None:
             raise ValueError(f"method {self.method} needs an explicit density in (0, 1]")
+        for key in ("blocks", "schedule"):
+            if unknown := sorted(set(getattr(self, key)) - set(self.weights)):
+                raise ValueError(f"{key} names {', '.join(unknown)}, not among its weights ({', '.join(self.weights)})")
         return self
 
 
@@ -292,7 +353,7 @@ def _one_line(err: ValidationError, source: Path) -> str:
     """Pydantic's report, as one line naming each key, its value and what is allowed."""
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-") and str(p) not in SHAPE_TAGS)
         if e["type"] == "extra_forbidden":
             parts.append(f"{key}: unknown key (check its spelling against params.yaml's schema)")
         elif e["type"] == "missing":

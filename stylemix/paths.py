@@ -16,6 +16,7 @@ PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; ma
 PRETRAINED_TINY_CLIP = Path(__file__).parent / "pretrained" / "tiny-clip"  # committed; python -m stylemix.pretrain_clip
 LORAS = Path("models/lora")  # train@S: models/lora/<style>/
 MERGED = Path("models/merged")  # merge@C: models/merged/<combo>/
+COMPONENTS = "components"  # in a scheduled combination's folder: its styles' LoRAs, drawn live
 CHECKPOINTS = Path("models/checkpoints")  # train@S's resumable state: git-ignored, outside DVC
 
 REPORTS = Path("reports")

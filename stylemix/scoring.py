@@ -18,8 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from stylemix import params
-from stylemix.base_model import default_device
+from stylemix import gpu, params
 from stylemix.errors import StyleMixError
 from stylemix.images import image_files
 from stylemix.paths import FILTERED, IMAGES
@@ -34,7 +33,7 @@ def load_scorer(cfg: params.Score):
     except (RuntimeError, OSError, ValueError) as err:
         raise StyleMixError(f"score.clip_model = {cfg.clip_model!r} / score.clip_pretrained = {cfg.clip_pretrained!r}: "
                             f"cannot load ({str(err).splitlines()[0]}); offline, use a local weights file or null") from None
-    return model.eval().to(default_device()), preprocess, open_clip.get_tokenizer(cfg.clip_model)
+    return model.eval().to(gpu.default_device()), preprocess, open_clip.get_tokenizer(cfg.clip_model)
 
 
 @torch.inference_mode()

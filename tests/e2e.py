@@ -61,7 +61,8 @@ def reduce(raw: dict) -> None:
     raw["base"]["resolution"] = 32
     raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
     raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
-                              "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4}}
+                              "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4,  # and drawn live:
+                                       "blocks": {"sketch": {"up": 0.5}}, "schedule": {"watercolor": {"start": 0, "end": 0.5}}}}
     raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
 
 

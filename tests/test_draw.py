@@ -69,9 +69,46 @@ def test_bad_batches_say_what_to_do(workspace, monkeypatch):
     assert not (workspace / "x").exists()
 
 
+def test_the_readme_mixing_block(workspace):
+    """The workspace has watercolor and sketch: watercolor stands in for the README's cartoon."""
+    for line in commands("draw-mixing", {"cartoon=0.5": "watercolor=0.5", "cartoon=0-0.6": "watercolor=0-0.6"}):
+        result = subprocess.run(["bash", "-c", line], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    assert json.loads(Image.open(workspace / "cat.png").text["stylemix"])["schedules"] == {"watercolor": {"start": 0, "end": 0.6}}
+
+
 def test_the_readme_batch_block(workspace):
     (workspace / "storyboard.txt").write_text("a tabby cat with green eyes\na rocket on a launch pad\n")
     for line in commands("draw-batch"):
         result = subprocess.run(["bash", "-c", line], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
     assert len(list((workspace / "storyboard").glob("*.png"))) == 2
+
+
+def test_block_weights_and_schedules_change_the_picture_and_ride_in_its_recipe(workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    mix = ("a tabby cat with green eyes", "watercolor=0.8", "sketch=0.6")
+    run(*mix, "-o", "plain.png")
+    run(*mix, "--blocks", "sketch=down:0,mid:0", "--schedule", "watercolor=0-0.5", "-o", "shaped.png")
+    ones = ",".join(["1"] * 11)  # BASE + the demo tiny's 10 attention layers: no change
+    run(*mix, "--blocks", f"sketch={ones}", "--schedule", "watercolor=0:1,1:1", "-o", "same.png")
+    plain, shaped, same = (pixels(workspace / f"{name}.png") for name in ("plain", "shaped", "same"))
+    assert abs(same - plain).mean() < 1e-3 < 1 < abs(shaped - plain).mean()
+    recipe = json.loads(Image.open(workspace / "shaped.png").text["stylemix"])
+    assert recipe["schedules"] == {"watercolor": {"start": 0, "end": 0.5}}
+    assert recipe["blocks"]["sketch"]["down_blocks.0.attentions.0"] == 0 and recipe["blocks"]["sketch"]["text_encoder"] == 1
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--blocks=sketch=OUTSIDE", r"blocks of sketch = 'OUTSIDE': no such LBW preset"),
+    ("--blocks=sketch=1,0", r"blocks of sketch: 2 numbers, but this UNet takes 11"),
+    ("--blocks=sketch=down:x", r"--blocks 'sketch=down:x': Input should be a valid number"),
+    ("--schedule=sketch=0.7-0.2", r"--schedule 'sketch=0.7-0.2': start 0.7 must be below end 0.2"),
+    ("--schedule=cartoon=0-0.5", r"a schedule for cartoon, which is not drawn"),
+    ("--blocks=sketch", r"--blocks 'sketch': write NAME=SPEC"),
+])
+def test_bad_block_weights_and_schedules_are_one_line(workspace, monkeypatch, flag, message):
+    monkeypatch.chdir(workspace)
+    with pytest.raises(StyleMixError, match=message):
+        run("a cat", "sketch=0.6", flag, "-o", "never.png")
+    assert not (workspace / "never.png").exists()

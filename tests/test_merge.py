@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from stylemix import params
+from stylemix import block_weights, params
 from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import add_lora, load_factors, save_lora
-from stylemix.merging import merge_combo
+from stylemix.merging import combo_multipliers, merge_combo
+from stylemix.schedules import Mix
+from tests.conftest import ROOT
 
 
 def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model="tiny"):
@@ -91,3 +93,52 @@ def test_weights_above_one_warn_and_missing_lora_is_named(loras, tmp_path, capsy
     assert "weights sum to 1.5 > 1" in capsys.readouterr().out
     with pytest.raises(StyleMixError, match=r"ghost/pytorch_lora_weights.safetensors missing: train the LoRA first"):
         merge_combo("x", params.Combo(weights={"ink": 0.5, "ghost": 0.5}), loras, tmp_path)
+
+
+def test_block_weights_follow_lbw_counts_on_the_real_unets():
+    """LBW's vectors are BASE + one number per attention layer: 17 for SD 1.5, 12 for SDXL."""
+    for arch, count in (("sd15", 17), ("sdxl", 12)):
+        layers = block_weights.attention_layers(block_weights.unet_config(ROOT / "stylemix/configs" / arch))
+        assert 1 + len(layers) == count
+    sd15 = block_weights.attention_layers(block_weights.unet_config(ROOT / "stylemix/configs/sd15"))
+    outs = block_weights.multipliers("OUTS", sd15, "k")  # LBW's OUTS: BASE and the last five up attentions
+    assert [layer for layer, m in outs.items() if m] == ["text_encoder"] + sd15[-5:]
+    with pytest.raises(StyleMixError, match=r"k: 3 numbers, but this UNet takes 17"):
+        block_weights.multipliers([1, 0, 1], sd15, "k")
+    with pytest.raises(StyleMixError, match=r"k = 'OUTSIDE': no such LBW preset"):
+        block_weights.multipliers("OUTSIDE", sd15, "k")
+    with pytest.raises(StyleMixError, match=r"k.up.block_1: 2 numbers for its 3 attention layers"):
+        block_weights.multipliers({"up": {"block_1": [1, 0]}}, sd15, "k")
+
+
+BLOCKS = {"ink": {"text_encoder": 0.5, "down": 0.0, "mid": 2.0, "up": {"block_1": [1.0, 0.25]}},
+          "clay": [1, 0.5, 1, 0, 1, 1, 0, 2]}  # an LBW vector: BASE + the tiny UNet's 7 attention layers
+
+
+def test_block_weighted_merge_is_the_per_block_weighted_sum_and_what_diffusers_draws(loras, tmp_path, tiny_model):
+    combo = params.Combo(weights=WEIGHTS, blocks=BLOCKS)
+    merge_combo("blocky", combo, loras, tmp_path, base_dir=tiny_model)
+    merged, parts = load_factors(tmp_path / "blocky"), {s: load_factors(loras / s) for s in WEIGHTS}
+    mults = combo_multipliers("blocky", combo, tiny_model)
+    assert mults["ink"]["down_blocks.1.attentions.0"] == 0 and mults["ink"]["up_blocks.1.attentions.1"] == 0.25
+    assert mults["clay"]["mid_block.attentions.0"] == 0 and mults["clay"]["up_blocks.1.attentions.1"] == 2
+    for module in merged["unet"]:
+        layer = ".".join(module.split(".")[:4]) if not module.startswith("mid_block") else "mid_block.attentions.0"
+        expected = sum(w * mults[s][layer] * delta(parts[s]["unet"], module) for s, w in WEIGHTS.items())
+        assert torch.allclose(delta(merged["unet"], module), expected, atol=1e-5), module
+    module = next(iter(merged["text_encoder"]))
+    assert torch.allclose(delta(merged["text_encoder"], module), 0.6 * 0.5 * delta(parts["ink"]["text_encoder"], module), atol=1e-5)
+    # Drawing the styles live with diffusers' block scales gives the merged file's outputs.
+    baked = load_pipeline(str(tiny_model))
+    baked.load_lora_weights(tmp_path / "blocky")
+    live = load_pipeline(str(tiny_model))
+    for style in WEIGHTS:
+        live.load_lora_weights(loras / style, adapter_name=style)
+    Mix(WEIGHTS, mults).apply(live)
+    torch.manual_seed(0)
+    x, t, ids = torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.randint(0, 49407, (2, 77))
+    with torch.no_grad():
+        for pipe in (baked, live):
+            pipe.text = pipe.text_encoder(ids)[0]
+            pipe.out = pipe.unet(x, t, pipe.text).sample
+    assert torch.allclose(baked.text, live.text, atol=1e-5) and torch.allclose(baked.out, live.out, atol=1e-5)

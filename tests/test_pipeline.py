@@ -56,8 +56,11 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert sorted(p.name for p in (repo / "reports/images/mix2/strengths").iterdir()) == ["w0.5_p0_s0.png", "w0.75_p0_s0.png"]
     assert not (repo / "reports/images/base/strengths").exists()
     assert sorted(p.name for p in (repo / "reports/images/mix/tokens").iterdir()) == ["t0_p0_s0.png", "t1_p0_s0.png", "t2_p0_s0.png"]
-    assert json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])["tokens"] == {
-        "<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
+    mix2 = json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])
+    assert mix2["tokens"] == {"<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
+    # mix2's schedule cannot be baked: its styles' LoRAs ride along and generate drew them live, sketch at 0.5 in the up blocks.
+    assert mix2["schedule"] == {"watercolor": {"start": 0, "end": 0.5}} and mix2["blocks"]["sketch"]["up_blocks.0.attentions.0"] == 0.5
+    assert sorted(p.name for p in (repo / "models/merged/mix2/components").iterdir()) == ["sketch", "watercolor"]
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 

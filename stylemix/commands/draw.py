@@ -3,15 +3,23 @@ weights, a seed, an output path. Settings not given come from params.yaml's `gen
 
     stylemix draw "a cat sitting by a window" watercolor=0.6 pixelart=0.4 --seed 3 -o cat.png
     stylemix draw --prompts shots.csv sketch=1 --fuse -o storyboard/
+    stylemix draw "a cat" sketch=0.5 cartoon=0.5 --blocks sketch=down:0,mid:0 --schedule cartoon=0-0.6
 
 A batch (`--prompts`) is a text file with one prompt per line, or a CSV with a `prompt` column and
 optional `negative`, `seed` and `weights` (`watercolor=0.6 pixelart=0.4`, replacing the command
 line's for that row); it draws into a folder, one PNG per row and index.jsonl. `--fuse` bakes the
 command line's LoRAs into the weights once, so each drawing skips the adapters' extra work.
+
+`--blocks NAME=SPEC` gives a LoRA a weight per UNet block (stylemix.block_weights): an LBW preset
+(OUTALL), an LBW vector (1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1) or groups (text_encoder:1,down:0,mid:0,up:1).
+`--schedule NAME=SPEC` changes its strength over the denoising steps (stylemix.schedules): a window
+START-END (0-0.6: on for the first 60% of the steps) or FRACTION:MULTIPLIER points (0:1,0.5:1,0.8:0).
 """
 import argparse
 import csv
 from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
 
 from stylemix import params
 from stylemix.drawing import Drawer, mix_label
@@ -26,6 +34,33 @@ def parse_lora(spec: str) -> tuple[str, float]:
         return name, float(weight or 1.0)
     except ValueError:
         raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
+
+
+def _numbers(text: str) -> list[float] | None:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        return None
+
+
+def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
+    """NAME=SPEC of --blocks or --schedule, validated as params validates them."""
+    name, _, text = spec.partition("=")
+    if not name or not text:
+        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {option} sketch=0-0.6")
+    if option == "--schedule" and "-" in text and ":" not in text:
+        start, _, end = text.partition("-")
+        value = {"start": start, "end": end}
+    elif ":" in text:
+        pairs = [part.split(":", 1) for part in text.split(",")]
+        value = ([[a, b] for a, b in pairs] if option == "--schedule" else dict(pairs))
+    else:
+        value = _numbers(text) if _numbers(text) is not None else text
+    try:
+        return name, TypeAdapter(kind).validate_python(value)
+    except (ValidationError, ValueError) as err:
+        message = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) else str(err)
+        raise StyleMixError(f"{option} {spec!r}: {message}") from None
 
 
 def read_batch(path: Path, seed: int, weights: dict[str, float]) -> list[dict]:
@@ -59,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("loras", nargs="*", help="STYLE=WEIGHT or COMBO=WEIGHT (trained or merged)")
     parser.add_argument("--prompts", type=Path, help="a batch: .txt (a prompt per line) or .csv; -o is then a folder")
     parser.add_argument("--fuse", action="store_true", help="bake the LoRAs into the weights once (faster batches)")
+    parser.add_argument("--blocks", action="append", default=[], metavar="NAME=SPEC",
+                        help="a LoRA's weight per UNet block: an LBW preset, an LBW vector, or groups text_encoder:1,down:0,mid:0,up:1")
+    parser.add_argument("--schedule", action="append", default=[], metavar="NAME=SPEC",
+                        help="a LoRA's strength over the steps: START-END (on between) or FRACTION:MULTIPLIER,... points")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--negative")
@@ -71,6 +110,8 @@ def run(args: argparse.Namespace) -> None:
     p = params.load("base", "generate")
     cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative)) if v is not None})
     weights = dict(map(parse_lora, args.loras))
+    blocks = dict(parse_spec("--blocks", spec, params.BlockSpec) for spec in args.blocks)
+    schedules = dict(parse_spec("--schedule", spec, params.Schedule) for spec in args.schedule)
     if not args.prompts:
         if not args.prompt:
             raise StyleMixError("give a prompt, or --prompts FILE for a batch")
@@ -82,9 +123,13 @@ def run(args: argparse.Namespace) -> None:
         if any(row["weights"] != weights for row in rows):
             raise StyleMixError(f"--fuse draws every row with the command line's styles; {args.prompts} gives rows their "
                                 f"own weights: drop --fuse or the CSV's weights column")
-        drawer.fuse(weights)
+        if schedules:
+            raise StyleMixError("--fuse bakes fixed weights into the model: a --schedule changes them every step; drop one")
+        drawer.fuse(weights, blocks)
+        blocks = {}
     draws = ((row, *drawer.draw(row["prompt"], row["weights"], row["seed"],
-                                cfg if row["negative"] is None else cfg.model_copy(update={"negative_prompt": row["negative"]})))
+                                cfg if row["negative"] is None else cfg.model_copy(update={"negative_prompt": row["negative"]}),
+                                blocks=blocks, schedules=schedules))
              for row in rows)
     if not args.prompts:
         _, image, meta = next(draws)
