@@ -11,9 +11,7 @@ its prompt, seed, model and settings in its text metadata (A1111's `parameters` 
 import sys
 from pathlib import Path
 
-from pydantic import TypeAdapter
-
-from stylemix import gpu, params
+from stylemix import gpu, params, schedules
 from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.lora_files import read_info, read_info_for
@@ -22,7 +20,6 @@ from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, T
 from stylemix.progress import progress
 from stylemix.prompts import triggered
 from stylemix.render import SCHEDULERS, render
-from stylemix.schedules import Mix
 from stylemix.tokens import load_tokens, unload_tokens
 
 
@@ -32,7 +29,7 @@ def lora_folder(kind: str, name: str) -> Path | None:
     return (LORAS if kind == "style" else MERGED) / name
 
 
-def adapters_of(model: str, lora: Path | None) -> tuple[dict[str, Path], Mix | None]:
+def adapters_of(model: str, lora: Path | None) -> tuple[dict[str, Path], schedules.Mix | None]:
     """The LoRA folders a model is drawn with, by adapter name, and their mix at strength 1: a style
     or combination its own file, or, for a combination with a schedule (which no file can hold), the
     styles' LoRAs merge@C kept beside it, live, with their weights, block weights and schedules."""
@@ -40,10 +37,9 @@ def adapters_of(model: str, lora: Path | None) -> tuple[dict[str, Path], Mix | N
         return {}, None
     info = read_info(lora)
     if not info.get("schedule"):
-        return {model: lora}, Mix({model: 1.0})
-    schedules = TypeAdapter(dict[str, params.Schedule]).validate_python(info["schedule"])
+        return {model: lora}, schedules.Mix({model: 1.0})
     return ({style: lora / COMPONENTS / style for style in info["components"]},
-            Mix(info["components"], info.get("blocks"), schedules))
+            schedules.Mix(info["components"], info.get("blocks"), schedules.load(info["schedule"])))
 
 
 def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, base: params.Base, out: Path) -> int:

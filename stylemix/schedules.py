@@ -11,6 +11,7 @@ be baked into a merged file.
 from collections.abc import Callable
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from stylemix import block_weights, params
 
@@ -26,8 +27,12 @@ def factor(schedule: params.Schedule | None, fraction: float) -> float:
 
 
 def dump(schedules: dict[str, params.Schedule]) -> dict:
-    """Schedules by name as JSON (a merged file's metadata, a PNG's recipe)."""
+    """Schedules by name as JSON (a merged file's metadata, a PNG's recipe); `load` reads it back."""
     return {name: s.model_dump() if isinstance(s, params.Window) else [list(point) for point in s] for name, s in schedules.items()}
+
+
+def load(raw: dict) -> dict[str, params.Schedule]:
+    return TypeAdapter(dict[str, params.Schedule]).validate_python(raw)
 
 
 class Mix:

@@ -55,7 +55,7 @@ def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
         pairs = [part.split(":", 1) for part in text.split(",")]
         value = ([[a, b] for a, b in pairs] if option == "--schedule" else dict(pairs))
     else:
-        value = _numbers(text) if _numbers(text) is not None else text
+        value = numbers if (numbers := _numbers(text)) is not None else text
     try:
         return name, TypeAdapter(kind).validate_python(value)
     except (ValidationError, ValueError) as err:
