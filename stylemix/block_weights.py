@@ -15,7 +15,6 @@ from pathlib import Path
 
 from stylemix.errors import StyleMixError
 
-GROUPS = ("text_encoder", "down", "mid", "up")
 # LBW's own presets: BASE, IN01 IN02 IN04 IN05 IN07 IN08, M00, OUT03 ... OUT11 of SD 1.5.
 PRESETS = {
     "ALL": [1] * 17, "NONE": [0] * 17,
@@ -52,7 +51,7 @@ def multipliers(spec, layers: list[str], key: str) -> dict[str, float]:
         if spec not in PRESETS:
             raise StyleMixError(f"{key} = {spec!r}: no such LBW preset; use one of {', '.join(PRESETS)}")
         spec = PRESETS[spec]
-    if not isinstance(spec, (str, list, dict)):
+    if not isinstance(spec, (list, dict)):
         spec = spec.model_dump()  # params.BlockGroups
     if isinstance(spec, list):
         if len(spec) != 1 + len(layers):
@@ -73,6 +72,12 @@ def multipliers(spec, layers: list[str], key: str) -> dict[str, float]:
             value = value[index]
         out[layer] = float(value)
     return out
+
+
+def resolve(blocks: dict, unet_config: dict, key: str) -> dict[str, dict[str, float]]:
+    """{name: multipliers} for every named block spec on this UNet; `key` ("...{name}") names each in errors."""
+    layers = attention_layers(unet_config)
+    return {name: multipliers(spec, layers, key.format(name=name)) for name, spec in blocks.items()}
 
 
 def _place(layer: str) -> tuple[str, int, int]:

@@ -105,8 +105,7 @@ class Drawer:
         """Each named adapter's block multipliers (stylemix.block_weights) on this pipeline's UNet."""
         if unknown := sorted(set(blocks or {}) - set(active)):
             raise StyleMixError(f"block weights for {', '.join(unknown)}, which is not drawn: give it a weight too")
-        layers = block_weights.attention_layers(self.pipe.unet.config)
-        return {name: block_weights.multipliers(spec, layers, f"blocks of {name}") for name, spec in (blocks or {}).items()}
+        return block_weights.resolve(blocks or {}, self.pipe.unet.config, "blocks of {name}")
 
     def fuse(self, weights: dict[str, float], blocks: dict | None = None) -> None:
         """Bake the adapters at `weights` (and `blocks`) into the model's weights once (diffusers'

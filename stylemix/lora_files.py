@@ -135,10 +135,15 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
             # Kohya names the text encoders after their original `text_model.` module path.
             state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
             kohya |= to_kohya(state, prefix, config["lora_alpha"])
-    save_safetensors(kohya, folder / f"{name}_kohya.safetensors", {
+    save_safetensors(kohya, folder / kohya_file(name), {
         "ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
         "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
         "stylemix": json.dumps(info)})
+
+
+def kohya_file(name: str) -> str:
+    """The kohya-layout file's name in a LoRA folder."""
+    return f"{name}_kohya.safetensors"
 
 
 def weights_file(folder: Path) -> Path:

@@ -130,6 +130,4 @@ def combo_multipliers(name: str, combo: params.Combo, base_dir: Path = BASE_DIR)
     """{style: {layer: multiplier}} for the combination's styles with block weights."""
     if not combo.blocks:
         return {}
-    layers = block_weights.attention_layers(block_weights.unet_config(base_dir))
-    return {style: block_weights.multipliers(spec, layers, f"merge.combos.{name}.blocks.{style}")
-            for style, spec in combo.blocks.items()}
+    return block_weights.resolve(combo.blocks, block_weights.unet_config(base_dir), f"merge.combos.{name}.blocks.{{name}}")

@@ -30,7 +30,7 @@ from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
 from stylemix.load_check import check_lora_files
-from stylemix.lora_files import WEIGHTS, add_lora, save_lora
+from stylemix.lora_files import WEIGHTS, add_lora, kohya_file, save_lora
 from stylemix.model_card import model_card
 from stylemix.outputs import atomic_dir, atomic_write
 from stylemix.paths import CHECKPOINTS, LATENTS, LORAS, TRAIN_LOGS, latents_file
@@ -301,7 +301,7 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
         save_lora(tmp, name, pipe, info)
-        check_lora_files(tmp, [WEIGHTS, f"{name}_kohya.safetensors"], pipe)  # both load back as trained, or stop
+        check_lora_files(tmp, [WEIGHTS, kohya_file(name)], pipe)  # both load back as trained, or stop
         if style.tokens:
             save_tokens(tmp, pipe, list(style.tokens))
         device = next(pipe.unet.parameters()).device
