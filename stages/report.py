@@ -129,6 +129,25 @@ def filter_table(styles: list[str]) -> str:
     return "\n".join(lines)
 
 
+def explore_section(pairs: dict[str, params.ExplorePair]) -> list[str]:
+    """Links to each pair's mixing-lab plots (explore@P writes them; the report only points at them)."""
+    if not pairs:
+        return []
+    md = ["## Mixing lab\n",
+          "Each pair of styles over a plane of weights (`merge.explore`, stage `explore@<pair>`), every point drawing the "
+          "same prompts and seeds. The Pareto front: the points no other beats on both style similarities, among those "
+          "keeping the content (CLIP score at least `content_kept` of the base's); the star: the best mix (both weights "
+          "non-zero, the content kept), whose smaller share of the two styles' gains is largest. Bleed: how far the mix moves prompts without triggers from the base's "
+          "pictures. Every point in `explore/<pair>/points.csv`, the best in `explore/<pair>/metrics.json`; "
+          "`stylemix explore <pair> --save NAME` makes the best point (or `--point A,B`) `merge.combos.NAME`.\n"]
+    for name, pair in pairs.items():
+        md += [f"### {name}: {' x '.join(pair.styles)}\n", f"![{name}: Pareto front](explore/{name}/plots/pareto.png)\n",
+               f"![{name}: each score over the plane](explore/{name}/plots/heatmaps.png)\n"]
+        md += [f"![{name}: {m}](explore/{name}/plots/grid_{m}.png) ![{name}: {m}, bleed](explore/{name}/plots/bleed_{m}.png)\n"
+               for m in pair.methods]
+    return md
+
+
 def main() -> None:
     p = params.load("styles", "merge")
     styles, combos = list(p.styles), p.merge.combos
@@ -168,6 +187,7 @@ def main() -> None:
         *[f"![{caption}](grids/{name})\n" for name, caption in strengths],
         *(["## New tokens\n", "Rows: a model's new concept tokens, each added to the same prompts.\n"] if tokens else []),
         *[f"### {caption}\n\n![{caption}](grids/{name})\n" for name, caption in tokens],
+        *explore_section(p.merge.explore.pairs),
         "## Training loss\n", "![loss curves](plots/loss.png)\n",
         "## Filtered images\n", filter_table(styles) + "\n",
     ]

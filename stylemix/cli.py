@@ -11,6 +11,7 @@ COMMANDS = {
     "draw": "draw a prompt with any trained styles and combinations at any weights",
     "prompts": "show a style's captions exactly as training reads them",
     "sweep": "heatmaps and an image grid over two swept params, from `dvc exp show`",
+    "explore": "a pair's mixing lab (explore@P): its Pareto front, and a point saved as a combination",
     "export": "a checkpoint with a style or combination baked in, in the single-file layout (--fused)",
     "publish": "upload a style or combination to the Hugging Face Hub with a model card (--dry-run shows it)",
     "ui": "a local web UI: draw with weight sliders, X/Y grids, compare, save a mix to params.yaml",

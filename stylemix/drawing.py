@@ -32,10 +32,10 @@ class Cancelled(StyleMixError):
     """The person pressed Cancel: the image is dropped, nothing is written."""
 
 
-def adapters() -> dict[str, Path]:
+def adapters(roots: tuple[Path, ...] = (LORAS, MERGED)) -> dict[str, Path]:
     """Every trained style, then every merged combination, by name: what is on disk now."""
     found = {}
-    for root in (LORAS, MERGED):
+    for root in roots:
         for folder in sorted(root.glob("*/")):
             if (folder / WEIGHTS).is_file() and folder.name not in found:
                 found[folder.name] = folder
@@ -67,11 +67,12 @@ class Drawer:
     """The loaded pipeline. One drawing at a time (a lock); `cancel()` stops the one running at its
     next denoising step."""
 
-    def __init__(self, base: params.Base):
-        self.base = base
+    def __init__(self, base: params.Base, roots: tuple[Path, ...] = (LORAS, MERGED)):
+        self.base, self.roots = base, roots  # where the adapters are found, by folder name
         self.pipe = load_pipeline(base).to(gpu.default_device())
         self.pipe.set_progress_bar_config(disable=True)
         self.loaded: dict[str, float] = {}  # adapter name -> its file's mtime when loaded
+        self.tokens: dict[str, tuple] = {}  # adapter name -> (folder, mtime, its new tokens) loaded in the tokenizer
         self.fused: dict[str, float] | None = None  # the weights baked into the model by fuse()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -79,7 +80,7 @@ class Drawer:
 
     def infos(self, names: list[str], load: bool = True) -> dict[str, dict]:
         """Load (or reload, when retrained) each named adapter; its stylemix facts by name."""
-        on_disk, out = adapters(), {}
+        on_disk, out = adapters(self.roots), {}
         for name in names:
             if name not in on_disk:
                 if name in self.loaded:
@@ -95,8 +96,28 @@ class Drawer:
             if load and name not in self.loaded:
                 self.pipe.load_lora_weights(folder, adapter_name=name)
                 self.loaded[name] = mtime
-            out[name] = read_info_for(folder, self.pipe) | {"folder": str(folder)}
+            out[name] = read_info_for(folder, self.pipe) | {"folder": str(folder), "mtime": mtime}
         return out
+
+    def use_tokens(self, infos: dict[str, dict]) -> None:
+        """Have exactly these adapters' new tokens in the tokenizer. Loading and unloading rebuild the
+        tokenizer (most of a tiny model's drawing time), so only what changed is done."""
+        wanted = {name: (info["folder"], info["mtime"], list(info.get("tokens") or {})) for name, info in infos.items()}
+        for name in [n for n, loaded in self.tokens.items() if wanted.get(n) != loaded]:
+            unload_tokens(self.pipe, self.tokens.pop(name)[2])
+        for name, (folder, mtime, tokens) in wanted.items():
+            if name not in self.tokens:
+                self.tokens[name] = (folder, mtime, [])  # what is loaded so far, should the next one fail
+                for token in tokens:
+                    load_tokens(self.pipe, Path(folder), [token])
+                    self.tokens[name][2].append(token)
+
+    def forget(self, name: str) -> None:
+        """Drop a loaded adapter (one made for a single drawing, like a mix the explorer merged)."""
+        if self.loaded.pop(name, None) is not None:
+            self.pipe.delete_adapters(name)
+        if name in self.tokens:
+            unload_tokens(self.pipe, self.tokens.pop(name)[2])
 
     def cancel(self) -> None:
         self.stop.set()
@@ -123,9 +144,11 @@ class Drawer:
 
     def draw(self, prompt: str, weights: dict[str, float], seed: int, cfg: params.Generate, size: int | None = None,
              on_step: Callable[[int, int], None] | None = None, blocks: dict | None = None,
-             schedules: dict[str, params.Schedule] | None = None) -> tuple[Image.Image, object]:
+             schedules: dict[str, params.Schedule] | None = None, triggers: list[str] | None = None) -> tuple[Image.Image, object]:
         """One image of `prompt` with the adapters at `weights` (0 = off), each optionally with block
-        weights (a block spec by name) and a strength schedule, and its PNG metadata."""
+        weights (a block spec by name) and a strength schedule, and its PNG metadata. The prompt gets
+        the trigger words of `triggers` (adapter names; default: those drawn; the explorer's bleed
+        prompts: none)."""
         if not prompt.strip():
             raise StyleMixError("the prompt is empty: write what to draw, e.g. 'a tabby cat with green eyes'")
         low, high = WEIGHT_RANGE
@@ -140,8 +163,8 @@ class Drawer:
         base = self.base.model_copy(update={"resolution": size or self.base.resolution})
         with self.lock:
             self.stop.clear()
-            infos = self.infos(list(active), load=self.fused is None)
-            tokens = [(name, list(info.get("tokens") or {})) for name, info in infos.items()]
+            triggers = list(active) if triggers is None else triggers
+            infos = self.infos(list(dict.fromkeys([*active, *triggers])), load=self.fused is None)
             mix = Mix(active, self.multipliers(blocks, active), schedules)
             callback = self._step(cfg.steps, on_step)
             if active and self.fused is None:
@@ -149,19 +172,14 @@ class Drawer:
                 callback = mix.apply(self.pipe, callback)
             elif self.loaded:
                 self.pipe.disable_lora()
-            for name, names in tokens:
-                load_tokens(self.pipe, Path(infos[name]["folder"]), names)
-            triggers = {}
-            for name, info in infos.items():
-                triggers |= info.get("triggers") or {name: info["trigger"]}
-            text = triggered(prompt, {"triggers": triggers}) if triggers else prompt
+            self.use_tokens(infos)
+            words = {}
+            for name in triggers:
+                words |= infos[name].get("triggers") or {name: infos[name]["trigger"]}
+            text = triggered(prompt, {"triggers": words}) if words else prompt
             label = mix_label(active)
             self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
-            try:
-                image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, callback)
-            finally:
-                for _, names in tokens:
-                    unload_tokens(self.pipe, names)
+            image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, callback)
         meta.add_text("stylemix", json.dumps({
             "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
             "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,

@@ -35,8 +35,9 @@ def style_weights(weights: dict[str, float], styles: list[str]) -> dict[str, flo
     return out
 
 
-def save_mix(name: str, weights: dict[str, float], path: Path = PARAMS_FILE) -> dict[str, float]:
-    """Add `merge.combos.<name>: {weights: ...}` to params.yaml; returns the style weights written."""
+def save_mix(name: str, weights: dict[str, float], path: Path = PARAMS_FILE, extra: dict | None = None) -> dict[str, float]:
+    """Add `merge.combos.<name>: {weights: ..., **extra}` to params.yaml (extra: the rest of a
+    combination, as params.yaml writes it: method, density, blocks, schedule); returns the style weights."""
     yaml = YAML()  # round trip: comments, order and quoting survive; our file's layout otherwise
     yaml.preserve_quotes, yaml.width = True, 4096
     yaml.indent(mapping=2, sequence=4, offset=2)
@@ -51,7 +52,7 @@ def save_mix(name: str, weights: dict[str, float], path: Path = PARAMS_FILE) -> 
     mix = style_weights(weights, styles)
     row = CommentedMap(mix)
     row.fa.set_flow_style()  # `weights: {a: 0.6, b: 0.4}`, as the file writes them
-    combos[name] = CommentedMap(weights=row)
+    combos[name] = CommentedMap(weights=row, **(extra or {}))
     params.validate(json.loads(json.dumps(doc)), path)  # the stages' schema (as plain dicts): unknown styles, fewer than two, ...
     out = io.StringIO()
     yaml.dump(doc, out)

@@ -262,9 +262,23 @@ def _points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 Schedule = by_shape(dict=Window, list=Annotated[list[tuple[Fraction, float]], AfterValidator(_points)])
 
 
+MergeMethod = Literal["linear", "svd", "ties", "dare_linear", "dare_ties"]
+NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties")
+
+
+def _mixing_needs(method: str, density: float | None, styles, blocks: dict, schedule: dict) -> None:
+    """What a combination and an explored pair both ask: a density where the method drops entries,
+    block weights and schedules only for styles the mix has."""
+    if method in NEEDS_DENSITY and density is None:
+        raise ValueError(f"method {method} needs an explicit density in (0, 1]")
+    for key, named in (("blocks", blocks), ("schedule", schedule)):
+        if unknown := sorted(set(named) - set(styles)):
+            raise ValueError(f"{key} names {', '.join(unknown)}, not among its styles ({', '.join(styles)})")
+
+
 class Combo(Section):
     weights: dict[str, float]
-    method: Literal["linear", "svd", "ties", "dare_linear", "dare_ties"] = "linear"
+    method: MergeMethod = "linear"
     rank: Positive | None = None
     density: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int = 0
@@ -275,16 +289,53 @@ class Combo(Section):
     def _method_needs(self) -> "Combo":
         if len(self.weights) < 2:
             raise ValueError("a combination needs at least two styles in weights")
-        if self.method in ("ties", "dare_linear", "dare_ties") and self.density is None:
-            raise ValueError(f"method {self.method} needs an explicit density in (0, 1]")
-        for key in ("blocks", "schedule"):
-            if unknown := sorted(set(getattr(self, key)) - set(self.weights)):
-                raise ValueError(f"{key} names {', '.join(unknown)}, not among its weights ({', '.join(self.weights)})")
+        _mixing_needs(self.method, self.density, self.weights, self.blocks, self.schedule)
         return self
+
+
+class ExplorePair(Section):
+    """One weight plane of the mixing lab (explore@P): every weight of the first style (rows) with
+    every weight of the second (columns), for each method; block weights and a schedule as a combination's."""
+    styles: Annotated[list[str], Field(min_length=2, max_length=2)]
+    weights: list[Annotated[float, Field(ge=-1, le=2)]] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=2)
+    methods: list[MergeMethod] = Field(["linear"], min_length=1)  # linear is drawn live (set_adapters: the same model)
+    rank: Positive | None = None
+    density: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int = 0
+    blocks: dict[str, BlockSpec] = {}
+    schedule: dict[str, Schedule] = {}
+
+    @model_validator(mode="after")
+    def _a_plane(self) -> "ExplorePair":
+        if self.styles[0] == self.styles[1]:
+            raise ValueError("a pair needs two different styles")
+        if len(set(self.weights)) < len(self.weights) or len(set(self.methods)) < len(self.methods):
+            raise ValueError("weights and methods must not repeat")
+        if self.schedule and self.methods != ["linear"]:
+            raise ValueError("a schedule is drawn live, which only the linear mix is: set methods: [linear] or drop it")
+        for method in self.methods:
+            _mixing_needs(method, self.density, self.styles, self.blocks, self.schedule)
+        return self
+
+    def combo(self, method: str, weights: dict[str, float]) -> Combo:
+        """The combination of one point of the plane (what merge@C would make of it)."""
+        return Combo(weights=weights, method=method, rank=self.rank, density=self.density, seed=self.seed,
+                     blocks={s: b for s, b in self.blocks.items() if weights[s]},
+                     schedule={s: x for s, x in self.schedule.items() if weights[s]})
+
+
+class Explore(Section):
+    """The mixing lab's drawing and judging, shared by every pair."""
+    prompts: list[str] = Field(min_length=1, default=["a cat sitting by a window"])  # drawn with both styles' triggers
+    bleed_prompts: list[str] = Field(min_length=1, default=["a cup of coffee on a saucer"])  # drawn without triggers
+    seeds: list[int] = Field(min_length=1, default=[0])
+    content_kept: Fraction = 0.5  # a point counts when its CLIP score keeps this share of the base's
+    pairs: dict[str, ExplorePair] = {}
 
 
 class Merge(Section):
     combos: dict[str, Combo] = {}
+    explore: Explore = Explore()
 
 
 class Generate(Section):
@@ -346,6 +397,10 @@ class Params(Section):
                         f"merge.combos.{combo} names unknown style(s) {', '.join(unknown)}; "
                         f"styles are: {', '.join(self.styles)}"
                     )
+            for pair, spec in self.merge.explore.pairs.items():
+                if unknown := sorted(set(spec.styles) - set(self.styles)):
+                    raise ValueError(f"merge.explore.pairs.{pair} names unknown style(s) {', '.join(unknown)}; "
+                                     f"styles are: {', '.join(self.styles)}")
         return self
 
 

@@ -29,6 +29,7 @@ SCORE_PLOTS = REPORTS / "plots" / "scores"  # score: one bar chart per metric
 VALIDATION = REPORTS / "validation.json"  # validate: every LoRA on every style's held-out images
 VALIDATION_PLOT = REPORTS / "plots" / "validation.png"
 GRIDS = REPORTS / "grids"  # report: the comparison grids
+EXPLORE = REPORTS / "explore"  # explore@P: reports/explore/<pair>/ (metrics.json, points.csv, plots/)
 SWEEP = REPORTS / "sweep"  # `stylemix sweep`: drawn on demand, git-ignored
 UI_OUT = REPORTS / "ui"  # `stylemix ui`: drawn on demand, git-ignored
 

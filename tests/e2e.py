@@ -64,12 +64,19 @@ def reduce(raw: dict) -> None:
                               "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4,  # and drawn live:
                                        "blocks": {"sketch": {"up": 0.5}}, "schedule": {"watercolor": {"start": 0, "end": 0.5}}}}
     raw["generate"] |= {"prompts": ["a cat sitting by a window"], "seeds": [0, 1], "steps": 2}
+    raw["merge"]["explore"] = {"prompts": ["a cat sitting by a window"], "bleed_prompts": ["a cup of coffee"], "seeds": [0],
+                               "content_kept": 0.5, "pairs": {
+                                   "ws": {"styles": ["watercolor", "sketch"], "weights": [0, 1],  # live, on a schedule
+                                          "schedule": {"watercolor": {"start": 0, "end": 0.5}}},
+                                   "ws2": {"styles": ["sketch", "watercolor"], "weights": [0, 0.5], "methods": ["linear", "svd"],
+                                           "rank": 4, "blocks": {"sketch": {"up": 0.5}}}}}  # and merged per point
 
 
 STYLES = ("watercolor", "sketch")  # sketch: the framed style, with new concept tokens
 EVERY_STAGE = ({"sample", "base", "validate", "generate_base", "score", "report"}
                | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
-               | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")})
+               | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
+               | {"explore@ws", "explore@ws2"})
 
 
 def run_block(cwd: Path, name: str, replace: dict[str, str] | None = None, **env: str) -> str:

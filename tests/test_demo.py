@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(DEMO_S + 300)  # the first test's setup runs th
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("demo") / "repo")
-    assert {f"train@{s}" for s in STYLES} | {"validate", "score"} <= ran(sh(repo, "dvc", "repro", timeout=DEMO_S).stdout)
+    expected = {f"train@{s}" for s in STYLES} | {"validate", "score", "explore@watercolor_sketch"}
+    assert expected <= ran(sh(repo, "dvc", "repro", timeout=DEMO_S).stdout)
     return repo
 
 
@@ -48,3 +49,11 @@ def test_each_styles_pictures_look_most_like_it(demo):
         others = {m: sim[m] for m in ("base", *STYLES) if m != style}
         assert sim[style] > max(others.values()), (style, sim[style], others)
 
+
+
+def test_the_mixing_lab_sees_each_style_of_its_pair_alone(demo):
+    """explore@watercolor_sketch: at weight 1, alone, each style's pictures are nearer that style than
+    the base's are (a LoRA that learned nothing is named in `not_learned` and has no share)."""
+    explored = json.loads((demo / "reports/explore/watercolor_sketch/metrics.json").read_text())
+    assert explored["not_learned"] == [], explored["alone"]
+    assert all(alone["gain_over_base"] > 0 for alone in explored["alone"].values())

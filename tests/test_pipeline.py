@@ -61,6 +61,15 @@ def test_repro_runs_every_stage_then_nothing(repo):
     # mix2's schedule cannot be baked: its styles' LoRAs ride along and generate drew them live, sketch at 0.5 in the up blocks.
     assert mix2["schedule"] == {"watercolor": {"start": 0, "end": 0.5}} and mix2["blocks"]["sketch"]["up_blocks.0.attentions.0"] == 0.5
     assert sorted(p.name for p in (repo / "models/merged/mix2/components").iterdir()) == ["sketch", "watercolor"]
+    for pair, methods in (("ws", ["linear"]), ("ws2", ["linear", "svd"])):
+        table = pd.read_csv(repo / f"reports/explore/{pair}/points.csv")
+        assert len(table) == 4 * len(methods) and list(table["method"].unique()) == methods
+        assert table.iloc[0]["bleed"] == pytest.approx(0, abs=1e-6)  # (0, 0): the base itself
+        plots = sorted(p.name for p in (repo / f"reports/explore/{pair}/plots").iterdir())
+        assert plots == sorted(["heatmaps.png", "pareto.png", *[f"{kind}_{m}.png" for kind in ("grid", "bleed") for m in methods]])
+        explored = json.loads((repo / f"reports/explore/{pair}/metrics.json").read_text())
+        assert explored["points"] == len(table) and set(explored["alone"]) == {"watercolor", "sketch"}
+        assert f"(explore/{pair}/plots/pareto.png)" in report and f"(explore/{pair}/plots/grid_{methods[-1]}.png)" in report
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
@@ -85,12 +94,31 @@ def test_combo_weight_change_reruns_only_that_combo(repo):
     assert ran(sh(repo, "dvc", "repro").stdout) == {"merge@mix", "generate_combo@mix", "score", "report"}
 
 
+def test_explore_grid_change_reruns_only_that_pair_and_a_point_becomes_a_combination(repo):
+    set_params(repo, lambda raw: raw["merge"]["explore"]["pairs"]["ws"].update(weights=[0, 0.5, 1]))
+    # report reads the pairs' names and methods for its links; no other pair, no training, no scoring
+    assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"explore@ws", "report"}
+    assert ran(sh(repo, "dvc", "repro").stdout) == {"explore@ws", "report"}
+    assert len(pd.read_csv(repo / "reports/explore/ws/points.csv")) == 9
+    log = run_block(repo, "explore", {"watercolor_sketch": "ws", "0.75,0.75": "0.5,1"})
+    assert "the Pareto front" in log and "merge.combos.inked_watercolor" in log
+    sh(repo, "stylemix", "explore", "ws2", "--point", "0.5,0.5", "--method", "svd", "--save", "ws_svd")
+    combos = yaml.safe_load((repo / "params.yaml").read_text())["merge"]["combos"]
+    # the point as it was drawn: its weights, and the pair's schedule, method, rank and block weights
+    assert combos["inked_watercolor"] == {"weights": {"watercolor": 0.5, "sketch": 1.0}, "schedule": {"watercolor": {"start": 0, "end": 0.5}}}
+    assert combos["ws_svd"] == {"weights": {"sketch": 0.5, "watercolor": 0.5}, "method": "svd", "rank": 4, "blocks": {"sketch": {"up": 0.5}}}
+    assert {"merge@inked_watercolor", "merge@ws_svd"} <= set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    one_style = sh(repo, "stylemix", "explore", "ws", "--point", "0,1", "--save", "nope", check=False)
+    assert one_style.returncode == 2 and "one style alone, not a mix" in one_style.stderr
+    set_params(repo, lambda raw: [raw["merge"]["combos"].pop(name) for name in ("inked_watercolor", "ws_svd")])
+
+
 def test_exp_run_retrains_and_diffs_per_model(repo):
     commit(repo, "trained")
     log = run_block(repo, "exp-run")
     models = {f"{stage}@{s}" for stage in ("train", "generate_style") for s in STYLES}
     combos = {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
-    assert ran(log) == models | combos | {"validate", "score", "report"}
+    assert ran(log) == models | combos | {"validate", "score", "report", "explore@ws", "explore@ws2"}
     assert "lora.rank" in log and "models.mix.clip_score.mean" in log  # params diff, metrics diff, exp show
     params = json.loads(sh(repo, "dvc", "params", "diff", "--json").stdout)
     assert params["params.yaml"] == {"lora.rank": {"old": 8, "new": 16, "diff": 8}}  # the demo trains rank 8
@@ -235,7 +263,8 @@ def test_accelerate_launch_then_commit(repo):
     log = run_block(repo, "accelerate", ACCELERATE_USE_CPU="1")
     assert "train watercolor: 4 steps" in log and lora.read_bytes() != before  # 2 processes x batch 2: other batches
     assert "train@watercolor" not in json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    downstream = {"merge@mix", "merge@mix2", "generate_style@watercolor", "generate_combo@mix", "generate_combo@mix2"}
+    downstream = {"merge@mix", "merge@mix2", "generate_style@watercolor", "generate_combo@mix", "generate_combo@mix2",
+                  "explore@ws", "explore@ws2"}
     assert ran(sh(repo, "dvc", "repro").stdout) == downstream | {"validate", "score", "report"}
 
 

@@ -109,6 +109,24 @@ def test_generation_draws_each_token_and_the_report_grids_them(trained, tiny_mod
     assert Image.open(tmp_path / "grids/tokens_sketch.png").size == (150 + 2 * 128, 34 + 22 + 3 * 128)
 
 
+def test_the_drawer_keeps_a_styles_tokens_loaded_only_while_it_draws_that_style(trained, tiny_model):
+    """Loading tokens rebuilds the tokenizer, so the drawer keeps them between drawings of the same
+    styles; a drawing without the style has them gone, one with it again has them back."""
+    from stylemix.drawing import Drawer
+
+    root, _ = trained
+    drawer = Drawer(params.Base(model=str(tiny_model), resolution=RESOLUTION), roots=(root / "lora",))
+    gen = params.Generate(steps=2)
+    first, _ = drawer.draw("<cu_trg>, a cat", {"sketch": 1.0}, 0, gen)
+    assert "<cu_trg>" in drawer.pipe.tokenizer.get_vocab()
+    drawer.draw("<cu_trg>, a cat", {}, 0, gen)
+    assert "<cu_trg>" not in drawer.pipe.tokenizer.get_vocab()
+    drawer.draw("a cat", {"sketch": 0.0}, 0, gen, triggers=["sketch"])  # not drawn, yet its trigger (and tokens) go in
+    assert "<cu_trg>" in drawer.pipe.tokenizer.get_vocab()
+    again, _ = drawer.draw("<cu_trg>, a cat", {"sketch": 1.0}, 0, gen)
+    assert list(first.getdata()) == list(again.getdata())  # the same tokens, the same picture
+
+
 def test_a_merge_keeps_the_tokens_and_refuses_two_owners(trained, tiny_model, tmp_path):
     root, _ = trained
     (root / "lora/ink").mkdir(exist_ok=True)

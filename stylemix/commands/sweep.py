@@ -11,7 +11,6 @@ Writes reports/sweep/: heatmaps.png, images.png and sweep.csv (one row per exper
 import argparse
 import fnmatch
 import io
-import math
 from pathlib import Path
 
 import dvc.api
@@ -23,13 +22,10 @@ from stylemix.errors import StyleMixError
 from stylemix.images import grid
 from stylemix.outputs import atomic_dir
 from stylemix.paths import IMAGES, SWEEP, image_name
+from stylemix.plots import heatmaps, label
 from stylemix.queue import workers
 
 DEFAULT_METRICS = ("*models.*.clip_score.mean", "*models.*.style_gain_over_base", "*train/*/metrics.json:final_loss")
-
-
-def label(value) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
 def column(table: pd.DataFrame, key: str) -> str:
@@ -68,34 +64,6 @@ def metric_columns(table: pd.DataFrame, patterns: list[str]) -> list[str]:
     if not numeric:
         raise StyleMixError(f"no metric matches {patterns}; `dvc exp show` lists the metric names")
     return numeric
-
-
-def heatmaps(table: pd.DataFrame, metrics: list[str], rows: str, cols: str, path: Path) -> None:
-    """One heatmap per metric over the two params, the value written in each cell."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncols = min(4, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        grid_values = pd.to_numeric(table[metric], errors="coerce").unstack()
-        im = ax.imshow(grid_values.to_numpy(dtype=float), cmap="viridis", aspect="auto")
-        ax.set_xticks(range(grid_values.shape[1]), [label(v) for v in grid_values.columns])
-        ax.set_yticks(range(grid_values.shape[0]), [label(v) for v in grid_values.index])
-        ax.set_xlabel(cols)
-        ax.set_ylabel(rows)
-        ax.set_title(metric.split(":")[-1].removeprefix("models."), fontsize=8)
-        for (i, j), value in pd.DataFrame(grid_values.to_numpy()).stack().items():
-            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    for ax in axes.flat[len(metrics):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def image_grid(table: pd.DataFrame, model: str, prompt: int, seed: int, rows: str, cols: str, repo: str = ".") -> Image.Image:
@@ -140,6 +108,7 @@ def run(args: argparse.Namespace) -> None:
     seed = p.generate.seeds[0] if args.seed is None else args.seed
     with atomic_dir(args.out) as tmp:
         table[["Experiment", "rev"] + metrics].reset_index().to_csv(tmp / "sweep.csv", index=False)
-        heatmaps(table, metrics, args.rows, args.cols, tmp / "heatmaps.png")
+        panels = [(m.split(":")[-1].removeprefix("models."), pd.to_numeric(table[m], errors="coerce").unstack()) for m in metrics]
+        heatmaps(panels, args.rows, args.cols, tmp / "heatmaps.png")
         image_grid(table, model, args.prompt, seed, args.rows, args.cols).save(tmp / "images.png")
     print(f"sweep: {len(table)} experiments x {len(metrics)} metrics -> {args.out}/heatmaps.png, images.png, sweep.csv")

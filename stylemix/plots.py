@@ -1,0 +1,38 @@
+"""Heatmaps over two settings, each cell's value written in it: what `stylemix sweep` (two swept
+params) and explore@P (two styles' weights) draw."""
+import math
+from pathlib import Path
+
+import pandas as pd
+
+
+def label(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def heatmaps(panels: list[tuple[str, pd.DataFrame]], rows: str, cols: str, path: Path, per_row: int = 4) -> None:
+    """One heatmap per (title, table): the table's index along the y axis, its columns along x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(per_row, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, (title, table) in zip(axes.flat, panels):
+        values = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        im = ax.imshow(values, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(table.shape[1]), [label(v) for v in table.columns])
+        ax.set_yticks(range(table.shape[0]), [label(v) for v in table.index])
+        ax.set_xlabel(cols)
+        ax.set_ylabel(rows)
+        ax.set_title(title, fontsize=8)
+        for (i, j), value in pd.DataFrame(values).stack().items():
+            ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
