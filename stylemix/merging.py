@@ -21,7 +21,8 @@ from peft.utils import merge_utils
 
 from stylemix import block_weights, params, schedules
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import load_factors, read_info, save_states
+from stylemix.load_check import check_lora_files, factor_deltas
+from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, read_info, save_states
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 from stylemix.single_file import SD15
@@ -73,7 +74,10 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
     return merged
 
 
-def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED, base_dir: Path = BASE_DIR) -> dict:
+def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED, base_dir: Path = BASE_DIR,
+                check_with=None) -> dict:
+    """Merge, write models/merged/<name>/, and (with a pipeline of the base model) load both files back
+    into it and require the merged update on every layer (stylemix.load_check) before the folder is in place."""
     infos = {style: read_info(loras / style) for style in combo.weights}
     archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
     if len(set(archs.values())) > 1:
@@ -106,6 +110,9 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         info["schedule"] = schedules.dump(combo.schedule)
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
+        if check_with is not None:
+            check_lora_files(tmp, [WEIGHTS, kohya_file(name)], check_with,
+                             factor_deltas({prefix: modules for prefix, (modules, _) in merged.items()}), out / name, "merged")
         for token, (style, _) in tokens.items():
             copy_token(loras / style, tmp, token)
         for style in combo.weights if combo.schedule else []:

@@ -19,9 +19,9 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 {tokens}
-| base model | resolution | rank / alpha | targets | text encoder | steps | lr | precision |
-|---|---|---|---|---|---|---|---|
-| {p.base.model} | {p.base.resolution} | {p.lora.rank} / {p.lora.alpha:g} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+| base model | resolution | images x repeats | rank / alpha | targets | text encoder | steps | lr | precision |
+|---|---|---|---|---|---|---|---|---|
+| {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.rank} / {p.lora.alpha:g} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
 
 ```python
 pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI

@@ -155,6 +155,7 @@ class Style(Section):
     overrides: dict[str, str] = {}
     tokens: dict[str, str] = {}  # new concept token -> the word or phrase its embedding starts from
     validation_split: Annotated[int, Field(ge=0)] | None = None  # held-out images; None: validation.split
+    repeats: Positive = 1  # each image this many times an epoch (kohya's num_repeats): small and large styles balance
     train: TrainOverride = TrainOverride()
 
     @field_validator("tokens")

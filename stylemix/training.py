@@ -29,7 +29,7 @@ from stylemix.base_model import load_pipeline, pinned_source
 from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
-from stylemix.load_check import check_lora_files
+from stylemix.load_check import adapter_deltas, check_lora_files
 from stylemix.lora_files import WEIGHTS, add_lora, kohya_file, save_lora
 from stylemix.model_card import model_card
 from stylemix.outputs import atomic_dir, atomic_write
@@ -113,7 +113,7 @@ def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int,
     return checkpoints.fingerprint({
         "code": [digest(__file__), digest(checkpoints.__file__)], "base": pinned_source(p.base.model, p.base.revision),
         "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file),
-        "tokens": style.tokens})
+        "tokens": style.tokens, "repeats": style.repeats})
 
 
 def open_live(folder: Path, history: list[dict]):
@@ -139,10 +139,12 @@ def log_row(live, row: dict) -> None:
             live.log_metric(key, row[key])
 
 
-def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int) -> torch.Tensor:
-    """This process's images for one micro-batch: a seeded permutation per epoch, sharded by rank."""
+def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int,
+                  repeats: int = 1) -> torch.Tensor:
+    """This process's images for one micro-batch: a seeded permutation per epoch of every image
+    `repeats` times, sharded by rank."""
     epoch, within = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    order = torch.randperm(n * repeats, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)) % n
     start = ((within * cfg.gradient_accumulation + micro) * world + rank) * cfg.batch_size
     return order[start : start + cfg.batch_size]
 
@@ -200,10 +202,12 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.compile else "no")
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     n, per_batch = len(data["mean"]), cfg.batch_size * world * cfg.gradient_accumulation
-    if n < per_batch:
-        raise StyleMixError(f"style {name}: {n} images, fewer than one step's batch "
-                            f"(train.batch_size {cfg.batch_size} x {world} processes x accumulation {cfg.gradient_accumulation})")
-    per_epoch = n // per_batch
+    seen = n * style.repeats  # an epoch: every image `repeats` times
+    if seen < per_batch:
+        raise StyleMixError(f"style {name}: {n} images x {style.repeats} repeats, fewer than one step's batch "
+                            f"(train.batch_size {cfg.batch_size} x {world} processes x accumulation {cfg.gradient_accumulation}); "
+                            f"raise styles.{name}.repeats or lower the batch")
+    per_epoch = seen // per_batch
     total = cfg.max_steps or cfg.epochs * per_epoch
 
     pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
@@ -236,11 +240,11 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     model.train()
     started = time.perf_counter()
     with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
-        task = bar.add_task(f"train {name}", total=total, completed=step, loss="-", lr="-")
+        task = bar.add_task(f"train {name} ({n} images x {style.repeats} an epoch)", total=total, completed=step, loss="-", lr="-")
         while step < total:
             losses = []
             for micro in range(cfg.gradient_accumulation):
-                idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank).to(device)
+                idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank, style.repeats).to(device)
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_models)
@@ -285,23 +289,24 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         pipe.unet = accelerator.unwrap_model(model)
         for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
             setattr(pipe, component, accelerator.unwrap_model(te))
-        save_outputs(out / name, name, pipe, p, cfg, run, total)
+        save_outputs(out / name, name, pipe, p, cfg, run, total, n)
         accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
     accelerator.wait_for_everyone()
     return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}
 
 
-def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int) -> None:
+def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int) -> None:
     """The LoRA in both layouts, validation images and a model card, all or nothing."""
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
-            "resolution": p.base.resolution, "steps": steps, "rank": p.lora.rank, "alpha": p.lora.alpha,
+            "resolution": p.base.resolution, "steps": steps, "images": images, "repeats": style.repeats,
+            "rank": p.lora.rank, "alpha": p.lora.alpha,
             "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
         save_lora(tmp, name, pipe, info)
-        check_lora_files(tmp, [WEIGHTS, kohya_file(name)], pipe)  # both load back as trained, or stop
+        check_lora_files(tmp, [WEIGHTS, kohya_file(name)], pipe, adapter_deltas(pipe), folder)  # both load back as trained, or stop
         if style.tokens:
             save_tokens(tmp, pipe, list(style.tokens))
         device = next(pipe.unet.parameters()).device

@@ -1,5 +1,5 @@
-"""The load check: every LoRA file train@S writes is loaded back through diffusers and must put the
-trained update on every trained layer; a broken file stops the stage naming the file and layer."""
+"""The load check: every LoRA file train@S and merge@C write is loaded back through diffusers and must
+put the trained (merged) update on every layer; a broken file stops the stage naming the file and layer."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -7,8 +7,10 @@ from safetensors.torch import load_file, save_file
 from stylemix import params
 from stylemix.base_model import build_tiny, load_pipeline
 from stylemix.errors import StyleMixError
-from stylemix.load_check import check_lora_files
+from stylemix import merging
+from stylemix.load_check import adapter_deltas, check_lora_files
 from stylemix.lora_files import WEIGHTS, add_lora, save_lora
+from tests.test_merge import random_lora
 
 KOHYA = "ink_kohya.safetensors"
 
@@ -34,7 +36,7 @@ def test_both_files_load_back_exactly(tmp_path, sdxl):
     ids = torch.randint(0, 49407, (1, 77), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = pipe.text_encoder(ids)[0]
-        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe)  # raises on any difference
+        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "ink")  # raises on any difference
         after = pipe.text_encoder(ids)[0]
     assert pipe.get_list_adapters() == {c: ["default"] for c in components}  # the check's adapter is gone again
     assert torch.equal(before, after)  # and the trained one still on, at its scale (validation images follow)
@@ -60,4 +62,26 @@ def test_a_broken_file_is_named_with_its_layer(tmp_path, tiny_model, file, edit,
     pipe, components = trained(tiny_model, tmp_path / "ink")
     broken(tmp_path / "ink" / file, edit)
     with pytest.raises(StyleMixError, match=message):
-        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe)
+        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "models/lora/ink")
+
+
+@pytest.mark.parametrize("combo", [{"method": "linear", "blocks": {"ink": {"down": 0, "text_encoder": 0.5}}}, {"method": "ties", "density": 0.5, "rank": 3}],
+                         ids=["linear", "ties"])
+def test_merged_files_load_back_and_a_broken_one_stops_the_merge(tmp_path, tiny_model, monkeypatch, combo):
+    for name, seed, text_encoder in (("ink", 1, True), ("clay", 2, False)):
+        (tmp_path / "loras" / name).mkdir(parents=True)
+        random_lora(tiny_model, tmp_path / "loras" / name, rank=2, alpha=4, text_encoder=text_encoder, seed=seed)
+    pipe, spec = load_pipeline(str(tiny_model)), params.Combo(weights={"ink": 0.6, "clay": 0.4}, **combo)
+    merging.merge_combo("mix", spec, tmp_path / "loras", tmp_path / "merged", tiny_model, check_with=pipe)  # raises on any difference
+    assert pipe.get_list_adapters() == {}  # the check's adapter is gone again
+    save = merging.save_states
+
+    def drop_a_layer(folder, name, states, info):  # a writer that loses a layer of the kohya file
+        save(folder, name, states, info)
+        broken(folder / f"{name}_kohya.safetensors", lambda s: [s.pop(k) for k in [k for k in s if "attn1_to_k." in k]])
+
+    monkeypatch.setattr(merging, "save_states", drop_a_layer)
+    message = r"merged/mix2/mix2_kohya.safetensors \(unet\): \d+ merged layer\(s\) not loaded, e.g. \S+attn1.to_k"
+    with pytest.raises(StyleMixError, match=message):
+        merging.merge_combo("mix2", spec, tmp_path / "loras", tmp_path / "merged", tiny_model, check_with=pipe)
+    assert not (tmp_path / "merged/mix2").exists()  # nothing written that looks finished

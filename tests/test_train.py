@@ -12,7 +12,7 @@ from stylemix import params
 from stylemix.base_model import load_pipeline
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
-from stylemix.training import train_style
+from stylemix.training import batch_indices, train_style
 
 RESOLUTION = 32
 
@@ -128,7 +128,7 @@ def test_bf16_mixed_precision_keeps_lora_in_float32(data, tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize(("train_edits", "lora_edits", "expected"), [
-    ({"batch_size": 100}, {}, r"style pixelart: 9 images, fewer than one step's batch"),
+    ({"batch_size": 100}, {}, r"style pixelart: 9 images x 1 repeats, fewer than one step's batch .* raise styles.pixelart.repeats"),
     ({"mixed_precision": "fp16"}, {}, r"fp16 needs a CUDA GPU"),
     ({}, {"targets": ["to_z"]}, r"lora.targets: to_z not in the UNet; its layers include: .*to_q"),
 ])
@@ -137,6 +137,17 @@ def test_bad_input_is_one_clear_line(data, tmp_path, tiny_model, train_edits, lo
     p = p.model_copy(update={"lora": p.lora.model_copy(update=lora_edits)})
     with pytest.raises(StyleMixError, match=expected):
         train(data, tmp_path, p)
+
+
+def test_repeats_show_every_image_that_many_times_an_epoch(data, tmp_path, tiny_model):
+    cfg = params.Train(batch_size=3, seed=1)
+    for repeats in (1, 2):  # 6 images, batches of 3: an epoch is 2 steps a repeat
+        epoch = torch.cat([batch_indices(step, 0, 6, 2 * repeats, cfg, 1, 0, repeats) for step in range(2 * repeats)])
+        assert sorted(epoch.tolist()) == sorted(list(range(6)) * repeats)
+    p = make_params(tiny_model, data / "src", max_steps=None, epochs=1)
+    p = p.model_copy(update={"styles": {"pixelart": p.styles["pixelart"].model_copy(update={"repeats": 2})}})
+    assert train(data, tmp_path, p)["steps"] == 9  # 9 images x 2 repeats, batch 2
+    assert "| 9 x 2 |" in (tmp_path / "a/lora/pixelart/README.md").read_text()  # the model card says so
 
 
 def test_missing_latents(tmp_path, tiny_model):
