@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
+from pydantic import TypeAdapter, ValidationError
 
 from stylemix import block_weights, gpu, params
 from stylemix.base_model import load_pipeline
@@ -196,6 +197,36 @@ class Drawer:
                 on_step(step + 1, total)
             return kwargs
         return callback
+
+
+def _numbers(text: str) -> list[float] | None:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        return None
+
+
+def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
+    """NAME=SPEC of a LoRA's block weights (kind params.BlockSpec) or schedule (params.Schedule), as
+    `stylemix draw --blocks / --schedule` and the UI take them, validated as params validates them;
+    `option` names the field in errors."""
+    name, _, text = spec.partition("=")
+    if not name or not text:
+        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {'sketch=0-0.6' if kind is params.Schedule else 'sketch=OUTALL'}")
+    schedule = kind is params.Schedule
+    if schedule and "-" in text and ":" not in text:
+        start, _, end = text.partition("-")
+        value = {"start": start, "end": end}
+    elif ":" in text:
+        pairs = [part.split(":", 1) for part in text.split(",")]
+        value = [[a, b] for a, b in pairs] if schedule else dict(pairs)
+    else:
+        value = numbers if (numbers := _numbers(text)) is not None else text
+    try:
+        return name, TypeAdapter(kind).validate_python(value)
+    except (ValidationError, ValueError) as err:
+        message = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) else str(err)
+        raise StyleMixError(f"{option} {spec!r}: {message}") from None
 
 
 A1111_LORA = re.compile(r"<lora:([^:>]+):([-0-9.]+)>")

@@ -100,6 +100,9 @@ def test_explore_grid_change_reruns_only_that_pair_and_a_point_becomes_a_combina
     assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"explore@ws", "report"}
     assert ran(sh(repo, "dvc", "repro").stdout) == {"explore@ws", "report"}
     assert len(pd.read_csv(repo / "reports/explore/ws/points.csv")) == 9
+    plot = json.loads(sh(repo, "dvc", "plots", "show", "--json", "reports/explore/ws/points.csv").stdout)
+    axes = plot["data"]["reports/explore/ws/points.csv"][0]["content"]["encoding"]  # the plane, by the two similarities
+    assert (axes["x"]["field"], axes["y"]["field"]) == ("sim_watercolor", "sim_sketch")
     log = run_block(repo, "explore", {"watercolor_sketch": "ws", "0.75,0.75": "0.5,1"})
     assert "the Pareto front" in log and "merge.combos.inked_watercolor" in log
     sh(repo, "stylemix", "explore", "ws2", "--point", "0.5,0.5", "--method", "svd", "--save", "ws_svd")

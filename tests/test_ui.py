@@ -70,6 +70,32 @@ def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
     assert "wcstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
 
 
+def test_the_draw_tabs_block_weights_and_schedules(workspace, monkeypatch, tmp_path):
+    from stylemix.commands.ui import Studio, as_params, specs
+    from stylemix.mixes import save_mix
+
+    monkeypatch.chdir(workspace)
+    studio, on = Studio(), {"watercolor": 1.0, "sketch": 0.0}
+    form = {"prompt": "a tabby cat with green eyes", "negative": "", "seed": 0, "steps": 4, "guidance": 7.5, "size": 64,
+            "sampler": "dpmsolver++", "blocks": "", "schedule": ""}
+    base, _ = studio.draw(form | {"prompt": "wcstyle, a tabby cat with green eyes"}, {})  # the text watercolor gets
+    plain, _ = studio.draw(form, on)
+    # every attention block of watercolor off (its LoRA has nothing else); sketch is off, so its preset is left out
+    off, _ = studio.draw(form | {"blocks": "watercolor=down:0,mid:0,up:0\nsketch=OUTALL"}, on)
+    half, _ = studio.draw(form | {"schedule": "watercolor=0-0.5"}, on)
+    assert (pixels(off) == pixels(base)).all() and abs(pixels(plain) - pixels(base)).mean() > 1
+    assert abs(pixels(half) - pixels(plain)).mean() > 0 and abs(pixels(half) - pixels(base)).mean() > 0
+    with pytest.raises(StyleMixError, match=r"^Schedules 'watercolor=1-0': start 1 must be below end 0$"):
+        studio.draw(form | {"schedule": "watercolor=1-0"}, on)
+    path = tmp_path / "params.yaml"
+    path.write_text((workspace / "params.yaml").read_text())
+    extra = {key: as_params(key, specs(form | {"blocks": "watercolor=up:0.5", "schedule": "sketch=0:1,0.8:0"}, key))
+             for key in ("blocks", "schedule")}
+    save_mix("finer", {"watercolor": 0.5, "sketch": 0.5}, path, extra)  # the Save mix tab's call; the schema checks it
+    saved = params.load("merge", path=path).merge.combos["finer"]
+    assert saved.blocks["watercolor"].up == 0.5 and saved.schedule["sketch"] == [(0, 1), (0.8, 0)]
+
+
 def test_a1111_parameters_read_back(tmp_path):
     from stylemix.drawing import settings_from_png
 

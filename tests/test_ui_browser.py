@@ -201,16 +201,23 @@ def test_save_a_mix_into_params_yaml(page, workspace):
     box("watercolor", page).check()
     box("sketch", page).check()
     set_slider(page, f"weight-{slot('sketch', page)}", 0.3)
+    page.get_by_text("Block weights and schedules").click()  # the Draw tab's accordion
+    page.locator("#blocks textarea").fill("sketch=down:0,mid:0")
     page.get_by_role("tab", name="Save mix").click()
     page.get_by_label("Combination name").fill("soft_mix")
     page.get_by_role("button", name="Save mix to params.yaml").click()
     expect(page.locator("#save-result")).to_contain_text("soft_mix", timeout=DRAW)
     shoot(page, "save")
     text = (workspace / "params.yaml").read_text()
-    assert yaml.safe_load(text)["merge"]["combos"]["soft_mix"] == {"weights": {"sketch": 0.3, "watercolor": 1.0}}
+    assert yaml.safe_load(text)["merge"]["combos"]["soft_mix"] == {"weights": {"sketch": 0.3, "watercolor": 1.0},
+                                                                   "blocks": {"sketch": {"down": 0.0, "mid": 0.0}}}
+    shown = yaml.safe_load(page.locator("#save-result code.language-yaml").inner_text())
+    assert shown["merge"]["combos"]["soft_mix"] == yaml.safe_load(text)["merge"]["combos"]["soft_mix"]  # the page shows what it wrote
     assert "# The offline demo" in text  # comments kept
     page.get_by_role("button", name="Save mix to params.yaml").click()
     toast(page, "merge.combos.soft_mix: the name is taken")
+    page.get_by_role("tab", name="Draw").click()
+    page.locator("#blocks textarea").fill("")
 
 
 def test_bad_input_gets_a_message_on_the_page(page, workspace):

@@ -19,10 +19,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
-
 from stylemix import params
-from stylemix.drawing import Drawer, mix_label
+from stylemix.drawing import Drawer, mix_label, parse_spec
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_dir, write_jsonl
 from stylemix.progress import track
@@ -34,33 +32,6 @@ def parse_lora(spec: str) -> tuple[str, float]:
         return name, float(weight or 1.0)
     except ValueError:
         raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
-
-
-def _numbers(text: str) -> list[float] | None:
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        return None
-
-
-def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
-    """NAME=SPEC of --blocks or --schedule, validated as params validates them."""
-    name, _, text = spec.partition("=")
-    if not name or not text:
-        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {option} sketch=0-0.6")
-    if option == "--schedule" and "-" in text and ":" not in text:
-        start, _, end = text.partition("-")
-        value = {"start": start, "end": end}
-    elif ":" in text:
-        pairs = [part.split(":", 1) for part in text.split(",")]
-        value = ([[a, b] for a, b in pairs] if option == "--schedule" else dict(pairs))
-    else:
-        value = numbers if (numbers := _numbers(text)) is not None else text
-    try:
-        return name, TypeAdapter(kind).validate_python(value)
-    except (ValidationError, ValueError) as err:
-        message = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) else str(err)
-        raise StyleMixError(f"{option} {spec!r}: {message}") from None
 
 
 def read_batch(path: Path, seed: int, weights: dict[str, float]) -> list[dict]:

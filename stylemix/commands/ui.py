@@ -8,6 +8,7 @@ no share link, no font or script from another host. Drawings go to reports/ui/ a
 settings (A1111 `parameters` and a stylemix recipe); "Load settings" reads them back.
 """
 import argparse
+import json
 import os
 import traceback
 from datetime import datetime
@@ -20,11 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from stylemix import params  # noqa: E402
-from stylemix.drawing import WEIGHT_RANGE, Drawer, adapters, mix_label, settings_from_png  # noqa: E402
+from stylemix.drawing import WEIGHT_RANGE, Drawer, adapters, mix_label, parse_spec, settings_from_png  # noqa: E402
 from stylemix.errors import StyleMixError  # noqa: E402
 from stylemix.outputs import atomic_write  # noqa: E402
 from stylemix.paths import GRIDS, LORAS, UI_OUT  # noqa: E402
 from stylemix.render import SCHEDULERS  # noqa: E402
+from stylemix.schedules import dump as dump_schedules  # noqa: E402
 from stylemix.ui_tables import experiments_table, metrics_table, tokens_of  # noqa: E402
 
 SLOTS = 16  # weight sliders on the page; styles and combinations beyond this are not offered
@@ -45,14 +47,17 @@ class Studio:
         self.scorer = None
 
     def draw(self, form: dict, weights: dict[str, float], progress=None):
-        """One drawing from the form's settings (params.yaml read anew: its defaults may change)."""
+        """One drawing from the form's settings (params.yaml read anew: its defaults may change); the
+        block weights and schedules of the styles that are off are left out."""
         p = params.load("base", "generate")
         cfg = p.generate.model_copy(update={"negative_prompt": form["negative"], "steps": int(form["steps"]),
                                             "guidance_scale": float(form["guidance"]), "scheduler": form["sampler"]})
         if self.drawer is None:
             self.drawer = Drawer(p.base)
         on_step = None if progress is None else (lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
-        image, meta = self.drawer.draw(form["prompt"], weights, int(form["seed"]), cfg, int(form["size"]), on_step)
+        blocks, schedules = ({n: v for n, v in specs(form, key).items() if weights.get(n)} for key in ("blocks", "schedule"))
+        image, meta = self.drawer.draw(form["prompt"], weights, int(form["seed"]), cfg, int(form["size"]), on_step,
+                                       blocks=blocks, schedules=schedules)
         return image, meta
 
     def clip_score(self, image, prompt: str) -> float:
@@ -61,6 +66,22 @@ class Studio:
         if self.scorer is None:
             self.scorer = load_scorer(params.load("score").score)
         return float((embed_images(self.scorer, [image]) * embed_texts(self.scorer, [prompt])).sum())
+
+
+SPEC_FIELDS = {"blocks": ("Block weights", params.BlockSpec), "schedule": ("Schedules", params.Schedule)}
+
+
+def specs(form: dict, key: str) -> dict:
+    """The form's block weights or schedules: one NAME=SPEC a line, as `stylemix draw --blocks / --schedule`."""
+    label, kind = SPEC_FIELDS[key]
+    return dict(parse_spec(label, line.strip(), kind) for line in (form.get(key) or "").splitlines() if line.strip())
+
+
+def as_params(key: str, values: dict) -> dict:
+    """Parsed block weights or schedules as params.yaml writes them."""
+    if key == "schedule":
+        return dump_schedules(values)
+    return {n: v.model_dump(exclude_defaults=True) if isinstance(v, params.BlockGroups) else v for n, v in values.items()}
 
 
 def save_png(image, meta=None, kind: str = "draw") -> str:
@@ -125,6 +146,11 @@ def build():
                                     checks.append(gr.Checkbox(label=f"slot {i}", value=False, scale=1, elem_id=f"use-{i}"))
                                     sliders.append(gr.Slider(low, high, value=1.0, step=0.05, label="weight", scale=4, elem_id=f"weight-{i}"))
                                 rows.append(row)
+                        with gr.Accordion("Block weights and schedules", open=False):
+                            blocks = gr.Textbox(label="Block weights: NAME=SPEC, one a line", lines=2, elem_id="blocks",
+                                                placeholder="sketch=down:0,mid:0   (groups, an LBW preset OUTALL, or a vector)")
+                            schedule = gr.Textbox(label="Schedules: NAME=SPEC, one a line", lines=2, elem_id="schedule",
+                                                  placeholder="cartoon=0-0.6   (on for the first 60% of the steps; or 0:1,0.8:0 points)")
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary")
                             cancel = gr.Button("Cancel")
@@ -148,14 +174,14 @@ def build():
                 metrics = gr.Dataframe(label="reports/metrics.json", interactive=False)
                 exps = gr.Dataframe(label="Experiments (dvc exp show)", interactive=False)
             with gr.Tab("Save mix", id="save"):
-                gr.Markdown("The Draw tab's weights become `merge.combos.<name>` in params.yaml: "
+                gr.Markdown("The Draw tab's weights, block weights and schedules become `merge.combos.<name>` in params.yaml: "
                             "the next `dvc repro` merges, draws and scores it.")
                 mix_name = gr.Textbox(label="Combination name", placeholder="e.g. soft_pixels")
                 save_button = gr.Button("Save mix to params.yaml", variant="primary")
                 saved = gr.Markdown(elem_id="save-result")
 
         form_fields = [prompt, negative, seed, random_seed, steps, guidance, size, sampler]
-        keys = ["prompt", "negative", "seed", "random_seed", "steps", "guidance", "size", "sampler"]
+        keys = ["prompt", "negative", "seed", "random_seed", "steps", "guidance", "size", "sampler", "blocks", "schedule"]
 
         def unpack(values):
             form = dict(zip(keys, values[:len(keys)]))
@@ -166,7 +192,7 @@ def build():
                 form["seed"] = int.from_bytes(os.urandom(4), "little") % 2**31
             return form, weights
 
-        inputs = form_fields + [names] + checks + sliders
+        inputs = form_fields + [blocks, schedule] + [names] + checks + sliders  # "Load settings" fills form_fields only
 
         @friendly
         def on_refresh():
@@ -258,10 +284,13 @@ def build():
         def on_save(name, *values):
             from stylemix.mixes import save_mix
 
-            _, weights = unpack(values)
-            mix = save_mix(name.strip(), weights)
-            lines = "\n".join(f"      {s}: {w:g}" for s, w in mix.items())
-            return f"Saved to params.yaml; `dvc repro` merges it:\n```yaml\nmerge:\n  combos:\n    {name.strip()}:\n      weights:\n{lines}\n```"
+            form, weights = unpack(values)
+            extra = {key: as_params(key, {n: v for n, v in specs(form, key).items() if weights.get(n)}) for key in SPEC_FIELDS}
+            mix = save_mix(name.strip(), weights, extra={k: v for k, v in extra.items() if v})
+            lines = "\n".join(f"        {s}: {w:g}" for s, w in mix.items())
+            more = "".join(f"\n      {k}: {json.dumps(v)}" for k, v in extra.items() if v)  # JSON: YAML's flow style
+            return (f"Saved to params.yaml; `dvc repro` merges it:\n```yaml\nmerge:\n  combos:\n    {name.strip()}:\n"
+                    f"      weights:\n{lines}{more}\n```")
 
         save_button.click(on_save, [mix_name] + inputs, saved)
     return app
