@@ -107,10 +107,10 @@ def main() -> None:
             plane_grid(drawn, table, pair, method, "bleed", cfg.bleed_prompts[0], cfg.seeds[0]).save(tmp / f"bleed_{method}.png")
     atomic_write(out / "points.csv", table.to_csv(index=False))
     write_json(out / "metrics.json", metrics)
-    best = metrics["best"]
+    best, lost = metrics["best"], metrics["not_learned"]
+    why = f"{', '.join(lost)} learned nothing" if lost else "no mix keeps the content and some of both styles"
     verdict = (f"best {best['method']} {a}={best['weights'][a]:g} {b}={best['weights'][b]:g} keeps "
-               f"{best[f'share_{a}']:.0%} / {best[f'share_{b}']:.0%} of their styles" if best else
-               f"no point to balance ({', '.join(metrics['not_learned']) or 'no point keeps the content'})")
+               f"{best[f'share_{a}']:.0%} / {best[f'share_{b}']:.0%} of their styles" if best else f"no best mix ({why})")
     print(f"explore {name}: {len(table)} points, {len(drawn)} images, {metrics['pareto']} on the Pareto front; {verdict} "
           f"-> {out}/")
 

@@ -68,9 +68,9 @@ def run(args: argparse.Namespace) -> None:
     if not args.save:
         return
     if row is None:
-        raise StyleMixError(f"{args.pair} has no best point ({', '.join(metrics['not_learned']) or 'no point'} "
-                            f"{'learned nothing' if metrics['not_learned'] else 'keeps the content and both styles'}): "
-                            f"pick one with --point WEIGHT_A,WEIGHT_B")
+        why = (f"{', '.join(metrics['not_learned'])} learned nothing" if metrics["not_learned"] else
+               "no mix keeps the content and some of both styles")
+        raise StyleMixError(f"{args.pair} has no best mix ({why}): pick a point with --point WEIGHT_A,WEIGHT_B")
     weights = {a: float(row[f"w_{a}"]), b: float(row[f"w_{b}"])}
     if not all(weights.values()):
         raise StyleMixError(f"{a} {weights[a]:g}, {b} {weights[b]:g} is one style alone, not a mix: pick a point with both weights")
