@@ -137,8 +137,8 @@ def explore_section(pairs: dict[str, params.ExplorePair]) -> list[str]:
           "Each pair of styles over a plane of weights (`merge.explore`, stage `explore@<pair>`), every point drawing the "
           "same prompts and seeds. The Pareto front: the points no other beats on both style similarities, among those "
           "keeping the content (CLIP score at least `content_kept` of the base's); the star: the best mix (both weights "
-          "non-zero, the content kept), whose smaller share of the two styles' gains is largest. Bleed: how far the mix moves prompts without triggers from the base's "
-          "pictures. Every point in `explore/<pair>/points.csv`, the best in `explore/<pair>/metrics.json`; "
+          "non-zero, the content kept), whose smaller share of the two styles' gains is largest. Bleed: how far the mix "
+          "moves prompts without triggers from the base's pictures. Every point in `explore/<pair>/points.csv`, the best in `explore/<pair>/metrics.json`; "
           "`stylemix explore <pair> --save NAME` makes the best point (or `--point A,B`) `merge.combos.NAME`.\n"]
     for name, pair in pairs.items():
         md += [f"### {name}: {' x '.join(pair.styles)}\n", f"![{name}: Pareto front](explore/{name}/plots/pareto.png)\n",

@@ -211,9 +211,9 @@ def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
     `stylemix draw --blocks / --schedule` and the UI take them, validated as params validates them;
     `option` names the field in errors."""
     name, _, text = spec.partition("=")
-    if not name or not text:
-        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {'sketch=0-0.6' if kind is params.Schedule else 'sketch=OUTALL'}")
     schedule = kind is params.Schedule
+    if not name or not text:
+        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {'sketch=0-0.6' if schedule else 'sketch=OUTALL'}")
     if schedule and "-" in text and ":" not in text:
         start, _, end = text.partition("-")
         value = {"start": start, "end": end}

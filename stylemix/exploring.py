@@ -10,9 +10,10 @@ none, so the plane's edges are the report's own pictures of each style); the ble
 Scores per point (stylemix.scoring's embeddings): similarity to each style, CLIP score to the prompt
 (content kept), and bleed: how far the mix moves an untriggered picture from the base's (1 - the
 cosine of their embeddings, mean over the bleed prompts). The (0, 0) point is the base for every
-method, and a point with one weight 0 that style alone (nothing to merge); each style alone at weight 1 (linear) anchors its share: the part of that style's gain over
-the base a point keeps. The best point is a mix (both weights non-zero) that keeps the content floor
-and some of both styles, with the largest smaller share.
+method, and a point with one weight 0 that style alone (nothing to merge); each style alone at
+weight 1 (linear) anchors its share: the part of that style's gain over the base a point keeps. The
+best point is a mix (both weights non-zero) that keeps the content floor and some of both styles,
+with the largest smaller share.
 """
 import math
 from dataclasses import dataclass

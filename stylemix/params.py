@@ -389,19 +389,16 @@ class Params(Section):
     @model_validator(mode="after")
     def _combos_name_styles(self) -> "Params":
         if self.merge and self.styles is not None:
+            def known(key: str, names) -> None:
+                if unknown := sorted(set(names) - set(self.styles)):
+                    raise ValueError(f"{key} names unknown style(s) {', '.join(unknown)}; styles are: {', '.join(self.styles)}")
+
             for combo, spec in self.merge.combos.items():
                 if combo in self.styles or combo == "base":
                     raise ValueError(f"merge.combos.{combo}: the name is taken by a style or the base model")
-                unknown = sorted(set(spec.weights) - set(self.styles))
-                if unknown:
-                    raise ValueError(
-                        f"merge.combos.{combo} names unknown style(s) {', '.join(unknown)}; "
-                        f"styles are: {', '.join(self.styles)}"
-                    )
+                known(f"merge.combos.{combo}", spec.weights)
             for pair, spec in self.merge.explore.pairs.items():
-                if unknown := sorted(set(spec.styles) - set(self.styles)):
-                    raise ValueError(f"merge.explore.pairs.{pair} names unknown style(s) {', '.join(unknown)}; "
-                                     f"styles are: {', '.join(self.styles)}")
+                known(f"merge.explore.pairs.{pair}", spec.styles)
         return self
 
 

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
     seed = p.generate.seeds[0] if args.seed is None else args.seed
     with atomic_dir(args.out) as tmp:
         table[["Experiment", "rev"] + metrics].reset_index().to_csv(tmp / "sweep.csv", index=False)
-        panels = [(m.split(":")[-1].removeprefix("models."), pd.to_numeric(table[m], errors="coerce").unstack()) for m in metrics]
+        panels = [(m.split(":")[-1].removeprefix("models."), table[m].unstack()) for m in metrics]  # heatmaps makes them numbers
         heatmaps(panels, args.rows, args.cols, tmp / "heatmaps.png")
         image_grid(table, model, args.prompt, seed, args.rows, args.cols).save(tmp / "images.png")
     print(f"sweep: {len(table)} experiments x {len(metrics)} metrics -> {args.out}/heatmaps.png, images.png, sweep.csv")
