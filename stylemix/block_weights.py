@@ -93,6 +93,11 @@ def module_multiplier(mults: dict[str, float], prefix: str, module: str) -> floa
     return next((m for layer, m in mults.items() if module.startswith(layer + ".")), 1.0)
 
 
+def in_attention(mults: dict[str, float], module: str) -> bool:
+    """Whether a UNet module lies in one of the attention layers the multipliers name."""
+    return any(module.startswith(layer + ".") for layer in mults if layer != "text_encoder")
+
+
 def diffusers_scales(weight: float, mults: dict[str, float], components: list[str]) -> dict:
     """The style's weight per block as diffusers' `set_adapters` takes it for one adapter."""
     unet: dict = {"down": {}, "up": {}}

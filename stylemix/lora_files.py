@@ -12,11 +12,13 @@ Never pickle.
 """
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -35,10 +37,28 @@ def _matches(module_name: str, target: str) -> bool:
     return module_name == target or module_name.endswith("." + target)  # peft's rule
 
 
+CONV_TARGETS = ["conv1", "conv2"]  # the ResNets' 3x3 convolutions: kohya's conv_dim (LoCon), at lora.conv_rank
+
+
+def block_preset(unet: torch.nn.Module, preset: str) -> str:
+    """The attention a block preset names: attentions.1 (style) or .0 (content) of one decoder level
+    with attention. SDXL: the first, up_blocks.0, as B-LoRA found. SD 1.5's shape: the second of its
+    three (up_blocks.2; the tiny model's up_blocks.1), where bench/lora_targets.py finds the split on
+    the demo: .1 moves the style as far as a LoRA on every block and keeps the content, .0 lowers
+    the loss without moving the style; the first level's blocks learn little style."""
+    levels = [i for i, kind in enumerate(unet.config["up_block_types"]) if "CrossAttn" in kind]
+    level = levels[0] if architecture(unet) == SDXL or len(levels) == 1 else levels[1]
+    return f"up_blocks.{level}.attentions.{params.BLOCK_PRESETS[preset]}"
+
+
 def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
-    """Resolve a target preset or list; an unknown target names the ones that exist."""
-    wanted = params.TARGET_PRESETS[targets] if isinstance(targets, str) else targets
+    """Resolve a target preset or list; an unknown target names the ones that exist. A block preset
+    gives full module names."""
     names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    if isinstance(targets, str) and targets in params.BLOCK_PRESETS:
+        block = block_preset(unet, targets) + "."
+        return [n for n in names if n.startswith(block) and any(_matches(n, t) for t in params.TARGET_PRESETS["all"])]
+    wanted = params.TARGET_PRESETS[targets] if isinstance(targets, str) else targets
     unknown = [t for t in wanted if not any(_matches(n, t) for n in names)]
     if unknown:
         # Show names without block indices: "to_q", "attn2.to_v", "to_out.0", "proj_in", ...
@@ -47,18 +67,47 @@ def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     return wanted
 
 
+def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig:
+    """The UNet's LoRA: `lora.targets` at rank / alpha, and with `lora.conv_rank` the ResNets'
+    convolutions at conv_rank / conv_alpha (peft's rank and alpha patterns)."""
+    targets = unet_targets(unet, cfg.targets)
+    conv = {}
+    if cfg.conv_rank:
+        targets = targets + CONV_TARGETS
+        conv = {"rank_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_rank),
+                "alpha_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_alpha or cfg.conv_rank)}
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets, **conv)
+
+
 def add_lora(unet, text_encoders: list, cfg: params.Lora) -> None:
     """Add a trainable LoRA adapter to the UNet (and every text encoder when asked)."""
-    targets = unet_targets(unet, cfg.targets)
+    config = unet_lora_config(unet, cfg)
     if architecture(unet) == SDXL:  # every adapted layer needs a kohya name; fail now, not after training
         for module, _ in unet.named_modules():
-            if any(_matches(module, t) for t in targets):
+            if any(_matches(module, t) for t in config.target_modules):
                 sgm_name(module, unet.config.layers_per_block)
-    unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets))
+    unet.add_adapter(config)
     if cfg.text_encoder:
         for text_encoder in text_encoders:
             text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
                                                 target_modules=TEXT_TARGETS))
+
+
+def unit_scale_config(modules: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """The peft config dict of {module: (A, B)} factors applied as they are (alpha = rank on every
+    layer): the most common rank, the others by full module name, as diffusers' loader writes them."""
+    ranks = {module: a.shape[0] for module, (a, _) in modules.items()}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {module: rank for module, rank in ranks.items() if rank != r}
+    config = LoraConfig(r=r, lora_alpha=r, target_modules=sorted(modules), rank_pattern=pattern, alpha_pattern=pattern).to_dict()
+    config["target_modules"] = sorted(modules)  # a list in the metadata, as diffusers writes it
+    return config
+
+
+def module_alpha(config: dict, module: str) -> float:
+    """A module's alpha under a peft LoRA config dict: its alpha pattern's, else lora_alpha."""
+    patterns = config.get("alpha_pattern") or {}
+    return float(patterns.get(get_pattern_key(list(patterns), module), config["lora_alpha"]))
 
 
 RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
@@ -85,16 +134,23 @@ def sgm_name(module: str, layers_per_block: int) -> str:
     return ".".join([block, *rest])
 
 
-def to_kohya(state: dict[str, torch.Tensor], prefix: str, alpha: float, rename=lambda module: module) -> dict[str, torch.Tensor]:
+def to_kohya(state: dict[str, torch.Tensor], prefix: str, config: dict, rename=lambda module: module) -> dict[str, torch.Tensor]:
     """peft keys (`<module>.lora_A.weight`) to kohya's (`<prefix><renamed_module_with_underscores>.lora_down.weight`).
     Written here because diffusers' convert_state_dict_to_kohya stores alpha = rank and names the
-    SD 1.5 text encoder `lora_te1_`, both of which A1111 would misread."""
-    out = {}
+    SD 1.5 text encoder `lora_te1_`, both of which A1111 would misread. Convolutions keep their 4-D
+    factors (down: r x in x kh x kw, up: out x r x 1 x 1). Every layer is written at lora_alpha, a
+    layer of another alpha (LoCon's convolutions) with the ratio folded into lora_up: the same update
+    in every loader, where diffusers' kohya loader misreads an attention layer's own alpha whenever
+    it is not the file's most common one."""
+    out, alpha = {}, float(config["lora_alpha"])
     for key, weight in state.items():
         module, kind = key.rsplit(".lora_", 1)
         name = prefix + rename(module).replace(".", "_")
-        out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = weight.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        if kind.startswith("A"):
+            out[f"{name}.lora_down.weight"] = weight.contiguous()
+        else:
+            out[f"{name}.lora_up.weight"] = (weight * (module_alpha(config, module) / alpha)).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(alpha)
     return out
 
 
@@ -127,18 +183,21 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     save_safetensors(load_file(path), path, metadata)
     unet_state, unet_config = states["unet"]
     rename = (lambda m: sgm_name(m, info["layers_per_block"])) if arch == SDXL else (lambda m: m)
-    kohya = to_kohya(unet_state, "lora_unet_", unet_config["lora_alpha"], rename)
+    kohya = to_kohya(unet_state, "lora_unet_", unet_config, rename)
     te_prefixes = {"text_encoder": "lora_te_"} if arch == SD15 else {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
     for component, prefix in te_prefixes.items():
         if component in states:
             state, config = states[component]
             # Kohya names the text encoders after their original `text_model.` module path.
             state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
-            kohya |= to_kohya(state, prefix, config["lora_alpha"])
-    save_safetensors(kohya, folder / kohya_file(name), {
-        "ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
-        "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
-        "stylemix": json.dumps(info)})
+            kohya |= to_kohya(state, prefix, config)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
+                "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
+                "stylemix": json.dumps(info)}
+    if conv := next((k for k, v in kohya.items() if k.endswith("lora_down.weight") and v.dim() == 4 and v.shape[-1] > 1), None):
+        # LoCon, as kohya's network args say it (conv_alpha as written: to_kohya folds the trained one)
+        metadata["ss_network_args"] = json.dumps({"conv_dim": str(kohya[conv].shape[0]), "conv_alpha": metadata["ss_network_alpha"]})
+    save_safetensors(kohya, folder / kohya_file(name), metadata)
 
 
 def kohya_file(name: str) -> str:
@@ -169,9 +228,9 @@ def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
         pair = factors.setdefault(prefix, {}).setdefault(match["module"], [None, None, None])
         pair[0 if match["kind"] in ("down", "A") else 1] = weight.float()
     for prefix, modules in factors.items():
-        alpha, rank = metadata[f"{prefix}.lora_alpha"], metadata[f"{prefix}.r"]
-        for pair in modules.values():
-            pair[2] = alpha / rank
+        config = {key: metadata.get(f"{prefix}.{key}") for key in ("lora_alpha", "alpha_pattern")}
+        for module, pair in modules.items():
+            pair[2] = module_alpha(config, module) / pair[0].shape[0]  # alpha / rank, per layer (LoCon's differ)
     return {p: {m: tuple(v) for m, v in mods.items()} for p, mods in factors.items()}
 
 

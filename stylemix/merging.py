@@ -16,13 +16,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from peft.utils import merge_utils
 
 from stylemix import block_weights, params, schedules
 from stylemix.errors import StyleMixError
 from stylemix.load_check import check_lora_files, factor_deltas
-from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, read_info, save_states
+from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, read_info, save_states, unit_scale_config
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 from stylemix.single_file import SD15
@@ -45,22 +44,20 @@ def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: to
 
 
 def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo) -> dict[str, tuple[dict, int]]:
-    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1. Each
-    component is (factors, weight, block multipliers or None)."""
+    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1 (rank: the
+    most common layer rank). Each component is (factors, weight, block multipliers or None)."""
     merged = {}
     for prefix in sorted({p for factors, _, _ in components for p in factors}):
         parts = [(factors.get(prefix, {}), w, mults) for factors, w, mults in components]
-        ranks = [next(iter(f.values()))[0].shape[0] if f else 0 for f, _, _ in parts]
-        rank = sum(ranks) if combo.method == "linear" else (combo.rank or max(ranks))
+        rank = combo.rank or max(a.shape[0] for f, _, _ in parts for a, _, _ in f.values())
         modules = {}
         for module in sorted({m for f, _, _ in parts for m in f}):
             a0, b0, _ = next(f[module] for f, _, _ in parts if module in f)
             weights = [w * block_weights.module_multiplier(mults, prefix, module) if mults else w for _, w, mults in parts]
-            if combo.method == "linear":
-                a = torch.cat([f[module][0] if module in f else a0.new_zeros(r, *a0.shape[1:]) for (f, _, _), r in zip(parts, ranks)])
-                b = torch.cat([w * f[module][2] * f[module][1] if module in f else b0.new_zeros(b0.shape[0], r, *b0.shape[2:])
-                               for (f, _, _), w, r in zip(parts, weights, ranks)], dim=1)
-                modules[module] = (a, b)
+            if combo.method == "linear":  # each layer at the sum of its styles' ranks (LoCon's convolutions differ)
+                present = [(f[module], w) for (f, _, _), w in zip(parts, weights) if module in f]
+                modules[module] = (torch.cat([a for (a, _, _), _ in present]),
+                                   torch.cat([w * scale * b for (_, b, scale), w in present], dim=1))
                 continue
             deltas = [_delta(*f[module]) if module in f else _delta(a0, b0, 0.0) for f, _, _ in parts]
             if combo.method == "svd":
@@ -70,7 +67,7 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
                 merge_fn = getattr(merge_utils, combo.method)
                 total = merge_fn(deltas, torch.tensor(weights), combo.density)
             modules[module] = _factors_of(total, rank, a0, b0)
-        merged[prefix] = (modules, rank)
+        merged[prefix] = (modules, unit_scale_config(modules)["r"])
     return merged
 
 
@@ -98,9 +95,7 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     for prefix, (modules, rank) in merged.items():
         state = {f"{m}.lora_A.weight": a.contiguous() for m, (a, _) in modules.items()}
         state |= {f"{m}.lora_B.weight": b.contiguous() for m, (_, b) in modules.items()}
-        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted(modules)).to_dict()
-        config["target_modules"] = sorted(modules)  # a list in the metadata, as diffusers writes it
-        states[prefix] = (state, config)
+        states[prefix] = (state, unit_scale_config(modules))
     info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],

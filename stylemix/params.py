@@ -30,12 +30,16 @@ NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 TOKEN = re.compile(r"^<[a-z0-9_]+>$")  # a new concept token: never a word the tokenizer already knows
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 TINY_MODELS = ("tiny", "tiny-sdxl")  # built from configs by the base stage
-# LoRA target presets: the main reference's attention projections, and the caption-aware
-# reference's cross-attention query/value only.
+# LoRA target presets by layer name: the main reference's attention projections, the caption-aware
+# reference's cross-attention query/value only, and every linear layer of the attention blocks (kohya's set).
 TARGET_PRESETS = {
     "attn": ["to_q", "to_k", "to_v", "to_out.0"],
     "cross_attn_qv": ["attn2.to_q", "attn2.to_v"],
+    "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
 }
+# Presets by block (B-LoRA): every `all` layer of one decoder attention (stylemix.lora_files.block_preset):
+# SDXL's up_blocks.0.attentions.1 holds style, .0 content; on SD 1.5's shape up_blocks.2's (measured).
+BLOCK_PRESETS = {"style": 1, "content": 0}
 Positive = Annotated[int, Field(gt=0)]
 # YAML 1.1 (PyYAML) reads an unquoted `no` as false, and DVC's `-S` writes it unquoted.
 Precision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
@@ -203,13 +207,6 @@ class Caption(Section):
     max_new_tokens: Positive = 40
 
 
-class Lora(Section):
-    rank: Positive = 4
-    alpha: Annotated[float, Field(gt=0)] = 4.0
-    targets: Literal["attn", "cross_attn_qv"] | list[str] = "attn"
-    text_encoder: bool = False
-
-
 def _shape(value) -> str:
     """Which branch of a union a params value takes, so that an error names only that one."""
     return "(dict)" if isinstance(value, (dict, BaseModel)) else "(list)" if isinstance(value, (list, tuple)) else "(scalar)"
@@ -221,6 +218,15 @@ SHAPE_TAGS = ("(dict)", "(list)", "(scalar)")
 def by_shape(**branches):
     """A union whose branch is chosen by the value's shape (a mapping, a list, else a scalar)."""
     return Annotated[Union[tuple(Annotated[t, Tag(f"({tag})")] for tag, t in branches.items())], Discriminator(_shape)]
+
+
+class Lora(Section):
+    rank: Positive = 4
+    alpha: Annotated[float, Field(gt=0)] = 4.0
+    targets: by_shape(scalar=Literal["attn", "cross_attn_qv", "all", "style", "content"], list=Annotated[list[str], Field(min_length=1)]) = "attn"
+    conv_rank: Annotated[int, Field(ge=0)] = 0  # LoCon: LoRA on the ResNets' 3x3 convolutions too (0 = off)
+    conv_alpha: Annotated[float, Field(gt=0)] | None = None  # null = conv_rank
+    text_encoder: bool = False
 
 
 BlockWeight = by_shape(scalar=float, dict=dict[Annotated[str, Field(pattern=r"^block_\d+$")], by_shape(scalar=float, list=list[float])])

@@ -11,6 +11,7 @@ be baked into a merged file.
 from collections.abc import Callable
 
 import numpy as np
+from peft.tuners.lora import LoraLayer
 from pydantic import TypeAdapter
 
 from stylemix import block_weights, params
@@ -56,16 +57,28 @@ class Mix:
             out.append(block_weights.diffusers_scales(weight, mults, components) if mults else weight)
         return out
 
+    def set(self, pipe, fraction: float = 0.0) -> None:
+        """Set every adapter's weights at `fraction` of the steps."""
+        pipe.set_adapters(list(self.weights), self.scales(pipe, fraction))
+        # diffusers gives a block-weighted adapter's layers outside the attention blocks (LoCon's
+        # ResNet convolutions) a same-numbered attention's weight, or 1; they keep the style's
+        # weight, as block_weights says and merges bake it.
+        for name, mults in self.blocks.items():
+            weight = self.weights[name] * factor(self.schedules.get(name), fraction)
+            for module_name, module in pipe.unet.named_modules():
+                if isinstance(module, LoraLayer) and not block_weights.in_attention(mults, module_name):
+                    module.set_scale(name, weight)
+
     def apply(self, pipe, on_step_end: Callable | None = None) -> Callable | None:
         """Set the adapters for the first step; returns the step callback that sets each next step's
         (chained before `on_step_end`), or `on_step_end` itself when nothing is scheduled."""
-        pipe.set_adapters(list(self.weights), self.scales(pipe))
+        self.set(pipe)
         if not self.schedules:
             return on_step_end
 
         def callback(pipe_, step, timestep, kwargs):
             steps = len(pipe_.scheduler.timesteps)  # the sampler's own count (PNDM takes one more than asked)
             if step + 1 < steps:
-                pipe_.set_adapters(list(self.weights), self.scales(pipe_, (step + 1) / steps))
+                self.set(pipe_, (step + 1) / steps)
             return on_step_end(pipe_, step, timestep, kwargs) if on_step_end else kwargs
         return callback

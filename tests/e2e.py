@@ -59,6 +59,7 @@ def reduce(raw: dict) -> None:
     raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
+    raw["lora"] |= {"conv_rank": 2, "conv_alpha": 1}  # LoCon: convolutions at their own rank and alpha, through every stage
     raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
     raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},
                               "mix2": {"weights": {"watercolor": 0.7, "sketch": 0.3}, "method": "svd", "rank": 4,  # and drawn live:

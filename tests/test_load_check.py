@@ -9,18 +9,19 @@ from stylemix.base_model import build_tiny, load_pipeline
 from stylemix.errors import StyleMixError
 from stylemix import merging
 from stylemix.load_check import adapter_deltas, check_lora_files
-from stylemix.lora_files import WEIGHTS, add_lora, save_lora
+from stylemix.lora_files import WEIGHTS, add_lora, block_preset, save_lora
 from tests.test_merge import random_lora
 
 KOHYA = "ink_kohya.safetensors"
 
 
-def trained(model, folder, sdxl=False):
-    """A pipeline with a trained-looking LoRA (attention, feed-forward and text encoders) saved to `folder`."""
+def trained(model, folder, sdxl=False, **lora):
+    """A pipeline with a trained-looking LoRA (attention, feed-forward and text encoders unless `lora`
+    says otherwise) saved to `folder`."""
     pipe = load_pipeline(str(model))
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
-    add_lora(pipe.unet, encoders, params.Lora(rank=4, alpha=2, text_encoder=True,
-                                              targets=["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]))
+    lora = {"targets": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]} | lora
+    add_lora(pipe.unet, encoders, params.Lora(rank=4, alpha=2, text_encoder=True, **lora))
     torch.manual_seed(0)
     for module in (pipe.unet, *encoders):
         for name, weight in module.named_parameters():
@@ -42,6 +43,54 @@ def test_both_files_load_back_exactly(tmp_path, sdxl):
     assert torch.equal(before, after)  # and the trained one still on, at its scale (validation images follow)
 
 
+@pytest.mark.parametrize("sdxl, targets", [(False, "style"), (True, "style"), (False, "all")], ids=["sd15-style", "sdxl-style", "sd15-all"])
+def test_locon_and_block_presets_load_back_and_draw_as_trained(tmp_path, sdxl, targets):
+    """LoCon (the ResNets' convolutions at rank 3, alpha 6) with a target preset: every layer where the
+    preset says, and both files put the trained update there and give the trained model's outputs."""
+    model = build_tiny(tmp_path / "model", sdxl=sdxl)
+    pipe, _ = trained(model, tmp_path / "ink", sdxl, targets=targets, conv_rank=3, conv_alpha=6)
+    layers = [m for m in adapter_deltas(pipe)["unet"]]
+    convs = [m for m in layers if ".resnets." in m and m.endswith((".conv1", ".conv2"))]
+    block = "up_blocks.0.attentions.1." if sdxl else "up_blocks.1.attentions.1."  # B-LoRA's; the tiny SD's second level's
+    rest = [m for m in layers if m not in convs]
+    assert len(convs) == sum(1 for n, _ in pipe.unet.named_modules() if ".resnets." in n and n.endswith((".conv1", ".conv2")))
+    if targets == "style":
+        assert rest and all(m.startswith(block) for m in rest) and any(m.endswith("proj_in") for m in rest)
+    else:
+        assert {m.split(".")[0] for m in rest} == {"down_blocks", "mid_block", "up_blocks"} and any(m.endswith("ff.net.2") for m in rest)
+    check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "ink")  # raises on any difference
+    x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    ids = torch.randint(0, 49407, (1, 77), generator=torch.Generator().manual_seed(1))
+
+    def unet_out(p):
+        with torch.no_grad():
+            if not sdxl:
+                return p.unet(x, t, p.text_encoder(ids)[0]).sample
+            hidden = torch.cat([p.text_encoder(ids, output_hidden_states=True).hidden_states[-2],
+                                p.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]], -1)
+            pooled = p.text_encoder_2(ids).text_embeds
+            return p.unet(x, t, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.zeros(1, 6)}).sample
+
+    want = unet_out(pipe)
+    for file in (WEIGHTS, KOHYA):
+        fresh = load_pipeline(str(model))
+        fresh.load_lora_weights(str(tmp_path / "ink"), weight_name=file)
+        assert torch.allclose(unet_out(fresh), want, atol=1e-5), file
+    assert (unet_out(load_pipeline(str(model))) - want).abs().max() > 1e-3  # the LoRA changes the output
+
+
+def test_block_presets_name_b_loras_block_on_sdxl_and_the_measured_one_on_sd15():
+    from types import SimpleNamespace
+
+    configs = {"sd15": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+               "sdxl": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")}
+    unet = {k: SimpleNamespace(config={"up_block_types": v, "addition_embed_type": "text_time" if k == "sdxl" else None})
+            for k, v in configs.items()}
+    assert block_preset(unet["sdxl"], "style") == "up_blocks.0.attentions.1"  # B-LoRA's
+    assert block_preset(unet["sdxl"], "content") == "up_blocks.0.attentions.0"
+    assert block_preset(unet["sd15"], "style") == "up_blocks.2.attentions.1"  # the second of its three attention levels
+
+
 def broken(path, edit):
     state = load_file(path)
     edit(state)
@@ -57,9 +106,13 @@ def broken(path, edit):
      r"ink_kohya.safetensors \(unet\): layer \S+ff.net.2 loads a different update than was trained"),
     (WEIGHTS, lambda s: [s.pop(k) for k in [k for k in s if "ff.net.0.proj" in k and "down_blocks.0." in k]],
      r"pytorch_lora_weights.safetensors \(unet\): 1 trained layer\(s\) not loaded, e.g. down_blocks.0\S+ff.net.0.proj"),
+    (KOHYA, lambda s: s.update({k: v * 2 for k, v in s.items() if k.endswith("up_blocks_1_resnets_0_conv2.lora_up.weight")}),
+     r"ink_kohya.safetensors \(unet\): layer up_blocks.1.resnets.0.conv2 loads a different update than was trained"),
+    (WEIGHTS, lambda s: [s.pop(k) for k in [k for k in s if "mid_block.resnets.1.conv1" in k]],
+     r"pytorch_lora_weights.safetensors \(unet\): 1 trained layer\(s\) not loaded, e.g. mid_block.resnets.1.conv1"),
 ])
 def test_a_broken_file_is_named_with_its_layer(tmp_path, tiny_model, file, edit, message):
-    pipe, components = trained(tiny_model, tmp_path / "ink")
+    pipe, components = trained(tiny_model, tmp_path / "ink", conv_rank=2, conv_alpha=1)
     broken(tmp_path / "ink" / file, edit)
     with pytest.raises(StyleMixError, match=message):
         check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "models/lora/ink")

@@ -11,10 +11,10 @@ from stylemix.schedules import Mix
 from tests.conftest import ROOT
 
 
-def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model="tiny"):
+def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model="tiny", **lora):
     pipe = load_pipeline(str(tiny_model))
     torch.manual_seed(seed)
-    add_lora(pipe.unet, [pipe.text_encoder], params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder))
+    add_lora(pipe.unet, [pipe.text_encoder], params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder, **lora))
     for module in (pipe.unet, pipe.text_encoder):
         for name, weight in module.named_parameters():
             if "lora_B" in name:
@@ -29,7 +29,8 @@ def loras(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("loras")
     (root / "ink").mkdir(), (root / "clay").mkdir()
     random_lora(tiny_model, root / "ink", rank=4, alpha=2, text_encoder=True, seed=1)
-    random_lora(tiny_model, root / "clay", rank=2, alpha=4, text_encoder=False, seed=2)
+    # clay is a LoCon: its ResNet convolutions at another rank and alpha, layers ink does not have
+    random_lora(tiny_model, root / "clay", rank=2, alpha=4, text_encoder=False, seed=2, conv_rank=3, conv_alpha=6)
     return root
 
 
@@ -48,11 +49,14 @@ def test_merged_layers_equal_the_weighted_sum(loras, tmp_path, method):
     parts = {s: load_factors(loras / s) for s in WEIGHTS}
     torch.manual_seed(0)
     modules = sorted(merged["unet"])
-    assert len(modules) == len(parts["ink"]["unet"]) > 8
-    for module in modules[::5] + ["up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0"]:
-        x = torch.randn(3, merged["unet"][module][0].shape[1])
-        expected = sum(w * x @ delta(parts[s]["unet"], module).T for s, w in WEIGHTS.items())
+    convs = [m for m in modules if m.endswith((".conv1", ".conv2"))]  # clay's alone
+    assert modules == sorted(set(parts["ink"]["unet"]) | set(parts["clay"]["unet"])) and len(modules) > len(convs) > 8
+    for module in modules[::5] + convs[:2] + ["up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0"]:
+        x = torch.randn(3, delta(merged["unet"], module).shape[1])
+        expected = sum(w * x @ delta(parts[s]["unet"], module).T for s, w in WEIGHTS.items() if module in parts[s]["unet"])
         assert torch.allclose(x @ delta(merged["unet"], module).T, expected, atol=1e-5), module
+    if method["method"] == "linear":  # each layer at the sum of its styles' ranks: 4 + 2 on attention, clay's 3 on convolutions
+        assert {merged["unet"][m][0].shape[0] for m in convs} == {3} and merged["unet"][modules[0]][0].shape[0] == 6
     # Only ink adapted the text encoder: the merge keeps its 0.6-weighted update there.
     module = next(iter(merged["text_encoder"]))
     assert torch.allclose(delta(merged["text_encoder"], module), 0.6 * delta(parts["ink"]["text_encoder"], module), atol=1e-5)
@@ -123,8 +127,10 @@ def test_block_weighted_merge_is_the_per_block_weighted_sum_and_what_diffusers_d
     assert mults["ink"]["down_blocks.1.attentions.0"] == 0 and mults["ink"]["up_blocks.1.attentions.1"] == 0.25
     assert mults["clay"]["mid_block.attentions.0"] == 0 and mults["clay"]["up_blocks.1.attentions.1"] == 2
     for module in merged["unet"]:
-        layer = ".".join(module.split(".")[:4]) if not module.startswith("mid_block") else "mid_block.attentions.0"
-        expected = sum(w * mults[s][layer] * delta(parts[s]["unet"], module) for s, w in WEIGHTS.items())
+        layer = ".".join(module.split(".")[:4]) if not module.startswith("mid_block") else ".".join(module.split(".")[:3])
+        # clay's ResNet convolutions are in no attention layer: they keep the style's whole weight
+        expected = sum(w * mults[s].get(layer, 1.0) * delta(parts[s]["unet"], module) for s, w in WEIGHTS.items()
+                       if module in parts[s]["unet"])
         assert torch.allclose(delta(merged["unet"], module), expected, atol=1e-5), module
     module = next(iter(merged["text_encoder"]))
     assert torch.allclose(delta(merged["text_encoder"], module), 0.6 * 0.5 * delta(parts["ink"]["text_encoder"], module), atol=1e-5)

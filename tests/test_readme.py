@@ -1,14 +1,19 @@
 """Every code block in the README is either run by a test (sh, python), validated (yaml) or marked
 as plain text, so the README cannot drift from the code. The e2e blocks run in test_pipeline.py."""
 import itertools
+import argparse
 import re
+import shlex
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 import yaml
 
 from stylemix import params
+from stylemix.commands.sweep import add_arguments
+from stylemix.plots import heatmaps
 from tests.conftest import ROOT
 from tests.readme import block, commands, fences
 
@@ -84,3 +89,26 @@ def test_sdxl_preset_and_its_sweep_are_valid_params(tmp_path):
         assert params.load("lora", path=path).lora.rank == raw["lora"]["rank"]
     assert preset["lora"] != raw["lora"]
 
+
+
+def test_targets_sweep_is_valid_params_and_a_sweep_over_them(tmp_path):
+    """The README's targets sweep: every experiment it queues is a valid params file, and
+    `stylemix sweep` reads its two params as rows and columns (a preset name is a row label)."""
+    queue, start, sweep_line = commands("targets-sweep")
+    axes = [[(key, value) for value in values.split(",")] for key, values in re.findall(r"-S ([\w.]+)=(\S+)", queue)]
+    assert [key for key, _ in (axis[0] for axis in axes)] == ["lora.targets", "lora.conv_rank"] and start == "dvc queue start"
+    path = tmp_path / "params.yaml"
+    for experiment in itertools.product(*axes):
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        for key, value in experiment:
+            raw["lora"][key.split(".")[1]] = yaml.safe_load(value)
+        path.write_text(yaml.safe_dump(raw))
+        lora = params.load("lora", path=path).lora
+        assert (lora.targets, lora.conv_rank) == (raw["lora"]["targets"], raw["lora"]["conv_rank"])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(shlex.split(sweep_line)[2:])
+    assert (args.rows, args.cols, len(args.metric)) == ("lora.targets", "lora.conv_rank", 2)
+    table = pd.DataFrame([[0.5, 0.4]] * 3, index=["attn", "all", "style"], columns=[0, 4])
+    heatmaps([("val_loss", table)], args.rows, args.cols, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0

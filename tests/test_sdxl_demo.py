@@ -8,8 +8,13 @@ from safetensors import safe_open
 from tests.e2e import EVERY_STAGE, STYLES, make_repo, ran, reduce, run_block
 
 
+def b_lora(raw: dict) -> None:
+    reduce(raw)
+    raw["lora"]["targets"] = "style"  # B-LoRA's style block, with the reduced demo's LoCon convolutions
+
+
 def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
-    repo = make_repo(tmp_path / "repo", reduce)
+    repo = make_repo(tmp_path / "repo", b_lora)
     log = run_block(repo, "sdxl-demo")
     assert ran(log) == EVERY_STAGE
     assert json.loads((repo / "models/base/model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
@@ -17,7 +22,10 @@ def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
         weights = folder / "pytorch_lora_weights.safetensors"
         assert json.loads(safe_open(weights, "pt").metadata()["stylemix"])["architecture"] == "sdxl", folder
         kohya = safe_open(folder / f"{folder.name}_kohya.safetensors", "pt").keys()
-        assert any(k.startswith("lora_unet_output_blocks_") for k in kohya), folder
+        unet = {k.split(".")[0] for k in kohya if k.startswith("lora_unet_")}
+        # The style block is output_blocks.1.1 in the original UNet; the rest are the ResNets' convolutions.
+        assert unet and all("output_blocks_1_1_" in k or k.endswith(("in_layers_2", "out_layers_3")) for k in unet), folder
+        assert any(k.endswith("in_layers_2") for k in unet) and any("output_blocks_1_1_" in k for k in unet), folder
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)
