@@ -25,12 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stylemix import params, scoring  # noqa: E402
 from stylemix.base_model import load_pipeline  # noqa: E402
 from stylemix.drawing import Drawer  # noqa: E402
-from stylemix.lora_files import WEIGHTS, block_preset  # noqa: E402
+from stylemix.lora_files import WEIGHTS, block_layers, block_preset  # noqa: E402
 from stylemix.paths import FILTERED  # noqa: E402
 from stylemix.training import train_style  # noqa: E402
 
 STYLES = ["watercolor", "sketch"]
-ALL = params.TARGET_PRESETS["all"]
 VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` layer of that attention
     "default": {},
     "all": {"targets": "all"},
@@ -44,13 +43,6 @@ VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` l
 OUT = Path(__file__).parent / "results" / "lora_targets.json"
 
 
-def block_layers(block: str) -> list[str]:
-    """Every `all` layer of one attention block of the tiny UNet, by full name (a targets list)."""
-    unet = load_pipeline(params.load("base").base).unet
-    return [n for n, m in unet.named_modules() if n.startswith(block + ".") and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-            and any(n == t or n.endswith("." + t) for t in ALL)]
-
-
 def drawings(drawer: Drawer, weights: dict, p: params.Params) -> list:
     return [drawer.draw(prompt, weights, seed, p.generate)[0] for prompt in p.generate.prompts for seed in p.generate.seeds]
 
@@ -60,12 +52,12 @@ def main() -> None:
     scorer = scoring.load_scorer(p.score)
     texts = scoring.embed_texts(scorer, [q for q in p.generate.prompts for _ in p.generate.seeds])
     refs = {s: scoring.style_reference(scorer, FILTERED / s) for s in STYLES}
-    rows = []
+    unet, rows = load_pipeline(p.base).unet, []
     with tempfile.TemporaryDirectory() as tmp:
         base = scoring.embed_images(scorer, drawings(Drawer(p.base, roots=()), {}, p))
         for variant, lora in VARIANTS.items():
             if str(lora.get("targets", "")).startswith("up_blocks"):
-                lora = lora | {"targets": block_layers(lora["targets"])}
+                lora = lora | {"targets": block_layers(unet, lora["targets"])}
             q = p.model_copy(update={"lora": p.lora.model_copy(update=lora)})
             root = Path(tmp) / variant.replace(" ", "_")
             drawer = None
@@ -88,7 +80,6 @@ def main() -> None:
     mean = {v: {k: sum(r[k] for r in rows if r["variant"] == v) / len(STYLES)
                 for k in ("val_gain", "sim_gain", "clip_kept", "size_ratio", "step_ratio")} for v in VARIANTS}
     OUT.parent.mkdir(exist_ok=True)
-    unet = load_pipeline(p.base).unet
     OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                                "styles": STYLES, "presets": {k: block_preset(unet, k) for k in params.BLOCK_PRESETS},
                                "rows": rows, "mean": mean}, indent=2) + "\n")

@@ -51,13 +51,21 @@ def block_preset(unet: torch.nn.Module, preset: str) -> str:
     return f"up_blocks.{level}.attentions.{params.BLOCK_PRESETS[preset]}"
 
 
+def _layers(unet: torch.nn.Module) -> list[str]:
+    return [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def block_layers(unet: torch.nn.Module, block: str) -> list[str]:
+    """Every `all` layer of one attention block (e.g. up_blocks.1.attentions.1), by full module name."""
+    return [n for n in _layers(unet) if n.startswith(block + ".") and any(_matches(n, t) for t in params.TARGET_PRESETS["all"])]
+
+
 def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     """Resolve a target preset or list; an unknown target names the ones that exist. A block preset
     gives full module names."""
-    names = [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     if isinstance(targets, str) and targets in params.BLOCK_PRESETS:
-        block = block_preset(unet, targets) + "."
-        return [n for n in names if n.startswith(block) and any(_matches(n, t) for t in params.TARGET_PRESETS["all"])]
+        return block_layers(unet, block_preset(unet, targets))
+    names = _layers(unet)
     wanted = params.TARGET_PRESETS[targets] if isinstance(targets, str) else targets
     unknown = [t for t in wanted if not any(_matches(n, t) for n in names)]
     if unknown:
@@ -75,7 +83,7 @@ def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig:
     if cfg.conv_rank:
         targets = targets + CONV_TARGETS
         conv = {"rank_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_rank),
-                "alpha_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_alpha or cfg.conv_rank)}
+                "alpha_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_alpha_or_rank)}
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets, **conv)
 
 

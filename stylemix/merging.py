@@ -43,9 +43,9 @@ def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: to
     return a.reshape(rank, *like_a.shape[1:]), b.reshape(like_b.shape[0], rank, *like_b.shape[2:])
 
 
-def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo) -> dict[str, tuple[dict, int]]:
-    """{prefix: ({module: (A, B)}, rank)} of the merged LoRA, at scale alpha / rank = 1 (rank: the
-    most common layer rank). Each component is (factors, weight, block multipliers or None)."""
+def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo) -> dict[str, tuple[dict, dict]]:
+    """{prefix: ({module: (A, B)}, peft config dict)} of the merged LoRA, at scale alpha / rank = 1
+    on every layer. Each component is (factors, weight, block multipliers or None)."""
     merged = {}
     for prefix in sorted({p for factors, _, _ in components for p in factors}):
         parts = [(factors.get(prefix, {}), w, mults) for factors, w, mults in components]
@@ -67,7 +67,7 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
                 merge_fn = getattr(merge_utils, combo.method)
                 total = merge_fn(deltas, torch.tensor(weights), combo.density)
             modules[module] = _factors_of(total, rank, a0, b0)
-        merged[prefix] = (modules, unit_scale_config(modules)["r"])
+        merged[prefix] = (modules, unit_scale_config(modules))
     return merged
 
 
@@ -92,11 +92,11 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     components = [(load_factors(loras / style), w, mults.get(style)) for style, w in combo.weights.items()]
     merged = merge(components, combo)
     states = {}
-    for prefix, (modules, rank) in merged.items():
+    for prefix, (modules, config) in merged.items():
         state = {f"{m}.lora_A.weight": a.contiguous() for m, (a, _) in modules.items()}
         state |= {f"{m}.lora_B.weight": b.contiguous() for m, (_, b) in modules.items()}
-        states[prefix] = (state, unit_scale_config(modules))
-    info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1],
+        states[prefix] = (state, config)
+    info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1]["r"],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
             "layers_per_block": next(iter(infos.values())).get("layers_per_block"),

@@ -15,7 +15,7 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     loads = "".join(f'pipe.load_textual_inversion("models/lora/{name}/{diffusers_file(t)}")\n' for t in style.tokens)
     if loads:
         loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
-    conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha or p.lora.conv_rank:g}" if p.lora.conv_rank else ""
+    conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.

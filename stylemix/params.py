@@ -228,6 +228,11 @@ class Lora(Section):
     conv_alpha: Annotated[float, Field(gt=0)] | None = None  # null = conv_rank
     text_encoder: bool = False
 
+    @property
+    def conv_alpha_or_rank(self) -> float:
+        """The convolutions' alpha as trained: conv_alpha, else conv_rank."""
+        return self.conv_alpha or self.conv_rank
+
 
 BlockWeight = by_shape(scalar=float, dict=dict[Annotated[str, Field(pattern=r"^block_\d+$")], by_shape(scalar=float, list=list[float])])
 

@@ -302,7 +302,7 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
             "resolution": p.base.resolution, "steps": steps, "images": images, "repeats": style.repeats,
             "rank": p.lora.rank, "alpha": p.lora.alpha, "targets": p.lora.targets,
-            **({"conv_rank": p.lora.conv_rank, "conv_alpha": p.lora.conv_alpha or p.lora.conv_rank} if p.lora.conv_rank else {}),
+            **({"conv_rank": p.lora.conv_rank, "conv_alpha": p.lora.conv_alpha_or_rank} if p.lora.conv_rank else {}),
             "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
