@@ -1,6 +1,6 @@
-"""Benchmark: where a style LoRA should live. Trains demo styles with each `lora.targets` setting
-(and LoCon's `lora.conv_rank`) on the workspace's encoded demo data, with the demo's training
-params, and measures what each learned, all as ratios to the same run's base model or default:
+"""Benchmark: where a style LoRA should live, and of which type. Trains demo styles with each
+`lora.targets` setting (and LoCon's `lora.conv_rank`, and DoRA) on the workspace's encoded demo
+data, with the demo's training params, and measures what each learned, all as ratios to the same run's base model or default:
 
 - val_gain:   1 - held-out loss / the base's held-out loss, on the style's own held-out images;
 - sim_gain:   style similarity of drawings with the trigger minus the base's (the demo scorer);
@@ -39,6 +39,8 @@ VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` l
     "up_blocks.1.attentions.1": {"targets": "up_blocks.1.attentions.1"},  # the `style` preset
     "up_blocks.2.attentions.1": {"targets": "up_blocks.2.attentions.1"},
     "conv_rank 4": {"conv_rank": 4},
+    "dora": {"type": "dora"},
+    "dora + conv_rank 4": {"type": "dora", "conv_rank": 4},
 }
 OUT = Path(__file__).parent / "results" / "lora_targets.json"
 

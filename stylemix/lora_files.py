@@ -6,7 +6,8 @@ Every LoRA stylemix writes is a folder with
   base model, resolution, steps, params hash) ride along under the `stylemix` metadata key;
 - <name>_kohya.safetensors: kohya layout (`.alpha` per layer) for A1111/ComfyUI: `lora_unet_*`
   with diffusers' module names and `lora_te_*` for SD 1.5; for SDXL `lora_unet_*` with the
-  original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`;
+  original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`; a DoRA's magnitude
+  as LyCORIS's `dora_scale` (diffusers drops that key from kohya files: its users take the other);
 - README.md: a model card.
 Never pickle.
 """
@@ -22,7 +23,7 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemix import params
+from stylemix import dora, params
 from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
 from stylemix.errors import StyleMixError
 from stylemix.outputs import save_safetensors
@@ -30,6 +31,7 @@ from stylemix.outputs import save_safetensors
 WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.
+MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
 FACTOR_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)?\.?(?:lora_)?(?P<kind>down|up|A|B)\.weight$")
 
 
@@ -84,7 +86,8 @@ def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig:
         targets = targets + CONV_TARGETS
         conv = {"rank_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_rank),
                 "alpha_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_alpha_or_rank)}
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets, **conv)
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets,
+                      use_dora=cfg.type == "dora", **conv)
 
 
 def add_lora(unet, text_encoders: list, cfg: params.Lora) -> None:
@@ -98,7 +101,7 @@ def add_lora(unet, text_encoders: list, cfg: params.Lora) -> None:
     if cfg.text_encoder:
         for text_encoder in text_encoders:
             text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian",
-                                                target_modules=TEXT_TARGETS))
+                                                target_modules=TEXT_TARGETS, use_dora=cfg.type == "dora"))
 
 
 def unit_scale_config(modules: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -142,23 +145,39 @@ def sgm_name(module: str, layers_per_block: int) -> str:
     return ".".join([block, *rest])
 
 
-def to_kohya(state: dict[str, torch.Tensor], prefix: str, config: dict, rename=lambda module: module) -> dict[str, torch.Tensor]:
-    """peft keys (`<module>.lora_A.weight`) to kohya's (`<prefix><renamed_module_with_underscores>.lora_down.weight`).
+KOHYA_PREFIXES = {SD15: {"unet": "lora_unet_", "text_encoder": "lora_te_"},
+                  SDXL: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
+
+
+def kohya_name(component: str, module: str, arch: str, layers_per_block: int) -> str:
+    """A layer's name in the kohya layout: `lora_unet_` + the module path with underscores (SDXL: the
+    sgm UNet's path), `lora_te_` (SDXL: `lora_te1_` / `lora_te2_`) + the text model's own path."""
+    if component == "unet":
+        module = sgm_name(module, layers_per_block) if arch == SDXL else module
+    elif not module.startswith("text_model."):  # kohya names the text encoders after their `text_model.` path
+        module = "text_model." + module
+    return KOHYA_PREFIXES[arch][component] + module.replace(".", "_")
+
+
+def to_kohya(state: dict[str, torch.Tensor], config: dict, name=lambda module: module) -> dict[str, torch.Tensor]:
+    """peft keys (`<module>.lora_A.weight`) to kohya's (`<name(module)>.lora_down.weight`).
     Written here because diffusers' convert_state_dict_to_kohya stores alpha = rank and names the
     SD 1.5 text encoder `lora_te1_`, both of which A1111 would misread. Convolutions keep their 4-D
     factors (down: r x in x kh x kw, up: out x r x 1 x 1). Every layer is written at lora_alpha, a
     layer of another alpha (LoCon's convolutions) with the ratio folded into lora_up: the same update
     in every loader, where diffusers' kohya loader misreads an attention layer's own alpha whenever
-    it is not the file's most common one."""
+    it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.dora)."""
     out, alpha = {}, float(config["lora_alpha"])
     for key, weight in state.items():
         module, kind = key.rsplit(".lora_", 1)
-        name = prefix + rename(module).replace(".", "_")
-        if kind.startswith("A"):
-            out[f"{name}.lora_down.weight"] = weight.contiguous()
+        kohya = name(module)
+        if kind == "magnitude_vector":
+            out[f"{kohya}.dora_scale"] = dora.kohya_scale(weight, conv=weight.dim() == 4)
+        elif kind.startswith("A"):
+            out[f"{kohya}.lora_down.weight"] = weight.contiguous()
         else:
-            out[f"{name}.lora_up.weight"] = (weight * (module_alpha(config, module) / alpha)).contiguous()
-        out[f"{name}.alpha"] = torch.tensor(alpha)
+            out[f"{kohya}.lora_up.weight"] = (weight * (module_alpha(config, module) / alpha)).contiguous()
+        out[f"{kohya}.alpha"] = torch.tensor(alpha)
     return out
 
 
@@ -189,22 +208,21 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     with safe_open(path, "pt") as f:
         metadata = f.metadata() | {"stylemix": json.dumps(info)}
     save_safetensors(load_file(path), path, metadata)
-    unet_state, unet_config = states["unet"]
-    rename = (lambda m: sgm_name(m, info["layers_per_block"])) if arch == SDXL else (lambda m: m)
-    kohya = to_kohya(unet_state, "lora_unet_", unet_config, rename)
-    te_prefixes = {"text_encoder": "lora_te_"} if arch == SD15 else {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
-    for component, prefix in te_prefixes.items():
-        if component in states:
-            state, config = states[component]
-            # Kohya names the text encoders after their original `text_model.` module path.
-            state = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
-            kohya |= to_kohya(state, prefix, config)
+    kohya = {}
+    for component, (state, config) in states.items():
+        kohya |= to_kohya(state, config, lambda m, c=component: kohya_name(c, m, arch, info.get("layers_per_block")))
+    unet_config = states["unet"][1]
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
                 "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
                 "stylemix": json.dumps(info)}
+    args = {}
     if conv := next((k for k, v in kohya.items() if k.endswith("lora_down.weight") and v.dim() == 4 and v.shape[-1] > 1), None):
         # LoCon, as kohya's network args say it (conv_alpha as written: to_kohya folds the trained one)
-        metadata["ss_network_args"] = json.dumps({"conv_dim": str(kohya[conv].shape[0]), "conv_alpha": metadata["ss_network_alpha"]})
+        args = {"conv_dim": str(kohya[conv].shape[0]), "conv_alpha": metadata["ss_network_alpha"]}
+    if any(k.endswith(".dora_scale") for k in kohya):  # as LyCORIS names a DoRA it trained
+        metadata["ss_network_module"], args = "lycoris.kohya", {"algo": "lora", "dora_wd": "True"} | args
+    if args:
+        metadata["ss_network_args"] = json.dumps(args)
     save_safetensors(kohya, folder / kohya_file(name), metadata)
 
 
@@ -230,6 +248,8 @@ def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
     factors: dict[str, dict] = {}
     for key, weight in state.items():
         prefix, rest = key.split(".", 1)
+        if rest.endswith(MAGNITUDE):  # a DoRA's: load_magnitudes
+            continue
         match = FACTOR_KEY.match(rest)
         if not match:
             raise StyleMixError(f"{path}: unexpected LoRA key {key!r}")
@@ -240,6 +260,17 @@ def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
         for module, pair in modules.items():
             pair[2] = module_alpha(config, module) / pair[0].shape[0]  # alpha / rank, per layer (LoCon's differ)
     return {p: {m: tuple(v) for m, v in mods.items()} for p, mods in factors.items()}
+
+
+def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A DoRA folder's magnitudes, {"unet" | "text_encoder" | ...: {module: m}}; {} for a plain LoRA."""
+    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
+    magnitudes: dict[str, dict] = {}
+    for key, weight in pipeline.lora_state_dict(str(weights_file(folder)))[0].items():
+        if key.endswith(MAGNITUDE):
+            prefix, module = key.removesuffix(MAGNITUDE).split(".", 1)
+            magnitudes.setdefault(prefix, {})[module] = weight.float()
+    return magnitudes
 
 
 def read_info(folder: Path) -> dict:

@@ -6,6 +6,9 @@ Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
 - svd:    the same sum, truncated to `rank` by SVD (exact when rank >= sum r_i).
 - ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
   (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
+A DoRA style (lora.type: dora) adds its full update W' - W, computed from the base weights
+(stylemix.dora): it is not low-rank, so `linear` cannot be exact with one, and such a merge is svd
+at linear's rank (each layer at the sum of its styles' ranks), which the merge says as it runs.
 With `blocks`, a style's weight differs per UNet attention block and for the text encoder
 (stylemix.block_weights): w_i above becomes w_i * m_i(layer), baked into the merged file.
 New concept tokens of the components come along unchanged. A strength schedule over the denoising
@@ -18,10 +21,10 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils
 
-from stylemix import block_weights, params, schedules
+from stylemix import block_weights, dora, params, schedules
 from stylemix.errors import StyleMixError
-from stylemix.load_check import check_lora_files, factor_deltas
-from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, read_info, save_states, unit_scale_config
+from stylemix.load_check import base_weight, check_lora_files, factor_deltas
+from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, load_magnitudes, read_info, save_states, unit_scale_config
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 from stylemix.single_file import SD15
@@ -43,10 +46,13 @@ def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: to
     return a.reshape(rank, *like_a.shape[1:]), b.reshape(like_b.shape[0], rank, *like_b.shape[2:])
 
 
-def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo) -> dict[str, tuple[dict, dict]]:
+def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo,
+          full: list[dict | None] | None = None) -> dict[str, tuple[dict, dict]]:
     """{prefix: ({module: (A, B)}, peft config dict)} of the merged LoRA, at scale alpha / rank = 1
-    on every layer. Each component is (factors, weight, block multipliers or None)."""
-    merged = {}
+    on every layer. Each component is (factors, weight, block multipliers or None); `full` gives a
+    component's full updates ({prefix: {module: W' - W}}, a DoRA's) in place of its factors' products."""
+    merged, full = {}, full or [None] * len(components)
+    exact = combo.method == "linear" and not any(full)
     for prefix in sorted({p for factors, _, _ in components for p in factors}):
         parts = [(factors.get(prefix, {}), w, mults) for factors, w, mults in components]
         rank = combo.rank or max(a.shape[0] for f, _, _ in parts for a, _, _ in f.values())
@@ -54,19 +60,21 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
         for module in sorted({m for f, _, _ in parts for m in f}):
             a0, b0, _ = next(f[module] for f, _, _ in parts if module in f)
             weights = [w * block_weights.module_multiplier(mults, prefix, module) if mults else w for _, w, mults in parts]
-            if combo.method == "linear":  # each layer at the sum of its styles' ranks (LoCon's convolutions differ)
-                present = [(f[module], w) for (f, _, _), w in zip(parts, weights) if module in f]
+            present = [(f[module], w) for (f, _, _), w in zip(parts, weights) if module in f]
+            if exact:  # each layer at the sum of its styles' ranks (LoCon's convolutions differ)
                 modules[module] = (torch.cat([a for (a, _, _), _ in present]),
                                    torch.cat([w * scale * b for (_, b, scale), w in present], dim=1))
                 continue
-            deltas = [_delta(*f[module]) if module in f else _delta(a0, b0, 0.0) for f, _, _ in parts]
-            if combo.method == "svd":
+            zero = _delta(a0, b0, 0.0)  # a style without this layer
+            deltas = [zero if module not in f else d[prefix][module] if d else _delta(*f[module]) for (f, _, _), d in zip(parts, full)]
+            if combo.method in ("linear", "svd"):  # linear with a DoRA: svd at linear's rank
                 total = sum(w * d for w, d in zip(weights, deltas))
             else:
                 torch.manual_seed(combo.seed)  # DARE's random drop mask
                 merge_fn = getattr(merge_utils, combo.method)
                 total = merge_fn(deltas, torch.tensor(weights), combo.density)
-            modules[module] = _factors_of(total, rank, a0, b0)
+            layer_rank = sum(a.shape[0] for (a, _, _), _ in present) if combo.method == "linear" else rank
+            modules[module] = _factors_of(total, layer_rank, a0, b0)
         merged[prefix] = (modules, unit_scale_config(modules))
     return merged
 
@@ -90,13 +98,19 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         print(f"warning: merge.combos.{name} weights sum to {total:g} > 1; styles tend to clash above 1 (the reference saw it)")
     mults = combo_multipliers(name, combo, base_dir)
     components = [(load_factors(loras / style), w, mults.get(style)) for style, w in combo.weights.items()]
-    merged = merge(components, combo)
+    full = [dora_updates(loras / style, factors, check_with, name, style) for style, (factors, _, _) in zip(combo.weights, components)]
+    if combo.method == "linear" and any(full):
+        doras = ", ".join(s for s, f in zip(combo.weights, full) if f)
+        print(f"merge.combos.{name}: {doras} DoRA (a rescaled base weight, not low-rank): no stack of LoRA factors is the exact "
+              f"sum, so this linear merge is svd at the sum of the styles' ranks")
+    merged = merge(components, combo, full)
     states = {}
     for prefix, (modules, config) in merged.items():
         state = {f"{m}.lora_A.weight": a.contiguous() for m, (a, _) in modules.items()}
         state |= {f"{m}.lora_B.weight": b.contiguous() for m, (_, b) in modules.items()}
         states[prefix] = (state, config)
-    info = {"combo": name, "components": combo.weights, "method": combo.method, "rank": merged["unet"][1]["r"],
+    method = "svd" if combo.method == "linear" and any(full) else combo.method  # what the file is
+    info = {"combo": name, "components": combo.weights, "method": method, "rank": merged["unet"][1]["r"],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
             "layers_per_block": next(iter(infos.values())).get("layers_per_block"),
@@ -113,6 +127,19 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         for style in combo.weights if combo.schedule else []:
             shutil.copytree(loras / style, tmp / COMPONENTS / style)
     return info
+
+
+def dora_updates(folder: Path, factors: dict, pipe, name: str, style: str) -> dict | None:
+    """A DoRA style's full updates {prefix: {module: W' - W}} on the base weights of `pipe`; None for a plain LoRA."""
+    magnitudes = load_magnitudes(folder)
+    if not magnitudes:
+        return None
+    if pipe is None:
+        raise StyleMixError(f"merge.combos.{name}: {style} is a DoRA, whose update depends on the base weights: "
+                            f"merge it with the base model loaded (`dvc repro merge@{name}`)")
+    return {prefix: {module: dora.delta(base_weight(getattr(pipe, prefix), module), a, b, scale, magnitudes[prefix][module])
+                     if module in magnitudes.get(prefix, {}) else _delta(a, b, scale) for module, (a, b, scale) in modules.items()}
+            for prefix, modules in factors.items()}
 
 
 def combined_tokens(name: str, infos: dict[str, dict]) -> dict[str, tuple[str, str]]:

@@ -16,16 +16,17 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     if loads:
         loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
     conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
+    dora = " (LyCORIS's dora_scale: diffusers drops it from kohya files)" if p.lora.type == "dora" else ""
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 {tokens}
-| base model | resolution | images x repeats | rank / alpha | targets | text encoder | steps | lr | precision |
-|---|---|---|---|---|---|---|---|---|
-| {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+| base model | resolution | images x repeats | type | rank / alpha | targets | text encoder | steps | lr | precision |
+|---|---|---|---|---|---|---|---|---|---|
+| {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.type} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
 
 ```python
-pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI
+pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}
 {loads}image = pipe("{example}").images[0]
 ```
 

@@ -221,12 +221,21 @@ def by_shape(**branches):
 
 
 class Lora(Section):
+    type: Literal["lora", "dora"] = "lora"  # dora: LoRA plus a trained magnitude per output channel (stylemix.dora)
     rank: Positive = 4
     alpha: Annotated[float, Field(gt=0)] = 4.0
     targets: by_shape(scalar=Literal["attn", "cross_attn_qv", "all", "style", "content"], list=Annotated[list[str], Field(min_length=1)]) = "attn"
     conv_rank: Annotated[int, Field(ge=0)] = 0  # LoCon: LoRA on the ResNets' 3x3 convolutions too (0 = off)
     conv_alpha: Annotated[float, Field(gt=0)] | None = None  # null = conv_rank
     text_encoder: bool = False
+
+    @model_validator(mode="after")
+    def _dora_unet_only(self) -> "Lora":
+        if self.type == "dora" and self.text_encoder:  # found by the load check (tests/test_load_check.py)
+            raise ValueError("type dora with text_encoder: true: diffusers (through transformers' adapter loading) "
+                             "drops a text encoder's DoRA magnitudes, so the file would not draw as trained; set "
+                             "lora.text_encoder: false (DoRA on the UNet) or lora.type: lora")
+        return self
 
     @property
     def conv_alpha_or_rank(self) -> float:

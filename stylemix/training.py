@@ -73,6 +73,10 @@ def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, na
     cast_training_params(trained, dtype=torch.float32)
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
+        if p.lora.type == "dora":  # peft's DoRA convolutions `view` their factors, which channels_last forbids
+            for param in unet.parameters():
+                if param.requires_grad:
+                    param.data = param.data.contiguous()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         for encoder in trained[1:]:
@@ -301,7 +305,7 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
             "resolution": p.base.resolution, "steps": steps, "images": images, "repeats": style.repeats,
-            "rank": p.lora.rank, "alpha": p.lora.alpha, "targets": p.lora.targets,
+            "type": p.lora.type, "rank": p.lora.rank, "alpha": p.lora.alpha, "targets": p.lora.targets,
             **({"conv_rank": p.lora.conv_rank, "conv_alpha": p.lora.conv_alpha_or_rank} if p.lora.conv_rank else {}),
             "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)

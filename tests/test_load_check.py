@@ -1,14 +1,17 @@
 """The load check: every LoRA file train@S and merge@C write is loaded back through diffusers and must
 put the trained (merged) update on every layer; a broken file stops the stage naming the file and layer."""
+import json
+
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stylemix import params
 from stylemix.base_model import build_tiny, load_pipeline
 from stylemix.errors import StyleMixError
 from stylemix import merging
-from stylemix.load_check import adapter_deltas, check_lora_files
+from stylemix.load_check import adapter_deltas, check_lora_files, kohya_dora_deltas
 from stylemix.lora_files import WEIGHTS, add_lora, block_preset, save_lora
 from tests.test_merge import random_lora
 
@@ -21,14 +24,16 @@ def trained(model, folder, sdxl=False, **lora):
     pipe = load_pipeline(str(model))
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
     lora = {"targets": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]} | lora
-    add_lora(pipe.unet, encoders, params.Lora(rank=4, alpha=2, text_encoder=True, **lora))
+    add_lora(pipe.unet, encoders, params.Lora(**{"rank": 4, "alpha": 2, "text_encoder": True} | lora))
     torch.manual_seed(0)
     for module in (pipe.unet, *encoders):
         for name, weight in module.named_parameters():
             if "lora_B" in name:
                 weight.data.normal_(0, 0.2)
+            elif "lora_magnitude_vector" in name:  # DoRA's: each output channel's norm, trained away from the base's
+                weight.data *= 1 + 0.2 * torch.randn_like(weight)
     save_lora(folder, "ink", pipe, {"trigger": "inkstyle", "base_model": "tiny", "resolution": 32})
-    return pipe, ["unet", "text_encoder"] + (["text_encoder_2"] if sdxl else [])
+    return pipe, ["unet"] + (["text_encoder"] + (["text_encoder_2"] if sdxl else []) if lora.get("text_encoder", True) else [])
 
 
 @pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
@@ -59,24 +64,64 @@ def test_locon_and_block_presets_load_back_and_draw_as_trained(tmp_path, sdxl, t
     else:
         assert {m.split(".")[0] for m in rest} == {"down_blocks", "mid_block", "up_blocks"} and any(m.endswith("ff.net.2") for m in rest)
     check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "ink")  # raises on any difference
-    x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
-    ids = torch.randint(0, 49407, (1, 77), generator=torch.Generator().manual_seed(1))
-
-    def unet_out(p):
-        with torch.no_grad():
-            if not sdxl:
-                return p.unet(x, t, p.text_encoder(ids)[0]).sample
-            hidden = torch.cat([p.text_encoder(ids, output_hidden_states=True).hidden_states[-2],
-                                p.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]], -1)
-            pooled = p.text_encoder_2(ids).text_embeds
-            return p.unet(x, t, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.zeros(1, 6)}).sample
-
-    want = unet_out(pipe)
+    want = unet_out(pipe, sdxl)
     for file in (WEIGHTS, KOHYA):
         fresh = load_pipeline(str(model))
         fresh.load_lora_weights(str(tmp_path / "ink"), weight_name=file)
-        assert torch.allclose(unet_out(fresh), want, atol=1e-5), file
-    assert (unet_out(load_pipeline(str(model))) - want).abs().max() > 1e-3  # the LoRA changes the output
+        assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5), file
+    assert (unet_out(load_pipeline(str(model)), sdxl) - want).abs().max() > 1e-3  # the LoRA changes the output
+
+
+def unet_out(p, sdxl):
+    """The UNet's prediction on a fixed latent and token ids through the pipeline's text encoder(s)."""
+    x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    ids = torch.randint(0, 49407, (1, 77), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        if not sdxl:
+            return p.unet(x, t, p.text_encoder(ids)[0]).sample
+        hidden = torch.cat([p.text_encoder(ids, output_hidden_states=True).hidden_states[-2],
+                            p.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]], -1)
+        pooled = p.text_encoder_2(ids).text_embeds
+        return p.unet(x, t, hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": torch.zeros(1, 6)}).sample
+
+
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
+def test_dora_files_load_back_and_draw_as_trained(tmp_path, sdxl):
+    """DoRA (with LoCon and the text encoders): the diffusers file through diffusers, the kohya file
+    (LyCORIS's dora_scale) through the reference formula, each gives the trained model's outputs."""
+    model = build_tiny(tmp_path / "model", sdxl=sdxl)
+    pipe, components = trained(model, tmp_path / "ink", sdxl, type="dora", conv_rank=3, conv_alpha=6, text_encoder=False)
+    trained_deltas = adapter_deltas(pipe)
+    check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, trained_deltas, "ink")  # raises on any difference
+    want = unet_out(pipe, sdxl)
+    fresh = load_pipeline(str(model))
+    fresh.load_lora_weights(str(tmp_path / "ink"), weight_name=WEIGHTS)
+    assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5)
+    fresh = load_pipeline(str(model))
+    with torch.no_grad():  # the kohya file by LyCORIS's formula, baked into the base weights
+        for component, layers in kohya_dora_deltas(tmp_path / "ink" / KOHYA, fresh, {c: list(trained_deltas[c]) for c in components}).items():
+            for module, delta in layers.items():
+                weight = getattr(fresh, component).get_submodule(module).weight
+                weight += delta.reshape(weight.shape)
+    assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5)
+    kohya = load_file(tmp_path / "ink" / KOHYA)
+    scales = {k: v.shape for k, v in kohya.items() if k.endswith(".dora_scale")}
+    assert len(scales) == sum(len(d) for d in trained_deltas.values())  # every layer has its magnitude
+    assert all(shape[1:] in ((1,), (1, 1, 1)) for shape in scales.values()) and any(len(s) == 4 for s in scales.values())
+    with safe_open(tmp_path / "ink" / KOHYA, "pt") as f:
+        assert json.loads(f.metadata()["ss_network_args"])["dora_wd"] == "True"
+    plain = load_pipeline(str(model))  # diffusers reads the kohya file as a plain LoRA (it drops dora_scale):
+    plain.load_lora_weights(str(tmp_path / "ink"), weight_name=KOHYA)  # why the model card sends diffusers users
+    assert (unet_out(plain, sdxl) - want).abs().max() > 1e-3           # to the other file
+
+
+def test_dora_at_weight_zero_is_not_the_base_model(tmp_path, tiny_model):
+    """peft's DoRA keeps its magnitude at adapter weight 0 (m / ||W|| rescales W): what the README says."""
+    pipe, _ = trained(tiny_model, tmp_path / "ink", type="dora", text_encoder=False)
+    pipe.set_adapters(["default"], [0.0])
+    at_zero = unet_out(pipe, False)
+    pipe.disable_lora()
+    assert (unet_out(pipe, False) - at_zero).abs().max() > 1e-3
 
 
 def test_block_presets_name_b_loras_block_on_sdxl_and_the_measured_one_on_sd15():
@@ -93,8 +138,10 @@ def test_block_presets_name_b_loras_block_on_sdxl_and_the_measured_one_on_sd15()
 
 def broken(path, edit):
     state = load_file(path)
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
     edit(state)
-    save_file(state, path)
+    save_file(state, path, metadata)
 
 
 @pytest.mark.parametrize("file, edit, message", [
@@ -113,6 +160,23 @@ def broken(path, edit):
 ])
 def test_a_broken_file_is_named_with_its_layer(tmp_path, tiny_model, file, edit, message):
     pipe, components = trained(tiny_model, tmp_path / "ink", conv_rank=2, conv_alpha=1)
+    broken(tmp_path / "ink" / file, edit)
+    with pytest.raises(StyleMixError, match=message):
+        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "models/lora/ink")
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    (KOHYA, lambda s: [s.pop(k) for k in [k for k in s if k.endswith("up_blocks_1_attentions_0_transformer_blocks_0_attn1_to_v.dora_scale")]],
+     r"ink_kohya.safetensors \(unet\): layer up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_v loads a different update"),
+    (KOHYA, lambda s: s.update({k.replace("dora_scale", "dora_scales"): s.pop(k) for k in [k for k in s if k.endswith("mid_block_resnets_0_conv1.dora_scale")]}),
+     r"ink_kohya.safetensors: 1 tensor\(s\) no layer reads, e.g. lora_unet_mid_block_resnets_0_conv1.dora_scales"),
+    (KOHYA, lambda s: s.update({k: v * 1.01 for k, v in s.items() if k.endswith("down_blocks_1_attentions_0_transformer_blocks_0_ff_net_2.dora_scale")}),
+     r"ink_kohya.safetensors \(unet\): layer down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2 loads a different update"),
+    (WEIGHTS, lambda s: s.update({k: v * 1.01 for k, v in s.items() if k.endswith("down_blocks.0.resnets.0.conv2.lora_magnitude_vector")}),
+     r"pytorch_lora_weights.safetensors \(unet\): layer down_blocks.0.resnets.0.conv2 loads a different update"),
+])
+def test_a_broken_dora_file_is_named_with_its_layer(tmp_path, tiny_model, file, edit, message):
+    pipe, components = trained(tiny_model, tmp_path / "ink", type="dora", conv_rank=2, conv_alpha=1, text_encoder=False)
     broken(tmp_path / "ink" / file, edit)
     with pytest.raises(StyleMixError, match=message):
         check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "models/lora/ink")

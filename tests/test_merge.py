@@ -19,6 +19,8 @@ def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model=
         for name, weight in module.named_parameters():
             if "lora_B" in name:
                 weight.data.normal_(0, 0.2)  # a trained-looking, non-zero update
+            elif "lora_magnitude_vector" in name:  # a DoRA's, away from the base's norms
+                weight.data *= 1 + 0.2 * torch.randn_like(weight)
     save_lora(folder, folder.name, pipe,
               {"trigger": f"{folder.name}style", "base_model": base_model, "resolution": 32})
     return pipe
@@ -90,6 +92,35 @@ def test_low_rank_svd_approximates_and_dare_is_seeded(loras, tmp_path):
     assert all(torch.equal(a[m][0], b[m][0]) for m in a)
     ties = params.Combo(weights=WEIGHTS, method="ties", density=0.5)
     assert merge_combo("t", ties, loras, tmp_path)["method"] == "ties"
+
+
+@pytest.mark.parametrize("method", ["linear", "svd"])
+def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, method):
+    """A DoRA style (its update rescales the base weight's rows: not low-rank) with a plain one: the
+    merge adds the full updates W' - W; at a rank that holds them (the tiny model's layers are at
+    most 64 wide) it is exact, and the files pass the load check. linear says it merges by svd."""
+    from stylemix.dora import delta as dora_delta
+    from stylemix.lora_files import load_magnitudes
+
+    random_lora(tiny_model, loras / "wash", rank=2, alpha=2, text_encoder=False, seed=3, type="dora", conv_rank=2)
+    base, weights = load_pipeline(str(tiny_model)), {"ink": 0.6, "wash": 0.5}
+    info = merge_combo("mix", params.Combo(weights=weights, method=method, rank=64), loras, tmp_path, check_with=base)
+    assert ("linear merge is svd at the sum of the styles' ranks" in capsys.readouterr().out) == (method == "linear")
+    merged, ink, wash = load_factors(tmp_path / "mix"), load_factors(loras / "ink"), load_factors(loras / "wash")
+    magnitudes = load_magnitudes(loras / "wash")["unet"]
+    assert load_magnitudes(tmp_path / "mix") == {} and set(magnitudes) == set(wash["unet"])  # a plain LoRA comes out
+    for module in sorted(merged["unet"])[::7]:
+        full = dora_delta(base.unet.get_submodule(module).weight, *wash["unet"][module], magnitudes[module])
+        expected = 0.5 * full + (0.6 * delta(ink["unet"], module) if module in ink["unet"] else 0)
+        if method == "linear":  # the best approximation at the sum of the ranks, 4 + 2 (conv: wash's 2)
+            u, sv, vh = torch.linalg.svd(expected, full_matrices=False)
+            k = merged["unet"][module][0].shape[0]
+            expected = u[:, :k] @ torch.diag(sv[:k]) @ vh[:k]
+        assert torch.allclose(delta(merged["unet"], module), expected, atol=1e-5), module
+    rank = {m: a.shape[0] for m, (a, _, _) in merged["unet"].items()}
+    assert set(rank.values()) == ({6, 2} if method == "linear" else {64}) and info["method"] == "svd"
+    with pytest.raises(StyleMixError, match=r"merge.combos.mix2: wash is a DoRA, whose update depends on the base weights"):
+        merge_combo("mix2", params.Combo(weights=weights), loras, tmp_path)
 
 
 def test_weights_above_one_warn_and_missing_lora_is_named(loras, tmp_path, capsys):

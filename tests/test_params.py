@@ -81,6 +81,8 @@ def test_load_hides_undeclared_sections(tmp_path):
         ({"lora__targets": "stlye"}, "lora.targets = 'stlye'"),
         ({"lora__targets": []}, "lora.targets = []: List should have at least 1 item"),
         ({"lora__conv_rank": -1}, "lora.conv_rank = -1: Input should be greater than or equal to 0"),
+        ({"lora__type": "loha"}, "lora.type = 'loha': Input should be 'lora' or 'dora'"),
+        ({"lora__type": "dora", "lora__text_encoder": True}, "lora: type dora with text_encoder: true: diffusers"),
         ({"styles__watercolor__trigger": DELETE}, "styles.watercolor.trigger: missing"),
         ({"styles__watercolor__trigger": "   "}, "styles.watercolor.trigger = '   ': must not be blank"),
         ({"styles__cartoon__trigger": "wcstyle"}, "trigger = 'wcstyle' is also the trigger of styles."),

@@ -91,12 +91,15 @@ def test_sdxl_preset_and_its_sweep_are_valid_params(tmp_path):
 
 
 
-def test_targets_sweep_is_valid_params_and_a_sweep_over_them(tmp_path):
-    """The README's targets sweep: every experiment it queues is a valid params file, and
-    `stylemix sweep` reads its two params as rows and columns (a preset name is a row label)."""
-    queue, start, sweep_line = commands("targets-sweep")
+@pytest.mark.parametrize("lines, rows", [(commands("targets-sweep"), ["attn", "all", "style"]), (commands("types-sweep"), ["lora", "dora"])],
+                         ids=["targets", "types"])
+def test_lora_sweeps_are_valid_params_and_a_sweep_over_them(tmp_path, lines, rows):
+    """The README's targets and types sweeps: every experiment each queues is a valid params file, and
+    `stylemix sweep` reads its two params as rows and columns (a preset or type name is a row label)."""
+    queue, start, sweep_line = lines
     axes = [[(key, value) for value in values.split(",")] for key, values in re.findall(r"-S ([\w.]+)=(\S+)", queue)]
-    assert [key for key, _ in (axis[0] for axis in axes)] == ["lora.targets", "lora.conv_rank"] and start == "dvc queue start"
+    keys = [key for key, _ in (axis[0] for axis in axes)]
+    assert keys[1] == "lora.conv_rank" and start == "dvc queue start"
     path = tmp_path / "params.yaml"
     for experiment in itertools.product(*axes):
         raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -104,11 +107,12 @@ def test_targets_sweep_is_valid_params_and_a_sweep_over_them(tmp_path):
             raw["lora"][key.split(".")[1]] = yaml.safe_load(value)
         path.write_text(yaml.safe_dump(raw))
         lora = params.load("lora", path=path).lora
-        assert (lora.targets, lora.conv_rank) == (raw["lora"]["targets"], raw["lora"]["conv_rank"])
+        assert [getattr(lora, key.split(".")[1]) for key in keys] == [raw["lora"][key.split(".")[1]] for key in keys]
+    assert [value for _, value in axes[0]] == rows
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(shlex.split(sweep_line)[2:])
-    assert (args.rows, args.cols, len(args.metric)) == ("lora.targets", "lora.conv_rank", 2)
-    table = pd.DataFrame([[0.5, 0.4]] * 3, index=["attn", "all", "style"], columns=[0, 4])
+    assert (args.rows, args.cols, len(args.metric)) == (keys[0], "lora.conv_rank", 2)
+    table = pd.DataFrame([[0.5, 0.4]] * len(rows), index=rows, columns=[0, 4])
     heatmaps([("val_loss", table)], args.rows, args.cols, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0

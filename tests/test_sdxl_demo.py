@@ -10,7 +10,7 @@ from tests.e2e import EVERY_STAGE, STYLES, make_repo, ran, reduce, run_block
 
 def b_lora(raw: dict) -> None:
     reduce(raw)
-    raw["lora"]["targets"] = "style"  # B-LoRA's style block, with the reduced demo's LoCon convolutions
+    raw["lora"] |= {"targets": "style", "type": "dora"}  # B-LoRA's style block as DoRA, with the reduced demo's LoCon convolutions
 
 
 def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
@@ -26,6 +26,8 @@ def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
         # The style block is output_blocks.1.1 in the original UNet; the rest are the ResNets' convolutions.
         assert unet and all("output_blocks_1_1_" in k or k.endswith(("in_layers_2", "out_layers_3")) for k in unet), folder
         assert any(k.endswith("in_layers_2") for k in unet) and any("output_blocks_1_1_" in k for k in unet), folder
+        # A style is a DoRA (LyCORIS's dora_scale on every layer); a merge of them a plain LoRA (svd)
+        assert any(k.endswith(".dora_scale") for k in kohya) == (folder.parent.name == "lora"), folder
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)

@@ -12,6 +12,7 @@ from stylemix import params
 from stylemix.base_model import load_pipeline
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
+from stylemix.load_check import adapter_deltas, kohya_dora_deltas
 from stylemix.training import batch_indices, train_style
 
 RESOLUTION = 32
@@ -80,10 +81,10 @@ def test_changed_settings_never_resume_old_checkpoints(data, tmp_path, tiny_mode
     assert steps_run == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("text_encoder", [False, True])
-def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, text_encoder):
+@pytest.mark.parametrize("text_encoder, kind", [(False, "lora"), (True, "lora"), (False, "dora")], ids=["unet", "text-encoder", "dora"])
+def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, text_encoder, kind):
     p = make_params(tiny_model, data / "src")
-    p = p.model_copy(update={"lora": p.lora.model_copy(update={"text_encoder": text_encoder})})
+    p = p.model_copy(update={"lora": p.lora.model_copy(update={"text_encoder": text_encoder, "type": kind, "conv_rank": 2})})
     trained = train(data, tmp_path, p)["pipe"]
     folder = tmp_path / "a/lora/pixelart"
     torch.manual_seed(0)
@@ -98,13 +99,19 @@ def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, tex
     base = outputs(load_pipeline(str(tiny_model)))
     for source in (folder, folder / "pixelart_kohya.safetensors"):  # diffusers layout, then kohya's
         fresh = load_pipeline(str(tiny_model))
-        fresh.load_lora_weights(source)
+        if kind == "dora" and source.suffix:  # LyCORIS's dora_scale, which diffusers drops: by its formula
+            with torch.no_grad():
+                for module, delta in kohya_dora_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
+                    fresh.unet.get_submodule(module).weight += delta.reshape(fresh.unet.get_submodule(module).weight.shape)
+        else:
+            fresh.load_lora_weights(source)
         got = outputs(fresh)
         assert torch.allclose(got[1], expected[1], atol=1e-5), source
         assert torch.allclose(got[0], expected[0], atol=1e-5), source
     assert (expected[1] - base[1]).abs().max() > 1e-3  # the LoRA changed the model
     assert ((expected[0] - base[0]).abs().max() > 1e-3) == text_encoder
     assert (folder / "validation.png").is_file() and "pixstyle" in (folder / "README.md").read_text()
+    assert f"| {kind} |" in (folder / "README.md").read_text()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(data, tmp_path, tiny_model):
