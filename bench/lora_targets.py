@@ -8,10 +8,12 @@ data, with the demo's training params, and measures what each learned, all as ra
 - size_ratio, step_ratio: file size and training time per step / the demo default's.
 
     make repro && python bench/lora_targets.py     # writes bench/results/lora_targets.json
+    python bench/lora_targets.py --out bench/results/lora_types.json dora "dora + conv_rank 4"   # some, and the default
 
 The block candidates are the tiny model's decoder attentions, up_blocks.0 (4x4 latents) to
 up_blocks.2 (16x16); the `style` and `content` presets name up_blocks.1's (stylemix.lora_files.block_preset).
 """
+import argparse
 import json
 import platform
 import sys
@@ -50,6 +52,13 @@ def drawings(drawer: Drawer, weights: dict, p: params.Params) -> list:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", help=f"these and the default (none: all): {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    if unknown := set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; there are: {', '.join(VARIANTS)}")
+    variants = {v: VARIANTS[v] for v in VARIANTS if not args.variants or v == "default" or v in args.variants}
     p = params.load("base", "styles", "lora", "train", "validation", "generate", "score")
     scorer = scoring.load_scorer(p.score)
     texts = scoring.embed_texts(scorer, [q for q in p.generate.prompts for _ in p.generate.seeds])
@@ -57,7 +66,7 @@ def main() -> None:
     unet, rows = load_pipeline(p.base).unet, []
     with tempfile.TemporaryDirectory() as tmp:
         base = scoring.embed_images(scorer, drawings(Drawer(p.base, roots=()), {}, p))
-        for variant, lora in VARIANTS.items():
+        for variant, lora in variants.items():
             if str(lora.get("targets", "")).startswith("up_blocks"):
                 lora = lora | {"targets": block_layers(unet, lora["targets"])}
             q = p.model_copy(update={"lora": p.lora.model_copy(update=lora)})
@@ -80,9 +89,9 @@ def main() -> None:
         r["size_ratio"] = r["size_mb"] / default[r["style"]]["size_mb"]
         r["step_ratio"] = r["step_s"] / default[r["style"]]["step_s"]
     mean = {v: {k: sum(r[k] for r in rows if r["variant"] == v) / len(STYLES)
-                for k in ("val_gain", "sim_gain", "clip_kept", "size_ratio", "step_ratio")} for v in VARIANTS}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                for k in ("val_gain", "sim_gain", "clip_kept", "size_ratio", "step_ratio")} for v in variants}
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                                "styles": STYLES, "presets": {k: block_preset(unet, k) for k in params.BLOCK_PRESETS},
                                "rows": rows, "mean": mean}, indent=2) + "\n")
     for v, m in mean.items():
