@@ -1,6 +1,7 @@
 """Benchmark: where a style LoRA should live, and of which type. Trains demo styles with each
 `lora.targets` setting (and LoCon's `lora.conv_rank`, and DoRA) on the workspace's encoded demo
-data, with the demo's training params, and measures what each learned, all as ratios to the same run's base model or default:
+data, with the demo's training params, and measures what each learned, all as ratios to the same
+run's base model or default:
 
 - val_gain:   1 - held-out loss / the base's held-out loss, on the style's own held-out images;
 - sim_gain:   style similarity of drawings with the trigger minus the base's (the demo scorer);

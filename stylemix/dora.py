@@ -10,11 +10,12 @@ DoRA needs the base weights, and no stack of LoRA factors is its exact sum with 
 import torch
 
 
-def delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, magnitude: torch.Tensor) -> torch.Tensor:
-    """W' - W for base weight W (any layout peft and LyCORIS use), factors A, B at `scale`, and
-    magnitude m (peft's (out,) or (1, out, 1, 1), LyCORIS's (out, 1[, 1, 1])): 2-D (out, in [* kh * kw])."""
+def delta(weight: torch.Tensor, update: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """W' - W for base weight W (any layout peft and LyCORIS use), the factors' update s B A
+    (stylemix.lora_files.update), and magnitude m (peft's (out,) or (1, out, 1, 1), LyCORIS's
+    (out, 1[, 1, 1])): 2-D (out, in [* kh * kw])."""
     w = weight.float().flatten(1)
-    merged = w + scale * (b.float().flatten(1) @ a.float().flatten(1))
+    merged = w + update
     return magnitude.float().reshape(-1, 1) * merged / merged.norm(dim=1, keepdim=True) - w
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from stylemix import dora
 from stylemix.base_model import architecture
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import kohya_name
+from stylemix.lora_files import kohya_name, update
 
 CHECK = "stylemix_load_check"
 
@@ -29,10 +29,10 @@ CHECK = "stylemix_load_check"
 def layer_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
     """The update one adapter puts on a peft layer, W' - W in float32, flattened to 2-D (conv kernels
     too): scale * B A, or a DoRA's (stylemix.dora)."""
-    a, b, scale = module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter]
+    lowrank = update(module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
     if adapter in module.lora_magnitude_vector:  # DoRA
-        return dora.delta(module.get_base_layer().weight, a, b, scale, module.lora_magnitude_vector[adapter].weight)
-    return scale * (b.float().flatten(1) @ a.float().flatten(1))
+        return dora.delta(module.get_base_layer().weight, lowrank, module.lora_magnitude_vector[adapter].weight)
+    return lowrank
 
 
 def deltas(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
@@ -59,10 +59,9 @@ def kohya_dora_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dic
             keys = {k: f"{name}.{k}" for k in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale")}
             if not all(keys[k] in state for k in ("lora_down.weight", "lora_up.weight", "alpha")):
                 continue  # compare() names it as not loaded
-            down, up, magnitude = state[keys["lora_down.weight"]], state[keys["lora_up.weight"]], state.get(keys["dora_scale"])
-            scale = float(state[keys["alpha"]]) / down.shape[0]
-            out[component][module] = (dora.delta(base_weight(model, module), down, up, scale, magnitude) if magnitude is not None
-                                      else scale * up.float().flatten(1) @ down.float().flatten(1))
+            down, magnitude = state[keys["lora_down.weight"]], state.get(keys["dora_scale"])
+            lowrank = update(down, state[keys["lora_up.weight"]], float(state[keys["alpha"]]) / down.shape[0])
+            out[component][module] = lowrank if magnitude is None else dora.delta(base_weight(model, module), lowrank, magnitude)
             used |= {v for v in keys.values() if v in state}
     if unused := sorted(set(state) - used):
         raise StyleMixError(f"{path.name}: {len(unused)} tensor(s) no layer reads, e.g. {unused[0]} (misnamed, or a layer never trained)")
@@ -96,7 +95,7 @@ def adapter_deltas(pipe, adapter: str = "default") -> dict[str, dict[str, torch.
 
 def factor_deltas(factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
     """{component: deltas} of {component: {module: (A, B)}} factors at scale 1."""
-    return {c: {m: b.float().flatten(1) @ a.float().flatten(1) for m, (a, b) in modules.items()} for c, modules in factors.items()}
+    return {c: {m: update(a, b, 1.0) for m, (a, b) in modules.items()} for c, modules in factors.items()}
 
 
 def check_lora_files(folder: Path, files: list[str], pipe, want: dict[str, dict[str, torch.Tensor]], where: Path | str,

@@ -39,6 +39,11 @@ def _matches(module_name: str, target: str) -> bool:
     return module_name == target or module_name.endswith("." + target)  # peft's rule
 
 
+def update(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """A layer's LoRA update scale * B A in float32, 2-D: (out, in [* kh * kw]) for linear and conv layers."""
+    return scale * (b.float().flatten(1) @ a.float().flatten(1))
+
+
 CONV_TARGETS = ["conv1", "conv2"]  # the ResNets' 3x3 convolutions: kohya's conv_dim (LoCon), at lora.conv_rank
 
 

@@ -24,15 +24,11 @@ from peft.utils import merge_utils
 from stylemix import block_weights, dora, params, schedules
 from stylemix.errors import StyleMixError
 from stylemix.load_check import base_weight, check_lora_files, factor_deltas
-from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, load_magnitudes, read_info, save_states, unit_scale_config
+from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, load_magnitudes, read_info, save_states, unit_scale_config, update
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 from stylemix.single_file import SD15
 from stylemix.tokens import copy_token
-
-
-def _delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    return scale * b.flatten(1) @ a.flatten(1)  # (out, in [* kh * kw]) for linear and conv layers
 
 
 def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: torch.Tensor):
@@ -65,8 +61,8 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
                 modules[module] = (torch.cat([a for (a, _, _), _ in present]),
                                    torch.cat([w * scale * b for (_, b, scale), w in present], dim=1))
                 continue
-            zero = _delta(a0, b0, 0.0)  # a style without this layer
-            deltas = [zero if module not in f else d[prefix][module] if d else _delta(*f[module]) for (f, _, _), d in zip(parts, full)]
+            zero = update(a0, b0, 0.0)  # a style without this layer
+            deltas = [zero if module not in f else d[prefix][module] if d else update(*f[module]) for (f, _, _), d in zip(parts, full)]
             if combo.method in ("linear", "svd"):  # linear with a DoRA: svd at linear's rank
                 total = sum(w * d for w, d in zip(weights, deltas))
             else:
@@ -137,9 +133,10 @@ def dora_updates(folder: Path, factors: dict, pipe, name: str, style: str) -> di
     if pipe is None:
         raise StyleMixError(f"merge.combos.{name}: {style} is a DoRA, whose update depends on the base weights: "
                             f"merge it with the base model loaded (`dvc repro merge@{name}`)")
-    return {prefix: {module: dora.delta(base_weight(getattr(pipe, prefix), module), a, b, scale, magnitudes[prefix][module])
-                     if module in magnitudes.get(prefix, {}) else _delta(a, b, scale) for module, (a, b, scale) in modules.items()}
-            for prefix, modules in factors.items()}
+    updates = {prefix: {module: update(*f) for module, f in modules.items()} for prefix, modules in factors.items()}
+    return {prefix: {module: dora.delta(base_weight(getattr(pipe, prefix), module), lowrank, magnitudes[prefix][module])
+                     if module in magnitudes.get(prefix, {}) else lowrank for module, lowrank in layers.items()}
+            for prefix, layers in updates.items()}
 
 
 def combined_tokens(name: str, infos: dict[str, dict]) -> dict[str, tuple[str, str]]:

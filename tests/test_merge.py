@@ -100,6 +100,7 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
     merge adds the full updates W' - W; at a rank that holds them (the tiny model's layers are at
     most 64 wide) it is exact, and the files pass the load check. linear says it merges by svd."""
     from stylemix.dora import delta as dora_delta
+    from stylemix.lora_files import update
     from stylemix.lora_files import load_magnitudes
 
     random_lora(tiny_model, loras / "wash", rank=2, alpha=2, text_encoder=False, seed=3, type="dora", conv_rank=2)
@@ -110,7 +111,7 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
     magnitudes = load_magnitudes(loras / "wash")["unet"]
     assert load_magnitudes(tmp_path / "mix") == {} and set(magnitudes) == set(wash["unet"])  # a plain LoRA comes out
     for module in sorted(merged["unet"])[::7]:
-        full = dora_delta(base.unet.get_submodule(module).weight, *wash["unet"][module], magnitudes[module])
+        full = dora_delta(base.unet.get_submodule(module).weight, update(*wash["unet"][module]), magnitudes[module])
         expected = 0.5 * full + (0.6 * delta(ink["unet"], module) if module in ink["unet"] else 0)
         if method == "linear":  # the best approximation at the sum of the ranks, 4 + 2 (conv: wash's 2)
             u, sv, vh = torch.linalg.svd(expected, full_matrices=False)
