@@ -156,6 +156,7 @@ class NullLive:
         return lambda *args, **kwargs: None
 
     summary: dict = {}
+    plots_dir = "/nonexistent/null-live"  # no validation images to keep in checkpoints
 
 
 def ours(p: params.Params, work: Path, run: str, cuda: bool, **train) -> dict:
@@ -262,7 +263,7 @@ def main() -> None:
         import dvclive  # noqa: F401
         logging = "dvclive"
     except ImportError:
-        training.open_live = lambda folder, history: NullLive()
+        training.open_live = lambda folder, history, images=None: NullLive()
         logging = "none: dvclive is not installed here, so train_style logged nothing"
     out = args.out or RESULTS / ("gpu_train_tiny.json" if args.tiny else "gpu_train.json")
     report = {"setup": {

@@ -1,7 +1,8 @@
 """caption@S: machine captions for a style's filtered images, cached raw.
 
 Backends: `sidecar` (the .txt beside each image, kohya's convention), `blip` / `blip2` (an
-image-to-text model from caption.model, batched, on the GPU when there is one). The output,
+image-to-text model from caption.model, batched, on the GPU when there is one), `tags`
+(comma-separated tags from a WD14 ONNX tagger, caption.tagger; stylemix.tagger). The output,
 data/captions/<style>/metadata.jsonl, follows the Hugging Face imagefolder convention
 (`file_name`, `text`). Manual overrides and the trigger word are applied where training reads
 captions (stylemix/prompts.py), so editing them never reruns BLIP.
@@ -14,6 +15,7 @@ from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import read_jsonl, write_jsonl
 from stylemix.paths import CAPTIONS, FILTERED
 from stylemix.progress import progress
+from stylemix.tagger import tag_captions
 
 
 def sidecar_captions(folder: Path, names: list[str]) -> list[str]:
@@ -62,6 +64,8 @@ def caption_style(name: str, cfg: params.Caption, filtered: Path = FILTERED, out
     names = [row["file_name"] for row in read_jsonl(index)]
     if cfg.backend == "sidecar":
         texts = sidecar_captions(filtered / name, names)
+    elif cfg.backend == "tags":
+        texts = tag_captions(filtered / name, names, cfg)
     else:
         texts = model_captions(filtered / name, names, cfg)
     rows = [{"file_name": n, "text": t} for n, t in zip(names, texts)]

@@ -4,7 +4,8 @@ Stores, per filtered image, the VAE posterior (mean and std, already multiplied 
 scaling factor) of the image and of its mirror image, and the text encoders' output for its
 training caption (trigger word applied, a style's new tokens as their own ids): hidden states,
 and for SDXL the pooled embedding and the time ids of its original size and crop. The empty
-caption's too, for caption dropout.
+caption's too, for caption dropout. With tag shuffling or dropout (`tags`), also each caption's
+seeded variants (`variants_` keys, one row per variant) for training to read one an epoch.
 Training samples latents from the stored posterior, as if it had run the VAE itself.
 The style's held-out images (stylemix.validation) go to their own file, which training never reads.
 """
@@ -18,12 +19,12 @@ from PIL import Image
 
 from stylemix import gpu, params
 from stylemix.base_model import SDXL, architecture, load_pipeline
-from stylemix.conditioning import encode_text, text_encoders, time_ids, tokenize
+from stylemix.conditioning import VARIANTS, encode_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import atomic_dir, read_jsonl, save_safetensors
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.progress import progress
-from stylemix.prompts import training_captions
+from stylemix.prompts import tag_variants, training_captions
 from stylemix.tokens import add_tokens
 from stylemix.validation import heldout_indices, split
 
@@ -43,9 +44,9 @@ def pixels(folder: Path, names: list[str], resolution: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def encode_style(name: str, style: params.Style, base: params.Base, filtered: Path = FILTERED, captions: Path = CAPTIONS,
-                 out: Path = LATENTS, heldout: int = 0, seed: int = 0) -> dict:
+                 out: Path = LATENTS, heldout: int = 0, seed: int = 0, tags: params.Tags | None = None) -> dict:
     """Encode the style's images; `heldout` of them (chosen from `seed`) go to the held-out file
-    instead of the training one. Returns the training tensors."""
+    instead of the training one, which alone gets tag variants. Returns the training tensors."""
     texts = training_captions(name, style, captions)
     records = read_jsonl(filtered / name / "index.jsonl")
     names = [row["file_name"] for row in records]
@@ -73,6 +74,8 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     tensors = {k: torch.cat(v).contiguous() for k, v in store.items()}
     captions_in_order = [texts[n] for n in names]
     tensors |= encode_captions(pipe, captions_in_order, names, device)
+    if tags and tags.active:
+        tensors |= encode_variants(pipe, name, captions_in_order, names, tags, device)
     if architecture(pipe) == SDXL:
         tensors["time_ids"] = time_ids(records, base.resolution)
     held = heldout_indices(heldout, len(names), seed, name)
@@ -105,13 +108,26 @@ def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict
     return tensors
 
 
+def encode_variants(pipe, style: str, captions: list[str], names: list[str], cfg: params.Tags, device) -> dict:
+    """The `variants_` tensors: every caption's cfg.variants shuffled / dropped-out variants, encoded."""
+    variants, emptied = zip(*(tag_variants(c, cfg, n) for c, n in zip(captions, names)))
+    if sum(emptied):
+        first = next(n for n, e in zip(names, emptied) if e)
+        print(f"warning: style {style}: tags.dropout = {cfg.dropout} with tags.keep_tokens = 0 left {sum(emptied)} caption "
+              f"variant(s) empty (first: {first}); they keep every tag (raise keep_tokens or lower dropout)")
+    flat = [v for per_image in variants for v in per_image]
+    encoded = encode_captions(pipe, flat, [n for n in names for _ in range(cfg.variants)], device)
+    return {VARIANTS + k: v.view(len(names), cfg.variants, *v.shape[1:]).contiguous()
+            for k, v in encoded.items() if not k.startswith("empty_")}
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         raise StyleMixError("usage: python -m stages.encode STYLE")
-    p = params.load("base", "styles", "validation")
+    p = params.load("base", "styles", "validation", "tags")
     name = sys.argv[1]
     heldout = params.validation_split(p, name)
-    tensors = encode_style(name, params.style(p, name), p.base, heldout=heldout, seed=p.validation.seed)
+    tensors = encode_style(name, params.style(p, name), p.base, heldout=heldout, seed=p.validation.seed, tags=p.tags)
     print(f"encode {name}: {len(tensors['mean'])} images (+ mirrored) to train on, {heldout} held out -> "
           f"latents {tuple(tensors['mean'].shape[1:])} in {LATENTS / name}/")
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+IMAGES = "images"  # a checkpoint's copy of the validation images logged up to its step
+
 
 def fingerprint(facts: dict) -> str:
     import hashlib
@@ -24,7 +26,7 @@ def _steps(folder: Path) -> list[Path]:
 
 
 def save(folder: Path, step: int, accelerator, trainables: dict[str, torch.Tensor], optimizer, scheduler,
-         generator: torch.Generator, history: list[dict], print_: str, keep: int) -> None:
+         generator: torch.Generator, history: list[dict], print_: str, keep: int, images: Path | None = None) -> None:
     """Write checkpoint `step` from every process; the main process publishes it and prunes old ones."""
     final, tmp = folder / f"step-{step:06d}", folder / f".step-{step:06d}.tmp"
     if accelerator.is_main_process:
@@ -38,6 +40,8 @@ def save(folder: Path, step: int, accelerator, trainables: dict[str, torch.Tenso
         if accelerator.scaler is not None:
             states["scaler"] = accelerator.scaler.state_dict()
         torch.save(states, tmp / "states.pt")
+        if images is not None and images.is_dir():
+            shutil.copytree(images, tmp / IMAGES)
         (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": print_, "history": history}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

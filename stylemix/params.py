@@ -200,11 +200,35 @@ class Filter(Section):
     dedup_distance: Annotated[int, Field(ge=0)] | None = 4
 
 
+class Tagger(Section):
+    model: str = "SmilingWolf/wd-vit-tagger-v3"  # a WD14 tagger: hub id or folder with model.onnx + selected_tags.csv
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.35  # general tags at or over this confidence
+    character_threshold: Annotated[float, Field(ge=0, le=1)] = 0.85
+    exclude: list[str] = []  # tags never written (e.g. ones every image of the style has)
+    underscores: bool = False  # keep the tagger's long_hair rather than long hair
+
+
 class Caption(Section):
-    backend: Literal["sidecar", "blip", "blip2"] = "sidecar"
-    model: str = "Salesforce/blip-image-captioning-base"
+    backend: Literal["sidecar", "blip", "blip2", "tags"] = "sidecar"
+    model: str = "Salesforce/blip-image-captioning-base"  # blip / blip2
+    tagger: Tagger = Tagger()  # tags
     batch_size: Positive = 8
     max_new_tokens: Positive = 40
+
+
+class Tags(Section):
+    """How training reads comma-separated captions (kohya's shuffle_caption, keep_tokens,
+    caption_tag_dropout_rate). The text encoders' outputs are cached, so encode@S caches `variants`
+    seeded variants of each caption and training reads variant (epoch mod variants)."""
+    shuffle: bool = False
+    keep_tokens: Annotated[int, Field(ge=0)] = 1  # the first N tags stay in place (the trigger, with the default template)
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # each other tag is left out with this probability
+    variants: Positive = 8
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.shuffle or self.dropout > 0
 
 
 def _shape(value) -> str:
@@ -382,6 +406,7 @@ class Params(Section):
     styles: dict[str, Style] | None = None
     filter: Filter | None = None
     caption: Caption | None = None
+    tags: Tags | None = None
     lora: Lora | None = None
     train: Train | None = None
     validation: Validation | None = None

@@ -1,6 +1,8 @@
 """Where captions meet trigger words: manual overrides win over machine captions, then the
-style's template puts the trigger in ("anistyle, a portrait of ..." or "..., drawn by KSH").
+style's template puts the trigger in ("anistyle, a portrait of ..." or "..., drawn by KSH"); for
+tag captions, the seeded shuffled variants training reads (`tags`).
 `stylemix prompts STYLE` shows the captions training will read."""
+import random
 from pathlib import Path
 
 from stylemix import params
@@ -31,3 +33,21 @@ def triggered(prompt: str, info: dict) -> str:
     triggers = list(info.get("triggers", {}).values()) or [info["trigger"]]
     template = info.get("template", "{trigger}, {caption}")
     return template.format(trigger=", ".join(triggers), caption=prompt)
+
+
+def tag_variants(caption: str, cfg: params.Tags, key: str) -> tuple[list[str], int]:
+    """(cfg.variants variants of a comma-separated caption, how many dropout left empty): the first
+    keep_tokens tags stay in place, each other tag is left out with probability cfg.dropout, the
+    rest are shuffled. Seeded by (cfg.seed, key), so one image's variants never depend on another's.
+    A variant that dropout would leave empty keeps every tag instead."""
+    tags = [t.strip() for t in caption.split(",") if t.strip()]
+    kept, rest = tags[: cfg.keep_tokens], tags[cfg.keep_tokens :]
+    rng = random.Random(f"{cfg.seed}:{key}")
+    variants, emptied = [], 0
+    for _ in range(cfg.variants):
+        chosen = [t for t in rest if rng.random() >= cfg.dropout]
+        if cfg.shuffle:
+            rng.shuffle(chosen)
+        emptied += not (kept or chosen) and bool(tags)
+        variants.append(", ".join(kept + chosen) if kept or chosen else ", ".join(tags))
+    return variants, emptied

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from stylemix import checkpoints, params
 from stylemix.base_model import load_pipeline, pinned_source
-from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
+from stylemix.conditioning import IDS, VARIANTS, encode_text, text_encoders, unet_kwargs
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
 from stylemix.load_check import adapter_deltas, check_lora_files
@@ -120,8 +120,9 @@ def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int,
         "tokens": style.tokens, "repeats": style.repeats})
 
 
-def open_live(folder: Path, history: list[dict]):
-    """dvclive logger for the loss and lr curves, replaying the history behind resumed weights.
+def open_live(folder: Path, history: list[dict], images: Path | None = None):
+    """dvclive logger for the loss and lr curves and validation images, replaying the history (and
+    the images a checkpoint kept) behind resumed weights.
     Imported here: the GPU benchmark's machine has no dvc (bench/gpu_train.py)."""
     from dvclive import Live
     from scmrepo.exceptions import SCMError
@@ -133,6 +134,8 @@ def open_live(folder: Path, history: list[dict]):
         raise StyleMixError(f"dvclive cannot log in this git repo ({err}): make a first commit") from None
     for row in history:
         log_row(live, row)
+    for image in sorted(images.rglob("*.png")) if images else []:
+        live.log_image(str(image.relative_to(images)), image)
     return live
 
 
@@ -151,6 +154,15 @@ def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Tra
     order = torch.randperm(n * repeats, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)) % n
     start = ((within * cfg.gradient_accumulation + micro) * world + rank) * cfg.batch_size
     return order[start : start + cfg.batch_size]
+
+
+def epoch_captions(data: dict, epoch: int) -> dict:
+    """The captions one epoch trains on: with tag variants cached (tags.shuffle / tags.dropout),
+    every image's variant (epoch mod variants), else the captions as they are."""
+    if VARIANTS + "text_hidden" not in data:
+        return data
+    variant = epoch % data[VARIANTS + "text_hidden"].shape[1]
+    return data | {k.removeprefix(VARIANTS): v[:, variant] for k, v in data.items() if k.startswith(VARIANTS)}
 
 
 def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: params.Train, gen: torch.Generator,
@@ -226,13 +238,14 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
 
     run = run_id(p, style, cfg, world, latents_file(name, latents))
     ckpt_dir = ckpt_root / name
-    step, history = 0, []
+    step, history, kept_images = 0, [], None
     if resume := checkpoints.latest(ckpt_dir, run):
         step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen)
+        kept_images = resume / checkpoints.IMAGES
         accelerator.print(f"train {name}: resuming from {resume}")
     elif accelerator.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
-    live = open_live(logs / name, history) if accelerator.is_main_process else None
+    live = open_live(logs / name, history, kept_images) if accelerator.is_main_process else None
     # The held-out loss, on the main process only, of the unwrapped modules (no other process waits).
     validate = None
     if accelerator.is_main_process and (held := load_heldout(name, latents)):
@@ -242,7 +255,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         with adapters_off(unet, *encoders):
             base_loss = validate()  # the base model (new tokens at their start) on the held-out images
     model.train()
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), step
     with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
         task = bar.add_task(f"train {name} ({n} images x {style.repeats} an epoch)", total=total, completed=step, loss="-", lr="-")
         while step < total:
@@ -251,7 +264,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                 idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank, style.repeats).to(device)
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss = diffusion_loss(model, noise_scheduler, data, idx, cfg, gen, te_models)
+                    loss = diffusion_loss(model, noise_scheduler, epoch_captions(data, step // per_epoch), idx, cfg, gen, te_models)
                     losses.append(accelerator.reduce(loss.detach(), "mean").item())
                     if not math.isfinite(losses[-1]):
                         raise StyleMixError(
@@ -277,7 +290,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             bar.update(task, advance=1, loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, run,
-                                 cfg.keep_checkpoints)
+                                 cfg.keep_checkpoints, Path(live.plots_dir) / "images" if live else None)
             if on_step:
                 on_step(step, trainables)
     seconds = time.perf_counter() - started
@@ -294,7 +307,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
             setattr(pipe, component, accelerator.unwrap_model(te))
         save_outputs(out / name, name, pipe, p, cfg, run, total, n)
-        accelerator.print(f"train {name}: {total} steps in {seconds:.1f}s ({total / seconds:.2f} steps/s), "
+        ran = step - first_step  # 0 when resumed from the final checkpoint
+        accelerator.print(f"train {name}: {ran} of {total} steps in {seconds:.1f}s ({ran / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
     accelerator.wait_for_everyone()
     return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from stylemix.conditioning import IDS, encode_text, unet_kwargs
+from stylemix.conditioning import IDS, VARIANTS, encode_text, unet_kwargs
 from stylemix.errors import StyleMixError
 from stylemix.paths import LATENTS, heldout_file
 
@@ -32,11 +32,12 @@ def heldout_indices(count: int, total: int, seed: int, style: str) -> list[int]:
 
 
 def split(tensors: dict[str, torch.Tensor], held: list[int]) -> tuple[dict, dict]:
-    """(training tensors, held-out tensors): per-image tensors divided by `held`, the shared ones kept
-    for training only."""
+    """(training tensors, held-out tensors): per-image tensors divided by `held`, the shared ones and
+    tag variants kept for training only (held-out images are scored on their plain caption)."""
     n = len(tensors["mean"])
     keep = [i for i in range(n) if i not in set(held)]
-    train = {k: (v[keep] if k in PER_IMAGE else v).contiguous() for k, v in tensors.items()}
+    per_image = lambda k: k.removeprefix(VARIANTS) in PER_IMAGE  # noqa: E731
+    train = {k: (v[keep] if per_image(k) else v).contiguous() for k, v in tensors.items()}
     heldout = {k: v[held].contiguous() for k, v in tensors.items() if k in PER_IMAGE and not k.endswith("_flipped")}
     return train, heldout
 

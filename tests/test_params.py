@@ -36,7 +36,7 @@ DELETE = object()
 
 @pytest.mark.parametrize("preset", ["params.yaml"] + sorted(f"presets/{p.name}" for p in (ROOT / "presets").glob("*.yaml")))
 def test_shipped_params_validate(preset):
-    p = params.load("base", "styles", "filter", "caption", "lora", "train", "validation", "merge", "generate", "score",
+    p = params.load("base", "styles", "filter", "caption", "tags", "lora", "train", "validation", "merge", "generate", "score",
                     path=ROOT / preset)
     assert p.styles and p.base.resolution % 8 == 0
 

@@ -147,7 +147,7 @@ def test_a_merge_keeps_the_tokens_and_refuses_two_owners(trained, tiny_model, tm
 def test_two_cpu_processes_train_the_tokens(trained, tiny_model, tmp_path):
     root, _ = trained
     log = launch_two_processes(tmp_path, root / "latents", make_params(tiny_model, root / "src"), "sketch")
-    assert log.count("train sketch: 4 steps") == 1
+    assert log.count("train sketch: 4 of 4 steps") == 1
     fresh = load_pipeline(str(tiny_model))
     load_tokens(fresh, tmp_path / "models/lora/sketch", list(TOKENS))
     assert len(fresh.tokenizer) == len(load_pipeline(str(tiny_model)).tokenizer) + 3

@@ -54,8 +54,13 @@ def weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result["trainables"].items()}
 
 
+def logged_images(run) -> dict[str, bytes]:
+    folder = run / "logs/pixelart/plots/images"
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*.png"))}
+
+
 def test_same_params_same_weights_and_resume_is_bit_exact(data, tmp_path, tiny_model):
-    p = make_params(tiny_model, data / "src")
+    p = make_params(tiny_model, data / "src", validate_every=2)
     first = weights(train(data, tmp_path, p, run="a"))
     again = weights(train(data, tmp_path, p, run="b"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
@@ -72,6 +77,14 @@ def test_same_params_same_weights_and_resume_is_bit_exact(data, tmp_path, tiny_m
     assert all(torch.equal(first[k], resumed[k]) for k in first)
     loss_rows = (tmp_path / "c/logs/pixelart/plots/metrics/loss.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in loss_rows[1:]] == ["1", "2", "3", "4", "5", "6"]
+    # The validation images of steps before the kill come back from the checkpoint; a rerun of a
+    # finished run (dvc repro after a dependency changed) trains nothing and keeps every one.
+    images = logged_images(tmp_path / "a")
+    assert sorted(images) == [f"step-00000{s}/validation_0.png" for s in (2, 4, 6)]
+    assert logged_images(tmp_path / "c") == images
+    steps_run.clear()
+    train(data, tmp_path, p, lambda step, _: steps_run.append(step), run="c")
+    assert steps_run == [] and logged_images(tmp_path / "c") == images
 
 
 def test_changed_settings_never_resume_old_checkpoints(data, tmp_path, tiny_model):
@@ -193,7 +206,7 @@ def launch_two_processes(workdir, latents, p: params.Params, style: str) -> str:
 
 def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
     log = launch_two_processes(tmp_path, data / "latents", make_params(tiny_model, data / "src"), "pixelart")
-    assert log.count("train pixelart: 6 steps") == 1  # one summary, from the main process
+    assert log.count("train pixelart: 6 of 6 steps") == 1  # one summary, from the main process
     fresh = load_pipeline(str(tiny_model))
     fresh.load_lora_weights(tmp_path / "models/lora/pixelart")
     assert fresh.unet.peft_config["default_0"].r == 4
