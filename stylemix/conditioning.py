@@ -4,8 +4,7 @@ second one's pooled projection, and the micro-conditioning time ids."""
 import torch
 
 IDS = ("input_ids", "input_ids_2")  # one id tensor per tokenizer, in the pipeline's order
-CAPTION_KEYS = ("text_hidden", "text_pooled", *IDS)  # what encode@S caches of a caption
-VARIANTS = "variants_"  # prefix of the (images, tags.variants, ...) copies of CAPTION_KEYS, for tag shuffling
+VARIANTS = "variants_"  # prefix of the (images, tags.variants, ...) copies of a caption's tensors, for tag shuffling
 
 
 def text_encoders(pipe) -> list:
