@@ -189,7 +189,7 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
     })
     (work / "src").mkdir()
     build_style("watercolor", work / "src", count=count, seed=0)
-    filter_style("style", p.styles["style"], params.Filter(), resolution, work / "filtered", work / "reports")
+    filter_style("style", p.styles["style"], params.Filter(), p.base, work / "filtered", work / "reports")
     caption_style("style", params.Caption(), work / "filtered", work / "captions")
     cached = encode_style("style", p.styles["style"], p.base, work / "filtered", work / "captions", work / "latents")
     names = sorted(q.name for q in (work / "filtered/style").glob("*.png"))
@@ -197,7 +197,7 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
     results = {}
     for batch in batches:
         row = {}
-        on = {k: v[:batch].clone().to(device) for k, v in cached.items() if v.dim() and len(v) >= batch}
+        on = {k: v.to(device) for k, v in cached.rows(next(iter(cached.buckets)), list(range(batch))).items()}
         data = {"latents": on["mean"].to(memory_format=torch.channels_last), "cond": on["text_hidden"],
                 "pooled": on.get("text_pooled"), "time_ids": on.get("time_ids")}
         data = {k: v for k, v in data.items() if v is not None}
@@ -208,7 +208,7 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         captions = [f"wcstyle, a cat {i}" for i in range(batch)]
         ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)
                for t in tokenizers]
-        images = pixels(work / "filtered/style", names[:batch], resolution).to(device, torch.bfloat16)
+        images = pixels(work / "filtered/style", names[:batch], (resolution, resolution)).to(device, torch.bfloat16)
         steps = {"floor": unet_step(pipe, data, fused=cuda),
                  "plain_floor": unet_step(plain, data | {"latents": on["mean"]}, fused=False),
                  "reference": unet_step(pipe, data | {"pixels": images, "ids": ids}, fused=cuda, encoders=encoders, vae=vae)}

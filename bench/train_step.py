@@ -99,10 +99,10 @@ def floor_step(unet, latents, cond, fused: bool = False):
 def loss_step(unet, data, p: params.Params, noise_scheduler, fused: bool = False):
     """The floor with our loss function (posterior sampling, flips, dropout, noise, min-SNR)."""
     optimizer = torch.optim.AdamW([q for q in unet.parameters() if q.requires_grad], lr=1e-4, fused=fused)
-    gen, idx = torch.Generator().manual_seed(0), torch.arange(BATCH)
+    gen = torch.Generator().manual_seed(0)
 
     def step():
-        diffusion_loss(unet, noise_scheduler, data, idx, p.train, gen).backward()
+        diffusion_loss(unet, noise_scheduler, data, p.train, gen).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
@@ -120,10 +120,11 @@ def main() -> None:
     })
     (work / "src").mkdir()
     build_style("watercolor", work / "src", count=16, seed=0)
-    filter_style("watercolor", p.styles["watercolor"], params.Filter(), RESOLUTION, work / "filtered", work / "reports")
+    filter_style("watercolor", p.styles["watercolor"], params.Filter(), p.base, work / "filtered", work / "reports")
     caption_style("watercolor", params.Caption(), work / "filtered", work / "captions")
     cached = encode_style("watercolor", p.styles["watercolor"], p.base, work / "filtered", work / "captions", work / "latents")
-    latents, cond = cached["mean"][:BATCH].clone(), cached["text_hidden"][:BATCH].clone()  # out of inference mode
+    batch = cached.rows(next(iter(cached.buckets)), list(range(BATCH)))
+    latents, cond = batch["mean"], batch["text_hidden"]
 
     results = {}
     cl_latents = latents.to(memory_format=torch.channels_last)
@@ -135,13 +136,13 @@ def main() -> None:
         "plain_fused_adamw_s": floor_step(plain.unet, latents, cond, fused=True),
         "plain_channels_last_s": floor_step(pipe.unet, cl_latents, cond),
         "first_floor_s": floor,
-        "floor_with_our_loss_s": loss_step(pipe.unet, {k: v.clone() for k, v in cached.items()}, p,
+        "floor_with_our_loss_s": loss_step(pipe.unet, batch, p,
                                            DDPMScheduler.from_config(pipe.scheduler.config), torch.cuda.is_available()),
     })
 
     # naive: pixels through the VAE and captions through the text encoder, every step
     names = sorted(q.name for q in (work / "filtered/watercolor").glob("*.png"))[:BATCH]
-    images = pixels(work / "filtered/watercolor", names, RESOLUTION)
+    images = pixels(work / "filtered/watercolor", names, (RESOLUTION, RESOLUTION))
     ids = pipe.tokenizer(["wcstyle, a cat"] * BATCH, padding="max_length", max_length=77, return_tensors="pt").input_ids
     scale = pipe.vae.config.scaling_factor
 

@@ -45,7 +45,7 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
             "with HF_HUB_OFFLINE set it must already be in the cache or be a local folder"
         ) from None
     texts = []
-    with progress() as bar, torch.inference_mode():
+    with progress(unit="images") as bar, torch.inference_mode():
         task = bar.add_task(f"{cfg.backend} captions", total=len(names))
         for start in range(0, len(names), cfg.batch_size):
             batch = names[start : start + cfg.batch_size]

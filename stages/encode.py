@@ -3,13 +3,13 @@
 Stores, per filtered image, the VAE posterior (mean and std, already multiplied by the VAE's
 scaling factor) of the image and of its mirror image, and the text encoders' output for its
 training caption (trigger word applied, a style's new tokens as their own ids): hidden states,
-and for SDXL the pooled embedding and the time ids of its original size and crop. The empty
+and for SDXL the pooled embedding and the time ids of its original size, crop and bucket. The empty
 caption's too, for caption dropout. With tag shuffling or dropout (`tags`), also each caption's
 seeded variants (`variants_` keys, one row per variant) for training to read one an epoch.
-Training samples latents from the stored posterior, as if it had run the VAE itself.
+Images are encoded and stored by aspect-ratio bucket (stylemix.latent_cache). Training samples
+latents from the stored posterior, as if it had run the VAE itself.
 The style's held-out images (stylemix.validation) go to their own file, which training never reads.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -17,42 +17,67 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stylemix import gpu, params
+from stylemix import buckets, gpu, latent_cache, params
 from stylemix.base_model import SDXL, architecture, load_pipeline
 from stylemix.conditioning import VARIANTS, encode_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.outputs import atomic_dir, read_jsonl, save_safetensors
+from stylemix.latent_cache import LatentCache
+from stylemix.outputs import atomic_dir, read_jsonl
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.progress import progress
 from stylemix.prompts import tag_variants, training_captions
 from stylemix.tokens import add_tokens
-from stylemix.validation import heldout_indices, split
+from stylemix.validation import HELDOUT_KEYS, heldout_indices
 
 BATCH = 8
 
 
-def pixels(folder: Path, names: list[str], resolution: int) -> torch.Tensor:
+def pixels(folder: Path, names: list[str], size: tuple[int, int]) -> torch.Tensor:
     arrays = []
     for name in names:
         img = Image.open(folder / name).convert("RGB")
-        if img.size != (resolution, resolution):
-            raise StyleMixError(f"{folder / name} is {img.size[0]}x{img.size[1]}, not base.resolution = {resolution}; "
-                                f"rerun `dvc repro filter@{folder.name}`")
+        if img.size != size:
+            raise StyleMixError(f"{folder / name} is {img.size[0]}x{img.size[1]}, not its bucket {buckets.name(size)} "
+                                f"in index.jsonl; rerun `dvc repro filter@{folder.name}`")
         arrays.append(np.asarray(img))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def encode_images(vae, folder: Path, names: list[str], sizes: list[tuple[int, int]], device, label: str) -> dict[str, list]:
+    """The VAE posterior of every image and its mirror image, one tensor per image, batched by bucket."""
+    scale = vae.config.scaling_factor
+    store: dict[str, list] = {k: [None] * len(names) for k in ("mean", "std", "mean_flipped", "std_flipped")}
+    with progress(unit="images") as bar:
+        task = bar.add_task(label, total=len(names))
+        for size in sorted(set(sizes)):
+            rows = [i for i, s in enumerate(sizes) if s == size]
+            for start in range(0, len(rows), BATCH):
+                chunk = rows[start : start + BATCH]
+                batch = pixels(folder, [names[i] for i in chunk], size).to(device, vae.dtype)
+                for suffix, x in (("", batch), ("_flipped", batch.flip(-1))):
+                    posterior = vae.encode(x).latent_dist
+                    for key, value in (("mean", posterior.mean), ("std", posterior.std)):
+                        for i, row in zip(chunk, (value * scale).float().cpu()):
+                            store[key + suffix][i] = row
+                bar.advance(task, len(chunk))
+    return store
+
+
 @torch.inference_mode()
 def encode_style(name: str, style: params.Style, base: params.Base, filtered: Path = FILTERED, captions: Path = CAPTIONS,
-                 out: Path = LATENTS, heldout: int = 0, seed: int = 0, tags: params.Tags | None = None) -> dict:
+                 out: Path = LATENTS, heldout: int = 0, seed: int = 0, tags: params.Tags | None = None) -> LatentCache:
     """Encode the style's images; `heldout` of them (chosen from `seed`) go to the held-out file
-    instead of the training one, which alone gets tag variants. Returns the training tensors."""
+    instead of the training one, which alone gets tag variants. Returns the training file, open."""
     texts = training_captions(name, style, captions)
     records = read_jsonl(filtered / name / "index.jsonl")
     names = [row["file_name"] for row in records]
     missing = [n for n in names if n not in texts]
     if missing:
         raise StyleMixError(f"style {name}: no caption for {', '.join(missing[:3])}; rerun `dvc repro caption@{name}`")
+    sizes, allowed = [tuple(row["bucket"]) for row in records], buckets.sizes(base)
+    if stale := next((n for n, s in zip(names, sizes) if s not in allowed), None):
+        raise StyleMixError(f"style {name}: {stale} was filtered to {buckets.name(sizes[names.index(stale)])}, not a bucket "
+                            f"of base.resolution / base.buckets now; rerun `dvc repro filter@{name}`")
     pipe = load_pipeline(base)
     if style.tokens:  # their ids in the cached token ids; training learns their embeddings
         add_tokens(pipe, style.tokens, name)
@@ -60,33 +85,25 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     vae = pipe.vae.to(device)
     if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's own VAE overflows in fp16
         vae.to(torch.float32)
-    scale = vae.config.scaling_factor
-    store: dict[str, list[torch.Tensor]] = {k: [] for k in ("mean", "std", "mean_flipped", "std_flipped")}
-    with progress() as bar:
-        task = bar.add_task(f"encode {name}", total=len(names))
-        for start in range(0, len(names), BATCH):
-            batch = pixels(filtered / name, names[start : start + BATCH], base.resolution).to(device, vae.dtype)
-            for suffix, x in (("", batch), ("_flipped", batch.flip(-1))):
-                posterior = vae.encode(x).latent_dist
-                store["mean" + suffix].append((posterior.mean * scale).float().cpu())
-                store["std" + suffix].append((posterior.std * scale).float().cpu())
-            bar.advance(task, len(names[start : start + BATCH]))
-    tensors = {k: torch.cat(v).contiguous() for k, v in store.items()}
+    per_image = encode_images(vae, filtered / name, names, sizes, device, f"encode {name}")
     captions_in_order = [texts[n] for n in names]
-    tensors |= encode_captions(pipe, captions_in_order, names, device)
+    encoded = encode_captions(pipe, captions_in_order, names, device)
+    shared = {k: v for k, v in encoded.items() if k.startswith("empty_")}
+    per_image |= {k: v for k, v in encoded.items() if k not in shared}
     if tags and tags.active:
-        tensors |= encode_variants(pipe, name, captions_in_order, names, tags, device)
+        per_image |= encode_variants(pipe, name, captions_in_order, names, tags, device)
     if architecture(pipe) == SDXL:
-        tensors["time_ids"] = time_ids(records, base.resolution)
+        per_image["time_ids"] = time_ids(records)
     held = heldout_indices(heldout, len(names), seed, name)
-    train, held_tensors = split(tensors, held)
     meta = {"resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
     with atomic_dir(out / name) as tmp:
-        for file, subset, rows in ((LATENTS_FILE, train, [i for i in range(len(names)) if i not in held]),
-                                   (HELDOUT_FILE, held_tensors, held)):
-            save_safetensors(subset, tmp / file, meta | {"files": json.dumps([names[i] for i in rows]),
-                                                         "captions": json.dumps([captions_in_order[i] for i in rows])})
-    return train
+        for file, rows, keys in ((LATENTS_FILE, [i for i in range(len(names)) if i not in held], list(per_image)),
+                                 (HELDOUT_FILE, held, [k for k in per_image if k in HELDOUT_KEYS])):
+            rows = sorted(rows, key=lambda i: (sizes[i], i))  # bucket after bucket
+            groups = {buckets.name(size): {k: torch.stack([per_image[k][i] for i in rows if sizes[i] == size]) for k in keys}
+                      for size in sorted({sizes[i] for i in rows})}
+            latent_cache.save(tmp / file, groups, shared, [names[i] for i in rows], [captions_in_order[i] for i in rows], meta)
+    return LatentCache(out / name / LATENTS_FILE)
 
 
 def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict[str, torch.Tensor]:
@@ -127,9 +144,9 @@ def main() -> None:
     p = params.load("base", "styles", "validation", "tags")
     name = sys.argv[1]
     heldout = params.validation_split(p, name)
-    tensors = encode_style(name, params.style(p, name), p.base, heldout=heldout, seed=p.validation.seed, tags=p.tags)
-    print(f"encode {name}: {len(tensors['mean'])} images (+ mirrored) to train on, {heldout} held out -> "
-          f"latents {tuple(tensors['mean'].shape[1:])} in {LATENTS / name}/")
+    cache = encode_style(name, params.style(p, name), p.base, heldout=heldout, seed=p.validation.seed, tags=p.tags)
+    shapes = ", ".join(f"{b} {n}" for b, n in cache.buckets.items())
+    print(f"encode {name}: {len(cache)} images (+ mirrored) to train on ({shapes}), {heldout} held out -> {LATENTS / name}/")
 
 
 if __name__ == "__main__":

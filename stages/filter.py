@@ -1,8 +1,10 @@
-"""filter@S: keep a style's sharp, readable, distinct images; resize + center-crop them.
+"""filter@S: keep a style's sharp, readable, distinct images; resize + center-crop them to their bucket.
 
 Per image, in order: decodable, big enough, sharp enough (variance of the Laplacian), not a
 near-duplicate (perceptual hash) of one already kept. Kept images are written as PNG with their
-sidecar caption; the filter's verdict on every file lands in reports/filter/<style>/.
+sidecar caption, each at the size of its aspect-ratio bucket (stylemix.buckets; the square when
+`base.buckets` is off); the filter's verdict on every file and the bucket histogram land in
+reports/filter/<style>/.
 """
 import shutil
 import sys
@@ -11,72 +13,90 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from stylemix import params
+from stylemix import buckets, params
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.images import UnreadableImage, contact_sheet, image_files, laplacian_variance, load_rgb, resize_crop
 from stylemix.outputs import atomic_dir, write_json, write_jsonl
 from stylemix.paths import FILTER_REPORTS, FILTERED
+from stylemix.plots import bars
 from stylemix.progress import track
 
+THUMBNAIL = 160  # px: a rejected image's tile on the contact sheet
 
-def judge(files: list[Path], cfg: params.Filter, label: str = "filter") -> tuple[list[dict], list[dict]]:
-    """Split files into kept and rejected records; each rejection carries its reason."""
-    kept, rejected, hashes, stems = [], [], [], {}
+
+def judge(files: list[Path], cfg: params.Filter, keep, label: str = "filter") -> list[dict]:
+    """Call keep(record, image) for each file that passes, in order; return the rejected records,
+    each with its reason and a thumbnail. No full image outlives its turn, so a folder of thousands
+    of large images never sits in memory."""
+    rejected, stems = [], {}
+    # The kept images' perceptual hashes, 64 bits packed in one integer each, in a preallocated
+    # array: each new image is compared against all of them in one vectorized step.
+    hashes, hashed = np.zeros(len(files), np.uint64), []
+
+    def reject(record: dict, img: Image.Image | None, reason: str, detail: str) -> None:
+        if img is not None:
+            img = img.copy()
+            img.thumbnail((THUMBNAIL, THUMBNAIL))
+        rejected.append(record | {"image": img, "reason": reason, "detail": detail})
+
     for path in track(files, description=label):
         record = {"file": path.name}
         try:
             img = load_rgb(path)
         except UnreadableImage as err:
-            rejected.append(record | {"reason": "unreadable", "detail": str(err)})
+            reject(record, None, "unreadable", str(err))
             continue
-        record["image"] = img
         if min(img.size) < cfg.min_side:
-            rejected.append(record | {"reason": "too small", "detail": f"{img.size[0]}x{img.size[1]} < {cfg.min_side} px"})
+            reject(record, img, "too small", f"{img.size[0]}x{img.size[1]} < {cfg.min_side} px")
             continue
         sharpness = laplacian_variance(img, cfg.analysis_size)
         record["laplacian"] = round(sharpness, 2)
         if sharpness < cfg.laplacian_min:
-            rejected.append(record | {"reason": "blurry", "detail": f"laplacian {sharpness:.1f} < {cfg.laplacian_min:g}"})
+            reject(record, img, "blurry", f"laplacian {sharpness:.1f} < {cfg.laplacian_min:g}")
             continue
         if path.stem in stems:
-            rejected.append(record | {"reason": "duplicate name", "detail": f"same stem as {stems[path.stem]}"})
+            reject(record, img, "duplicate name", f"same stem as {stems[path.stem]}")
             continue
         if cfg.dedup_distance is not None:
-            bits = imagehash.phash(img).hash.flatten()
-            if hashes:
-                distances = (np.array([h for h, _ in hashes]) != bits).sum(axis=1)
+            bits = np.packbits(imagehash.phash(img).hash.flatten()).view(">u8")[0]
+            if hashed:
+                distances = np.bitwise_count(hashes[: len(hashed)] ^ bits)
                 nearest = int(distances.argmin())
                 if distances[nearest] <= cfg.dedup_distance:
-                    detail = f"phash distance {distances[nearest]} to {hashes[nearest][1]}"
-                    rejected.append(record | {"reason": "near duplicate", "detail": detail})
+                    reject(record, img, "near duplicate", f"phash distance {distances[nearest]} to {hashed[nearest]}")
                     continue
-            hashes.append((bits, path.name))
+            hashes[len(hashed)] = bits
+            hashed.append(path.name)
         stems[path.stem] = path.name
-        kept.append(record)
-    return kept, rejected
+        keep(record, img)
+    return rejected
 
 
-def write_kept(kept: list[dict], source: Path, out: Path, resolution: int, resample: str) -> list[dict]:
-    """Resize + crop each kept image into `out` as PNG, with its sidecar caption when it has one."""
-    index = []
-    for rec in kept:
-        img = rec["image"]
-        square, (top, left) = resize_crop(img, resolution, resample)
-        name = Path(rec["file"]).stem + ".png"
-        square.save(out / name)
-        sidecar = source / (Path(rec["file"]).stem + ".txt")
-        if sidecar.is_file():
-            shutil.copyfile(sidecar, out / (Path(name).stem + ".txt"))
-        # Original size and crop are what SDXL's micro-conditioning wants to know later.
-        index.append({"file_name": name, "source": rec["file"], "original_size": list(img.size),
-                      "crop_top_left": [top, left], "laplacian": rec["laplacian"]})
-    return index
+def write_kept(record: dict, img: Image.Image, source: Path, out: Path, sizes: list[buckets.Size], resample: str,
+               style: str) -> dict:
+    """Resize + crop a kept image to its bucket into `out` as PNG, with its sidecar caption when it
+    has one; returns its index row."""
+    bucket = buckets.nearest(img.size, sizes)
+    if cut := buckets.beyond(img.size, sizes):
+        print(f"warning: style {style}: {record['file']} ({img.size[0]}x{img.size[1]}) is beyond the last bucket "
+              f"{buckets.name(bucket)}: cropped to it, losing {cut:.0%} of its long side; crop it yourself or "
+              "widen base.buckets (min_side / max_side)")
+    fitted, (top, left) = resize_crop(img, bucket, resample)
+    name = Path(record["file"]).stem + ".png"
+    fitted.save(out / name)
+    sidecar = source / (Path(record["file"]).stem + ".txt")
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, out / (Path(name).stem + ".txt"))
+    # Original size and crop are what SDXL's micro-conditioning wants to know later.
+    return {"file_name": name, "source": record["file"], "original_size": list(img.size), "bucket": list(bucket),
+            "crop_top_left": [top, left], "laplacian": record["laplacian"]}
 
 
-def filter_style(name: str, style: params.Style, cfg: params.Filter, resolution: int,
+def filter_style(name: str, style: params.Style, cfg: params.Filter, base: params.Base,
                  out: Path = FILTERED, reports: Path = FILTER_REPORTS) -> dict:
     source = Path(style.source)
     if not source.is_dir():
@@ -84,22 +104,27 @@ def filter_style(name: str, style: params.Style, cfg: params.Filter, resolution:
     files = image_files(source)
     if not files:
         raise StyleMixError(f"style {name}: no image files in {source} (looked for .png, .jpg, .webp, ...)")
-    kept, rejected = judge(files, cfg, f"filter {name}")
-    if not kept:
-        reasons = ", ".join(f"{n} {r}" for r, n in Counter(r["reason"] for r in rejected).items())
-        raise StyleMixError(
-            f"style {name}: no image of {len(files)} in {source} passed the filter ({reasons}); "
-            f"filter.laplacian_min = {cfg.laplacian_min:g} and filter.min_side = {cfg.min_side} may be too strict"
-        )
-    with atomic_dir(out / name) as tmp:
-        write_jsonl(tmp / "index.jsonl", write_kept(kept, source, tmp, resolution, style.resample))
-    summary = {"kept": len(kept), "rejected": len(rejected),
-               "rejected_by_reason": dict(Counter(r["reason"] for r in rejected))}
+    sizes, index = buckets.sizes(base), []
+    with atomic_dir(out / name) as tmp:  # each kept image written as it passes
+        rejected = judge(files, cfg, lambda record, img: index.append(write_kept(record, img, source, tmp, sizes,
+                                                                                  style.resample, name)), f"filter {name}")
+        if not index:
+            reasons = ", ".join(f"{n} {r}" for r, n in Counter(r["reason"] for r in rejected).items())
+            raise StyleMixError(
+                f"style {name}: no image of {len(files)} in {source} passed the filter ({reasons}); "
+                f"filter.laplacian_min = {cfg.laplacian_min:g} and filter.min_side = {cfg.min_side} may be too strict"
+            )
+        write_jsonl(tmp / "index.jsonl", index)
+    histogram = Counter(tuple(row["bucket"]) for row in index)
+    summary = {"kept": len(index), "rejected": len(rejected),
+               "rejected_by_reason": dict(Counter(r["reason"] for r in rejected)),
+               "buckets": {buckets.name(b): histogram[b] for b in sorted(histogram, key=lambda b: b[0] / b[1])}}  # tall to wide
     with atomic_dir(reports / name) as tmp:
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "rejected.json", [{k: r[k] for k in ("file", "reason", "detail")} for r in rejected])
-        tiles = [(r.get("image"), f"{r['file']}: {r['reason']} ({r['detail']})") for r in rejected]
+        tiles = [(r["image"], f"{r['file']}: {r['reason']} ({r['detail']})") for r in rejected]
         contact_sheet(tiles or [(None, "nothing rejected")]).save(tmp / "rejected.png")
+        bars(summary["buckets"], f"{name}: images per bucket (width x height, tall to wide)", tmp / "buckets.png")
     return summary | {"rejected_files": rejected}
 
 
@@ -108,8 +133,9 @@ def main() -> None:
         raise StyleMixError("usage: python -m stages.filter STYLE")
     p = params.load("filter", "base", "styles")
     name = sys.argv[1]
-    result = filter_style(name, params.style(p, name), p.filter, p.base.resolution)
-    table = Table(title=f"filter {name}: kept {result['kept']}, rejected {result['rejected']}")
+    result = filter_style(name, params.style(p, name), p.filter, p.base)
+    shapes = ", ".join(f"{b} {n}" for b, n in result["buckets"].items())
+    table = Table(title=f"filter {name}: kept {result['kept']} ({shapes}), rejected {result['rejected']}")
     for column in ("file", "reason", "detail"):
         table.add_column(column)
     for r in result["rejected_files"]:

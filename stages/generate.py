@@ -66,7 +66,7 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
         (out / STRENGTH_IMAGES).mkdir()
         jobs += [(out / STRENGTH_IMAGES / strength_image_name(w, i, first), prompt, prompt, first, None, w)
                  for w in strengths for i, prompt in enumerate(cfg.prompts)]
-    with progress() as bar:
+    with progress(unit="images") as bar:
         task = bar.add_task(f"generate {model}", total=len(jobs))
         for path, prompt, base_prompt, seed, token, strength in jobs:
             text = triggered(prompt, words) if loras else prompt

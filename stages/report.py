@@ -121,12 +121,17 @@ def validation_table(validation: dict) -> str:
 
 
 def filter_table(styles: list[str]) -> str:
-    lines = ["| style | kept | rejected | why |", "|---|---|---|---|"]
+    """Kept and rejected images per style, and the kept ones' aspect-ratio buckets (with a chart
+    where a style has more than one)."""
+    lines, charts = ["| style | kept | rejected | why | buckets (width x height: images) |", "|---|---|---|---|---|"], []
     for s in styles:
         summary = json.loads((FILTER_REPORTS / s / "summary.json").read_text())
         why = ", ".join(f"{n} {r}" for r, n in summary["rejected_by_reason"].items())
-        lines.append(f"| {s} | {summary['kept']} | {summary['rejected']} | {why} |")
-    return "\n".join(lines)
+        shapes = ", ".join(f"{b}: {n}" for b, n in summary["buckets"].items())
+        lines.append(f"| {s} | {summary['kept']} | {summary['rejected']} | {why} | {shapes} |")
+        if len(summary["buckets"]) > 1:
+            charts.append(f"![{s}: images per bucket](filter/{s}/buckets.png)")
+    return "\n".join(lines) + "".join(f"\n\n{c}" for c in charts)
 
 
 def explore_section(pairs: dict[str, params.ExplorePair]) -> list[str]:

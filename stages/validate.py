@@ -3,11 +3,9 @@ and every style's LoRA on every style's held-out images (never trained on), scor
 loss at fixed timesteps with fixed noise (stylemix.validation): in a style's column, its own LoRA
 should be lowest, and below the base."""
 import io
-import json
 
 import numpy as np
 from diffusers import DDPMScheduler
-from safetensors import safe_open
 
 from stylemix import gpu, params
 from stylemix.base_model import load_pipeline
@@ -15,7 +13,7 @@ from stylemix.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.lora_files import read_info_for
 from stylemix.outputs import atomic_write, write_json
-from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT, heldout_file
+from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT
 from stylemix.progress import progress
 from stylemix.tokens import load_tokens, unload_tokens
 from stylemix.validation import heldout_loss, load_heldout
@@ -28,10 +26,7 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
     held = {s: h for s in styles if (h := load_heldout(s, latents)) is not None}
     if not held:
         raise StyleMixError("no style holds images out (validation.split = 0): nothing to validate; set validation.split")
-    captions = {}
-    for style in held:
-        with safe_open(heldout_file(style, latents), "pt") as f:
-            captions[style] = json.loads(f.metadata()["captions"])
+    groups = {style: cache.groups() for style, cache in held.items()}
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     encoders = text_encoders(pipe)
     rows = {}
@@ -45,9 +40,9 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
                 pipe.set_adapters([model])
                 load_tokens(pipe, folder, tokens)
             rows[model] = {}
-            for style, tensors in held.items():
-                ids = tokenize(pipe, captions[style])
-                rows[model][style] = heldout_loss(pipe.unet, noise_scheduler, tensors | ids, cfg.timesteps, cfg.seed, encoders)
+            for style, cache in held.items():
+                with_ids = [group | tokenize(pipe, captions) for group, captions in zip(groups[style], cache.group_captions())]
+                rows[model][style] = heldout_loss(pipe.unet, noise_scheduler, with_ids, cfg.timesteps, cfg.seed, encoders)
                 bar.advance(task)
             if folder:
                 pipe.delete_adapters(model)

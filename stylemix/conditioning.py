@@ -31,11 +31,11 @@ def encode_text(encoders: list, ids: list[torch.Tensor]) -> tuple[torch.Tensor, 
     return torch.cat(hidden, dim=-1), out.text_embeds  # pooled: the last (projecting) encoder's
 
 
-def time_ids(records: list[dict], resolution: int) -> torch.Tensor:
+def time_ids(records: list[dict]) -> torch.Tensor:
     """SDXL's (original h, w, crop top, left, target h, w) per filtered image, from the filter's index
-    (original_size is PIL's (w, h)). The mirrored copy uses the same crop: a center crop is
-    symmetric to within a pixel."""
-    return torch.tensor([[r["original_size"][1], r["original_size"][0], *r["crop_top_left"], resolution, resolution]
+    (original_size and bucket are PIL's (w, h); the crop is in the scaled image, as SDXL was trained).
+    The mirrored copy uses the same crop: a center crop is symmetric to within a pixel."""
+    return torch.tensor([[r["original_size"][1], r["original_size"][0], *r["crop_top_left"], r["bucket"][1], r["bucket"][0]]
                          for r in records], dtype=torch.float32)
 
 

@@ -1,7 +1,8 @@
 """The offline demo's dataset: public-domain photos that ship inside scikit-image, stylized with
 OpenCV, one folder per style. Each image gets a sidecar caption; every folder also gets the broken
 and awkward files the filter must survive. The sketch style comes at three camera framings with
-shot tokens in its captions (new concept tokens)."""
+shot tokens in its captions (new concept tokens); the watercolors in three aspect ratios (for the
+aspect-ratio buckets)."""
 import io
 from pathlib import Path
 
@@ -88,18 +89,31 @@ def photo(index: int) -> tuple[np.ndarray, str]:
 # declares these tokens for styles.sketch.
 FRAMED_STYLE = "sketch"
 FRAMINGS = {"<cu_trg>": 0.3, "<ms_trg>": 0.6, "<fs_trg>": 1.0}
+# The watercolors come square, 16:9 and 2:3 (width / height), by image number mod 4.
+SHAPED_STYLE = "watercolor"
+SHAPES = {1: 16 / 9, 3: 2 / 3}
 
 
 def random_view(rgb: np.ndarray, rng: np.random.Generator, side: int, low: float = 0.55, high: float = 1.0,
-                share: float | None = None) -> np.ndarray:
-    """A random square crop (`share`, else `low`-`high`, of the short side), maybe mirrored, scaled to `side`."""
+                share: float | None = None, aspect: float = 1.0) -> np.ndarray:
+    """A random square crop (`share`, else `low`-`high`, of the short side), maybe mirrored, scaled to
+    `side`. With an `aspect` (width / height), the crop grows around the square's centre to that
+    shape (shrunk to fit the photo) and its short side is scaled to `side`: the same random draws."""
     h, w = rgb.shape[:2]
     crop = int(min(h, w) * (share or rng.uniform(low, high)))
     top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-    view = rgb[top : top + crop, left : left + crop]
+    ch, cw = crop, crop
+    if aspect != 1.0:
+        ch, cw = (crop, round(crop * aspect)) if aspect > 1 else (round(crop / aspect), crop)
+        fit = min(1.0, h / ch, w / cw)
+        ch, cw = int(ch * fit), int(cw * fit)
+        top = int(np.clip(top + crop // 2 - ch // 2, 0, h - ch))
+        left = int(np.clip(left + crop // 2 - cw // 2, 0, w - cw))
+    view = rgb[top : top + ch, left : left + cw]
     if rng.random() < 0.5:
         view = view[:, ::-1]
-    return cv2.resize(np.ascontiguousarray(view), (side, side), interpolation=cv2.INTER_AREA)
+    size = (side, side) if aspect == 1.0 else (round(side * max(aspect, 1.0)), round(side / min(aspect, 1.0)))
+    return cv2.resize(np.ascontiguousarray(view), size, interpolation=cv2.INTER_AREA)
 
 
 def plant_edge_cases(folder: Path, good: list[Image.Image], extra: list[tuple[Image.Image, str]],
@@ -136,7 +150,8 @@ def build_style(style: str, folder: Path, count: int, seed: int) -> None:
     for i in track(range(count + 3), description=f"sample {style}"):
         rgb, caption = photo(i)
         shot = list(FRAMINGS)[i % len(FRAMINGS)] if style == FRAMED_STYLE else None
-        view = random_view(rgb, rng, side or 256, share=FRAMINGS.get(shot))
+        aspect = SHAPES.get(i % 4, 1.0) if style == SHAPED_STYLE else 1.0
+        view = random_view(rgb, rng, side or 256, share=FRAMINGS.get(shot), aspect=aspect)
         made.append((Image.fromarray(stylize(view)), f"{shot}, {caption}" if shot else caption))
     for i, (img, caption) in enumerate(made[:count]):
         img.save(folder / f"{style}_{i:03d}.png")

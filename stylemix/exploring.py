@@ -66,7 +66,7 @@ def draw_plane(drawer: Drawer, name: str, pair: params.ExplorePair, cfg: params.
     points = to_draw(pair)
     jobs = [("style", p) for p in cfg.prompts] + [("bleed", p) for p in cfg.bleed_prompts]
     out = []
-    with progress() as bar:
+    with progress(unit="images") as bar:
         task = bar.add_task(f"explore {name}", total=len(points) * len(jobs) * len(cfg.seeds))
         for i, point in enumerate(points):
             method, wa, wb = point

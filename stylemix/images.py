@@ -45,10 +45,11 @@ def load_rgb(path: Path) -> Image.Image:
     return im.convert("RGB")
 
 
-def _scale_short_side(img: Image.Image, size: int, resample: str) -> Image.Image:
+def _scale_to_cover(img: Image.Image, size: tuple[int, int], resample: str) -> Image.Image:
+    """Scale so the image covers `size` (w, h) with its aspect ratio kept."""
     w, h = img.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    scale = max(size[0] / w, size[1] / h)
+    new = (max(size[0], round(w * scale)), max(size[1], round(h * scale)))
     # Grow with the style's filter (nearest keeps pixel art crisp); never shrink with nearest,
     # which drops pixels instead of averaging them.
     method = RESAMPLE[resample]
@@ -64,16 +65,16 @@ def laplacian_variance(img: Image.Image, analysis_size: int) -> float:
     only dilutes its edges (16x nearest upscaling divides the measure by about 10)."""
     gray = img.convert("L")
     if min(gray.size) > analysis_size:
-        gray = _scale_short_side(gray, analysis_size, "area")
+        gray = _scale_to_cover(gray, (analysis_size, analysis_size), "area")  # the short side to analysis_size
     return float(cv2.Laplacian(np.asarray(gray, dtype=np.float64), cv2.CV_64F).var())
 
 
-def resize_crop(img: Image.Image, size: int, resample: str) -> tuple[Image.Image, tuple[int, int]]:
-    """Scale the short side to `size`, center-crop to a square; returns the crop's (top, left)."""
-    scaled = _scale_short_side(img, size, resample)
+def resize_crop(img: Image.Image, size: tuple[int, int], resample: str) -> tuple[Image.Image, tuple[int, int]]:
+    """Scale to cover `size` (w, h), center-crop to it; returns the crop's (top, left) in the scaled image."""
+    scaled = _scale_to_cover(img, size, resample)
     w, h = scaled.size
-    top, left = (h - size) // 2, (w - size) // 2
-    return scaled.crop((left, top, left + size, top + size)), (top, left)
+    top, left = (h - size[1]) // 2, (w - size[0]) // 2
+    return scaled.crop((left, top, left + size[0], top + size[1])), (top, left)
 
 
 def font(size: int) -> ImageFont.ImageFont:

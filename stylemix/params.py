@@ -66,6 +66,22 @@ def model_kind(model: str) -> str:
     )
 
 
+class Buckets(Section):
+    """Aspect-ratio buckets (kohya's): sizes of about resolution^2 pixels, sides in steps of `step` px
+    from min_side to max_side (null: half and twice the resolution); off, every image is a centre square."""
+    enabled: bool = False
+    step: Positive = 64  # a multiple of 8; 64 suits SD 1.5 / SDXL (latent sides in multiples of 8)
+    min_side: Positive | None = None
+    max_side: Positive | None = None
+
+    @field_validator("step")
+    @classmethod
+    def _step_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be divisible by 8 (the VAE downsamples by 8)")
+        return value
+
+
 class Base(Section):
     model: str = "tiny"
     revision: str | None = None
@@ -74,6 +90,7 @@ class Base(Section):
     vae: str | None = None  # a VAE to use instead of the model's (hub id or diffusers folder), e.g. an fp16-safe SDXL VAE
     config: str | None = None  # a single-file model's configs: a diffusers folder (weights not needed); null = SD 1.5's or SDXL's
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # null = the model's own; v_prediction for v-models
+    buckets: Buckets = Buckets()
 
     @field_validator("model")
     @classmethod
@@ -102,6 +119,15 @@ class Base(Section):
         if value % 8:
             raise ValueError("must be divisible by 8 (the VAE downsamples by 8; the tiny demo model's by 4)")
         return value
+
+    @model_validator(mode="after")
+    def _buckets_hold_the_square(self) -> "Base":
+        b = self.buckets
+        low, high = b.min_side or self.resolution // 2, b.max_side or self.resolution * 2
+        if b.enabled and not low <= self.resolution // b.step * b.step <= high:
+            raise ValueError(f"buckets: min_side {low} to max_side {high} must hold the square bucket of resolution "
+                             f"{self.resolution} in steps of {b.step} px")
+        return self
 
 
 class Sample(Section):

@@ -1,5 +1,5 @@
 """Heatmaps over two settings, each cell's value written in it: what `stylemix sweep` (two swept
-params) and explore@P (two styles' weights) draw."""
+params) and explore@P (two styles' weights) draw; and bar charts of counts (filter@S's buckets)."""
 import math
 from pathlib import Path
 
@@ -33,6 +33,24 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame]], rows: str, cols: str, path:
         fig.colorbar(im, ax=ax, fraction=0.046)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bars(counts: dict[str, int], title: str, path: Path) -> None:
+    """A bar per label, its count written on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(counts), 2.6))
+    drawn = ax.bar(list(counts), list(counts.values()), color="#4c72b0")
+    ax.bar_label(drawn, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("images")
+    ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -62,7 +62,7 @@ def bank(per_pair: int, seed: int) -> tuple[torch.Tensor, list[tuple[int, str]]]
     pairs = [(i, look) for i in range(len(PHOTOS)) for look in LOOKS]
     rng = np.random.default_rng(seed)
     images = [np.stack([look_image(i, look, rng) for _ in range(per_pair)])
-              for i, look in track(pairs, description="tiny-clip crops")]
+              for i, look in track(pairs, description="tiny-clip crops", unit="crops")]
     return torch.from_numpy(np.stack(images)).permute(0, 1, 4, 2, 3).contiguous(), pairs
 
 

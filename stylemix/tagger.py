@@ -83,7 +83,7 @@ def tag_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[st
     if not isinstance(size, int):
         raise StyleMixError(f"{model_file}: input {spec.name} has shape {spec.shape}; a tagger takes (batch, size, size, 3)")
     texts, only_excluded = [], []
-    with progress() as bar:
+    with progress(unit="images") as bar:
         task = bar.add_task("tag captions", total=len(names))
         for start in range(0, len(names), cfg.batch_size):
             batch = names[start : start + cfg.batch_size]

@@ -1,8 +1,9 @@
 """Training one LoRA per style on the frozen base model, from the latents encode@S cached (train@S).
 
 Runs through accelerate, so the stage works in one process or several (GPUs or CPU processes).
-Deterministic: the data order of each epoch and every random draw come from the seed, so a
-resumed run equals an unbroken one.
+Reads the cache memory-mapped, one batch's rows a step (stylemix.latent_cache), each batch from one
+aspect-ratio bucket (stylemix.batches). Deterministic: the data order of each epoch and every
+random draw come from the seed, so a resumed run equals an unbroken one.
 Checkpoints land in models/checkpoints/<style>/ (git-ignored, outside DVC, so they survive between
 runs); a rerun after a kill resumes from the newest one made with the same settings.
 """
@@ -21,14 +22,14 @@ from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params, compute_snr
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-from stylemix import checkpoints, params
+from stylemix import batches, checkpoints, params
 from stylemix.base_model import load_pipeline, pinned_source
-from stylemix.conditioning import IDS, VARIANTS, encode_text, text_encoders, unet_kwargs
+from stylemix.batches import Batches
+from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
+from stylemix.latent_cache import LatentCache
 from stylemix.load_check import adapter_deltas, check_lora_files
 from stylemix.lora_files import WEIGHTS, add_lora, kohya_file, save_lora
 from stylemix.model_card import model_card
@@ -42,15 +43,14 @@ from stylemix.validation import adapters_off, heldout_loss, load_heldout
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_latents(name: str, resolution: int, latents: Path = LATENTS) -> dict[str, torch.Tensor]:
+def open_latents(name: str, resolution: int, latents: Path = LATENTS) -> LatentCache:
     path = latents_file(name, latents)
     if not path.is_file():
         raise StyleMixError(f"style {name}: no cached latents ({path} missing); run `dvc repro encode@{name}`")
-    with safe_open(path, "pt") as f:
-        encoded_at = int(f.metadata()["resolution"])
-    if encoded_at != resolution:
-        raise StyleMixError(f"{path} was encoded at {encoded_at} px, not base.resolution = {resolution}; rerun encode@{name}")
-    return load_file(path)
+    cache = LatentCache(path)
+    if cache.resolution != resolution:
+        raise StyleMixError(f"{path} was encoded at {cache.resolution} px, not base.resolution = {resolution}; rerun encode@{name}")
+    return cache
 
 
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
@@ -115,7 +115,8 @@ def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int,
                                        "validation_steps", "validate_every", "compile"})
     digest = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731
     return checkpoints.fingerprint({
-        "code": [digest(__file__), digest(checkpoints.__file__)], "base": pinned_source(p.base.model, p.base.revision),
+        "code": [digest(__file__), digest(checkpoints.__file__), digest(batches.__file__)],
+        "base": pinned_source(p.base.model, p.base.revision),
         "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file),
         "tokens": style.tokens, "repeats": style.repeats})
 
@@ -146,37 +147,19 @@ def log_row(live, row: dict) -> None:
             live.log_metric(key, row[key])
 
 
-def batch_indices(step: int, micro: int, n: int, per_epoch: int, cfg: params.Train, world: int, rank: int,
-                  repeats: int = 1) -> torch.Tensor:
-    """This process's images for one micro-batch: a seeded permutation per epoch of every image
-    `repeats` times, sharded by rank."""
-    epoch, within = divmod(step, per_epoch)
-    order = torch.randperm(n * repeats, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)) % n
-    start = ((within * cfg.gradient_accumulation + micro) * world + rank) * cfg.batch_size
-    return order[start : start + cfg.batch_size]
-
-
-def epoch_captions(data: dict, epoch: int) -> dict:
-    """The captions one epoch trains on: with tag variants cached (tags.shuffle / tags.dropout),
-    every image's variant (epoch mod variants), else the captions as they are."""
-    if VARIANTS + "text_hidden" not in data:
-        return data
-    variant = epoch % data[VARIANTS + "text_hidden"].shape[1]
-    return data | {k.removeprefix(VARIANTS): v[:, variant] for k, v in data.items() if k.startswith(VARIANTS)}
-
-
-def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: params.Train, gen: torch.Generator,
+def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: torch.Generator,
                    encoders: list | None = None) -> torch.Tensor:
-    """Noise cached latents at random timesteps and score the UNet's prediction (min-SNR weighted)."""
+    """Noise a batch's cached latents (LatentCache.rows) at random timesteps and score the UNet's
+    prediction (min-SNR weighted)."""
     device = gen.device
-    b = len(idx)
+    b = len(batch["mean"])
     flip = (torch.rand(b, generator=gen, device=device) < 0.5) if cfg.random_flip else torch.zeros(b, dtype=torch.bool, device=device)
-    pick = lambda key: torch.where(flip[:, None, None, None], data[key + "_flipped"][idx], data[key][idx])  # noqa: E731
+    pick = lambda key: torch.where(flip[:, None, None, None], batch[key + "_flipped"], batch[key])  # noqa: E731
     latents = pick("mean") + pick("std") * torch.randn(pick("mean").shape, generator=gen, device=device)
     drop = torch.rand(b, generator=gen, device=device) < cfg.caption_dropout
-    caption = lambda key: torch.where(drop.view(-1, *[1] * (data[key].dim() - 1)), data["empty_" + key], data[key][idx])  # noqa: E731
+    caption = lambda key: torch.where(drop.view(-1, *[1] * (batch[key].dim() - 1)), batch["empty_" + key], batch[key])  # noqa: E731
     if encoders is None:  # frozen text encoders: their cached output
-        cond, pooled = caption("text_hidden"), caption("text_pooled") if "text_pooled" in data else None
+        cond, pooled = caption("text_hidden"), caption("text_pooled") if "text_pooled" in batch else None
     else:
         cond, pooled = encode_text(encoders, [caption(k) for k in IDS[: len(encoders)]])
     noise = torch.randn(latents.shape, generator=gen, device=device)
@@ -186,7 +169,7 @@ def diffusion_loss(unet, noise_scheduler, data: dict, idx: torch.Tensor, cfg: pa
     noisy = noise_scheduler.add_noise(latents, noise, t)
     v_pred = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
-    pred = unet(noisy, t, cond, **unet_kwargs(pooled, data["time_ids"][idx] if pooled is not None else None)).sample
+    pred = unet(noisy, t, cond, **unet_kwargs(pooled, batch["time_ids"] if pooled is not None else None)).sample
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma or cfg.debiased_estimation:
         snr = compute_snr(noise_scheduler, t)
@@ -212,18 +195,23 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                 logs: Path = TRAIN_LOGS, latents: Path = LATENTS) -> dict:
     """Train the style's LoRA; returns the pipeline holding it and a summary."""
     cfg, style = params.train_for(p, name), params.style(p, name)
-    data = load_latents(name, p.base.resolution, latents)
+    cache = open_latents(name, p.base.resolution, latents)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise StyleMixError("train.mixed_precision = fp16 needs a CUDA GPU; use bf16 or no on the CPU")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.compile else "no")
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    n, per_batch = len(data["mean"]), cfg.batch_size * world * cfg.gradient_accumulation
-    seen = n * style.repeats  # an epoch: every image `repeats` times
-    if seen < per_batch:
-        raise StyleMixError(f"style {name}: {n} images x {style.repeats} repeats, fewer than one step's batch "
+    n, shapes = len(cache), list(cache.buckets)
+    order = Batches(list(cache.buckets.values()), cfg, world, rank, style.repeats)
+    per_epoch = order.per_epoch
+    in_buckets = f" (buckets {', '.join(f'{b}: {c}' for b, c in cache.buckets.items())})" if len(shapes) > 1 else ""
+    if not per_epoch:
+        raise StyleMixError(f"style {name}: {n} images x {style.repeats} repeats{in_buckets}, fewer than one step's batch "
                             f"(train.batch_size {cfg.batch_size} x {world} processes x accumulation {cfg.gradient_accumulation}); "
                             f"raise styles.{name}.repeats or lower the batch")
-    per_epoch = seen // per_batch
+    if unfilled := [b for b, c in cache.buckets.items() if c * style.repeats < cfg.batch_size]:
+        accelerator.print(f"warning: style {name}: bucket(s) {', '.join(unfilled)} hold fewer images x repeats than "
+                          f"train.batch_size {cfg.batch_size}, so training never sees them; raise styles.{name}.repeats, "
+                          "lower the batch or make fewer buckets (a larger base.buckets.step)")
     total = cfg.max_steps or cfg.epochs * per_epoch
 
     pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
@@ -233,7 +221,6 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     model, te_models, optimizer = prepared[0], list(prepared[1:-1]) or None, prepared[-1]
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
-    data = {k: v.to(device) for k, v in data.items()}
     gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
 
     run = run_id(p, style, cfg, world, latents_file(name, latents))
@@ -251,20 +238,23 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     if accelerator.is_main_process and (held := load_heldout(name, latents)):
         unet, encoders = accelerator.unwrap_model(model), [accelerator.unwrap_model(te) for te in te_models or []]
         vcfg = p.validation or params.Validation()  # the stage declares it; tests may leave it out
-        validate = partial(heldout_loss, unet, noise_scheduler, held, vcfg.timesteps, vcfg.seed, encoders or None)
+        validate = partial(heldout_loss, unet, noise_scheduler, held.groups(), vcfg.timesteps, vcfg.seed, encoders or None)
         with adapters_off(unet, *encoders):
             base_loss = validate()  # the base model (new tokens at their start) on the held-out images
     model.train()
     started, first_step = time.perf_counter(), step
-    with progress("loss", "lr", disable=not accelerator.is_main_process) as bar:
-        task = bar.add_task(f"train {name} ({n} images x {style.repeats} an epoch)", total=total, completed=step, loss="-", lr="-")
+    per_step = cfg.batch_size * world * cfg.gradient_accumulation  # images a step
+    with progress("images", "loss", "lr", unit="steps", disable=not accelerator.is_main_process) as bar:
+        task = bar.add_task(f"train {name} ({n} images x {style.repeats} an epoch{in_buckets})", total=total, completed=step,
+                            images="-", loss="-", lr="-")
         while step < total:
             losses = []
             for micro in range(cfg.gradient_accumulation):
-                idx = batch_indices(step, micro, n, per_epoch, cfg, world, rank, style.repeats).to(device)
+                bucket, rows = order(step, micro)
+                batch = {k: v.to(device) for k, v in cache.rows(shapes[bucket], rows, variant=step // per_epoch).items()}
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    loss = diffusion_loss(model, noise_scheduler, epoch_captions(data, step // per_epoch), idx, cfg, gen, te_models)
+                    loss = diffusion_loss(model, noise_scheduler, batch, cfg, gen, te_models)
                     losses.append(accelerator.reduce(loss.detach(), "mean").item())
                     if not math.isfinite(losses[-1]):
                         raise StyleMixError(
@@ -287,7 +277,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                     images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
                     for i, img in enumerate(images):
                         live.log_image(f"step-{step:06d}/validation_{i}.png", img)
-            bar.update(task, advance=1, loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
+            rate = (step - first_step) * per_step / (time.perf_counter() - started)
+            bar.update(task, advance=1, images=f"{rate:.1f}/s", loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, run,
                                  cfg.keep_checkpoints, Path(live.plots_dir) / "images" if live else None)

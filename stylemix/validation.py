@@ -4,6 +4,7 @@ encode@S sets a few images of each style aside (`validation.split`, or `styles.<
 and caches them apart; train@S never sees them. Their validation loss is the plain denoising MSE at
 fixed timesteps, with a fixed noise tensor per (image, timestep), on the posterior mean of their
 latents and their full caption (no dropout, no flip): two evaluations differ only by the weights.
+Each image counts once, whatever its bucket's size.
 train@S reports it for the base (adapters off) and for the LoRA; the validate stage fills the
 cross-style matrix, every LoRA on every style's held-out images.
 """
@@ -12,14 +13,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from stylemix.conditioning import IDS, VARIANTS, encode_text, unet_kwargs
+from stylemix.conditioning import IDS, encode_text, unet_kwargs
 from stylemix.errors import StyleMixError
+from stylemix.latent_cache import LatentCache
 from stylemix.paths import LATENTS, heldout_file
 
-# The tensors encode@S stores per image; the others (the empty caption's) are shared.
-PER_IMAGE = ("mean", "std", "mean_flipped", "std_flipped", "text_hidden", "text_pooled", "time_ids", *IDS)
+# What encode@S keeps of a held-out image: no mirror image, no tag variants (scored on its plain caption).
+HELDOUT_KEYS = ("mean", "std", "text_hidden", "text_pooled", "time_ids", *IDS)
 
 
 def heldout_indices(count: int, total: int, seed: int, style: str) -> list[int]:
@@ -31,22 +32,11 @@ def heldout_indices(count: int, total: int, seed: int, style: str) -> list[int]:
     return sorted(order[:count].tolist())
 
 
-def split(tensors: dict[str, torch.Tensor], held: list[int]) -> tuple[dict, dict]:
-    """(training tensors, held-out tensors): per-image tensors divided by `held`, the shared ones and
-    tag variants kept for training only (held-out images are scored on their plain caption)."""
-    n = len(tensors["mean"])
-    keep = [i for i in range(n) if i not in set(held)]
-    per_image = lambda k: k.removeprefix(VARIANTS) in PER_IMAGE  # noqa: E731
-    train = {k: (v[keep] if per_image(k) else v).contiguous() for k, v in tensors.items()}
-    heldout = {k: v[held].contiguous() for k, v in tensors.items() if k in PER_IMAGE and not k.endswith("_flipped")}
-    return train, heldout
-
-
-def load_heldout(style: str, latents: Path = LATENTS) -> dict[str, torch.Tensor] | None:
-    """The style's held-out tensors, or None when it holds nothing out."""
+def load_heldout(style: str, latents: Path = LATENTS) -> LatentCache | None:
+    """The style's held-out file, or None when it holds nothing out."""
     path = heldout_file(style, latents)
-    held = load_file(path) if path.is_file() else {}
-    return held if len(held.get("mean", ())) else None
+    held = LatentCache(path) if path.is_file() else None
+    return held if held is not None and len(held) else None
 
 
 @contextmanager
@@ -68,35 +58,38 @@ def fixed_noise(shape: tuple[int, ...], seed: int, image: int, timestep: int) ->
 
 
 @torch.no_grad()
-def heldout_loss(unet, noise_scheduler, held: dict[str, torch.Tensor], timesteps: list[int], seed: int,
+def heldout_loss(unet, noise_scheduler, groups: list[dict[str, torch.Tensor]], timesteps: list[int], seed: int,
                  encoders: list | None = None) -> dict[str, float]:
-    """{"t<timestep>": loss, ..., "mean": their mean} of `unet` on the held-out latents. The text
-    conditioning is the cached encoder output, or, with `encoders` (a trained text encoder or new
-    tokens), computed from the cached token ids."""
+    """{"t<timestep>": loss, ..., "mean": their mean} of `unet` on the held-out images, given as one
+    tensor dict per bucket (LatentCache.groups). The text conditioning is the cached encoder output,
+    or, with `encoders` (a trained text encoder or new tokens), computed from the cached token ids."""
     limit = noise_scheduler.config.num_train_timesteps
     if any(t >= limit for t in timesteps):
         raise StyleMixError(f"validation.timesteps must be below the model's {limit} training timesteps")
     device, dtype = unet.device, unet.dtype
-    latents = held["mean"].to(device)
-    if encoders is None:
-        cond, pooled = held["text_hidden"].to(device, dtype), held.get("text_pooled")
-    else:
-        cond, pooled = encode_text(encoders, [held[k].to(device) for k in IDS[: len(encoders)]])
-    times = held.get("time_ids")
-    extra = unet_kwargs(None if pooled is None else pooled.to(device, dtype), None if times is None else times.to(device))
     v_pred = noise_scheduler.config.prediction_type == "v_prediction"
     alphas, was_training = noise_scheduler.alphas_cumprod, unet.training
     noise_scheduler.alphas_cumprod = alphas.to(device)
     unet.eval()
-    losses = {}
-    for t in timesteps:
-        noise = torch.stack([fixed_noise(latents.shape[1:], seed, i, t) for i in range(len(latents))]).to(device)
-        steps = torch.full((len(latents),), t, device=device, dtype=torch.long)
-        noisy = noise_scheduler.add_noise(latents, noise, steps)
-        target = noise_scheduler.get_velocity(latents, noise, steps) if v_pred else noise
-        pred = unet(noisy.to(dtype), steps, cond.to(dtype), **extra).sample
-        losses[f"t{t}"] = F.mse_loss(pred.float(), target.float()).item()
+    sums, count = {t: 0.0 for t in timesteps}, 0
+    for held in groups:
+        latents = held["mean"].to(device)
+        if encoders is None:
+            cond, pooled = held["text_hidden"].to(device, dtype), held.get("text_pooled")
+        else:
+            cond, pooled = encode_text(encoders, [held[k].to(device) for k in IDS[: len(encoders)]])
+        times = held.get("time_ids")
+        extra = unet_kwargs(None if pooled is None else pooled.to(device, dtype), None if times is None else times.to(device))
+        for t in timesteps:
+            noise = torch.stack([fixed_noise(latents.shape[1:], seed, count + i, t) for i in range(len(latents))]).to(device)
+            steps = torch.full((len(latents),), t, device=device, dtype=torch.long)
+            noisy = noise_scheduler.add_noise(latents, noise, steps)
+            target = noise_scheduler.get_velocity(latents, noise, steps) if v_pred else noise
+            pred = unet(noisy.to(dtype), steps, cond.to(dtype), **extra).sample
+            sums[t] += F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).sum().item()
+        count += len(latents)
     noise_scheduler.alphas_cumprod = alphas
     unet.train(was_training)
+    losses = {f"t{t}": sums[t] / count for t in timesteps}
     losses["mean"] = sum(losses.values()) / len(losses)
     return losses

@@ -59,6 +59,7 @@ def reduce(raw: dict) -> None:
     raw["sample"] = {"styles": ["watercolor", "sketch"], "images_per_style": 5, "seed": 0}
     raw["styles"] = {k: v for k, v in raw["styles"].items() if k in raw["sample"]["styles"]}
     raw["base"]["resolution"] = 32
+    raw["base"]["buckets"]["step"] = 8  # at 32 px: 40x24 and 24x40 hold the 16:9 and 2:3 watercolors
     raw["lora"] |= {"conv_rank": 2, "conv_alpha": 1}  # LoCon: convolutions at their own rank and alpha, through every stage
     raw["train"] |= {"max_steps": 4, "batch_size": 2, "checkpoint_every": 2, "validation_steps": 2, "validation_prompts": ["a cat"]}
     raw["merge"]["combos"] = {"mix": {"weights": {"watercolor": 0.5, "sketch": 0.5}},

@@ -65,3 +65,19 @@ def test_the_gpu_benchmark_runs_tiny_with_only_what_the_gpu_machine_has(tmp_path
             for variant in ("floor", "plain_floor", "reference", "ours", "ours_gradient_checkpointing"):
                 assert row[variant]["s"] > 0, (arch, batch, variant)
             assert row["ratios"]["ours_over_floor"] > 0 and row["ratios"]["reference_over_ours"] > 0
+
+
+def test_the_scale_benchmark_runs_on_a_few_images(tmp_path):
+    """bench/scale.py's code path (every phase, its own process each) on two small styles."""
+    out = tmp_path / "scale.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench/scale.py"), "--images", "24,36", "--out", str(out)],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for size in ("24", "36"):
+        phases = report["results"][size]
+        assert list(phases) == ["filter", "caption", "encode", "train"]
+        assert phases["filter"]["images"] == phases["encode"]["images"] == int(size)
+        assert all(row["s_per_image"] > 0 and row["peak_gb"] >= 0 for row in phases.values())
+        assert phases["train"]["steps"] >= 2 and phases["train"]["cache_gb"] > 0
+    assert set(report["ratios_to_24"]["36"]) == {"filter", "caption", "encode", "train"}

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from stages.filter import filter_style
 from stylemix import params
@@ -18,7 +20,7 @@ def pixel_source(tmp_path_factory):
 
 def run(source, tmp_path, **cfg):
     style = params.Style(source=str(source), trigger="pixstyle", resample="nearest")
-    return filter_style("pixelart", style, params.Filter(**cfg), 64, tmp_path / "filtered", tmp_path / "reports")
+    return filter_style("pixelart", style, params.Filter(**cfg), params.Base(resolution=64), tmp_path / "filtered", tmp_path / "reports")
 
 
 def test_planted_edge_cases_are_sorted_out(pixel_source, tmp_path):
@@ -33,8 +35,26 @@ def test_planted_edge_cases_are_sorted_out(pixel_source, tmp_path):
     assert all(k["original_size"] == [16, 16] and k["laplacian"] >= 100 for k in kept)
     assert (tmp_path / "filtered/pixelart/pixelart_000.txt").read_text().strip()  # sidecar travels along
     summary = json.loads((tmp_path / "reports/pixelart/summary.json").read_text())
-    assert summary == {"kept": 9, "rejected": 7, "rejected_by_reason": {"blurry": 3, "unreadable": 3, "too small": 1}}
+    assert summary == {"kept": 9, "rejected": 7, "rejected_by_reason": {"blurry": 3, "unreadable": 3, "too small": 1},
+                       "buckets": {"64x64": 9}}  # buckets off: the square
     assert (tmp_path / "reports/pixelart/rejected.png").stat().st_size > 0
+
+
+def test_buckets_keep_each_shape_and_say_what_a_crop_beyond_them_costs(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    build_style("watercolor", source, count=8, seed=0)  # square, 16:9 and 2:3
+    strip = np.random.default_rng(0).integers(0, 255, (60, 360, 3), dtype=np.uint8)
+    Image.fromarray(strip).save(source / "strip.png")  # 6:1, beyond the widest bucket (128x32: 4:1)
+    style = params.Style(source=str(source), trigger="wcstyle")
+    base = params.Base(resolution=64, buckets=params.Buckets(enabled=True, step=16))
+    result = filter_style("watercolor", style, params.Filter(), base, tmp_path / "filtered", tmp_path / "reports")
+    assert list(result["buckets"].items()) == [("48x80", 2), ("64x64", 6), ("80x48", 3), ("128x32", 1)]  # tall to wide
+    for row in read_jsonl(tmp_path / "filtered/watercolor/index.jsonl"):
+        assert Image.open(tmp_path / "filtered/watercolor" / row["file_name"]).size == tuple(row["bucket"])
+    assert "strip.png (360x60) is beyond the last bucket 128x32: cropped to it, losing 33% of its long side" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "reports/watercolor/summary.json").read_text())
+    assert summary["buckets"] == result["buckets"] and (tmp_path / "reports/watercolor/buckets.png").stat().st_size > 0
 
 
 def test_near_duplicates_are_dropped(pixel_source, tmp_path):

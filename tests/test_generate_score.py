@@ -134,7 +134,7 @@ def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     for style in ("pixelart", "sketch", "watercolor"):
         (tmp_path / style).mkdir()
         build_style(style, tmp_path / style, count=6, seed=0)
-        filter_style(style, params.Style(source=str(tmp_path / style), trigger=style), params.Filter(), 32,
+        filter_style(style, params.Style(source=str(tmp_path / style), trigger=style), params.Filter(), params.Base(resolution=32),
                      tmp_path / "filtered", tmp_path / "reports")
         refs[style] = style_reference(scorer, tmp_path / "filtered" / style)
         own[style] = embed_images(scorer, [Image.open(p) for p in sorted((tmp_path / "filtered" / style).glob("*.png"))])

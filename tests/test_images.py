@@ -69,13 +69,16 @@ def test_laplacian_is_measured_at_the_analysis_size():
 
 def test_resize_crop_center_and_nearest_keeps_pixel_art_crisp():
     sprite = checkerboard(16, 1)
-    big, (top, left) = resize_crop(sprite, 128, "nearest")
+    big, (top, left) = resize_crop(sprite, (128, 128), "nearest")
     assert big.size == (128, 128) and (top, left) == (0, 0)
     assert len(set(big.getdata())) == len(set(sprite.getdata())) == 2  # no in-between colours
-    smooth, _ = resize_crop(sprite, 128, "lanczos")
+    smooth, _ = resize_crop(sprite, (128, 128), "lanczos")
     assert len(set(smooth.getdata())) > 2
-    wide, (top, left) = resize_crop(Image.new("RGB", (300, 100)), 64, "lanczos")
+    wide, (top, left) = resize_crop(Image.new("RGB", (300, 100)), (64, 64), "lanczos")
     assert wide.size == (64, 64) and (top, left) == (0, (192 - 64) // 2)
+    # Into a bucket: covered (300x100 -> 144x48), then the long side cropped.
+    bucket, (top, left) = resize_crop(Image.new("RGB", (300, 100)), (80, 48), "lanczos")
+    assert bucket.size == (80, 48) and (top, left) == (0, (144 - 80) // 2)
 
 
 def test_contact_sheet_has_a_tile_per_image():

@@ -94,6 +94,9 @@ def test_load_hides_undeclared_sections(tmp_path):
         ({"styles__watercolor__resample": "cubic"}, "styles.watercolor.resample = 'cubic'"),
         ({"styles__watercolor__template": "{caption}"}, "must contain {trigger} and {caption}"),
         ({"styles": {"Water Color": {"source": "x", "trigger": "t"}}}, "style name 'Water Color'"),
+        ({"styles__watercolor__repeats": 0}, "styles.watercolor.repeats = 0: Input should be greater than 0"),
+        ({"base__buckets__step": 20}, "base.buckets.step = 20: must be divisible by 8"),
+        ({"base__buckets__max_side": 48}, "base: buckets: min_side 32 to max_side 48 must hold the square bucket of resolution 64"),
     ],
 )
 def test_bad_value_is_one_line_naming_key(tmp_path, edits, expected):

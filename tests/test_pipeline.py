@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 
+from stylemix.latent_cache import LatentCache
 from stylemix.queue import workers
 from tests.conftest import ROOT
 from tests.e2e import ENV, EVERY_STAGE, STYLES, commit, make_repo, ran, reduce, run_block, set_params, sh
@@ -33,8 +34,10 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert len(rows) == 8 and all(r["text"] for r in rows)  # 5 images + gray, rgba, rotated
         summary = json.loads((repo / f"reports/filter/{style}/summary.json").read_text())
         assert summary["kept"] == 8 and summary["rejected"] == 7
-        held, trained = (safe_open(repo / f"data/latents/{style}/{name}.safetensors", "pt") for name in ("heldout", "latents"))
-        assert (held.get_slice("mean").get_shape()[0], trained.get_slice("mean").get_shape()[0]) == (3, 5)  # validation.split 3
+        # Buckets: the watercolors come in three shapes, through encode, train and validate.
+        assert summary["buckets"] == ({"24x40": 2, "32x32": 4, "40x24": 2} if style == "watercolor" else {"32x32": 8})
+        held, trained = (LatentCache(repo / f"data/latents/{style}/{name}.safetensors") for name in ("heldout", "latents"))
+        assert (len(held), len(trained)) == (3, 5)  # validation.split 3
         assert (repo / f"models/lora/{style}/pytorch_lora_weights.safetensors").is_file()
         assert (repo / f"models/lora/{style}/{style}_kohya.safetensors").is_file()
         train = json.loads((repo / f"reports/train/{style}/metrics.json").read_text())

@@ -16,6 +16,7 @@ from stylemix.base_model import SD15, SDXL, architecture, build_tiny, load_pipel
 from stylemix.conditioning import encode_text, text_encoders, tokenize
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
+from stylemix.latent_cache import LatentCache
 from stylemix.lora_files import add_lora, load_factors, read_info_for, save_lora
 from stylemix.merging import merge_combo
 from stylemix.outputs import read_jsonl
@@ -34,7 +35,7 @@ def tiny_sdxl(tmp_path_factory):
 
 def make_params(model, source, text_encoder=False) -> params.Params:
     return params.validate({
-        "base": {"model": str(model), "resolution": RESOLUTION},
+        "base": {"model": str(model), "resolution": RESOLUTION, "buckets": {"enabled": True, "step": 8}},
         "styles": {"watercolor": {"source": str(source), "trigger": "wcstyle"}},
         "lora": {"rank": 4, "alpha": 8, "targets": TARGETS, "text_encoder": text_encoder},
         "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
@@ -44,14 +45,14 @@ def make_params(model, source, text_encoder=False) -> params.Params:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_sdxl):
-    """Six watercolors filtered, captioned and encoded for tiny-sdxl."""
+    """Six watercolors (in three aspect ratios) filtered into buckets, captioned and encoded for tiny-sdxl."""
     root = tmp_path_factory.mktemp("sdxl")
     (root / "src").mkdir()
     build_style("watercolor", root / "src", count=6, seed=0)
     noise = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     Image.fromarray(noise).save(root / "src/wide.png")  # not square: a crop SDXL should be told of
     p = make_params(tiny_sdxl, root / "src")
-    filter_style("watercolor", p.styles["watercolor"], params.Filter(), RESOLUTION, root / "filtered", root / "reports")
+    filter_style("watercolor", p.styles["watercolor"], params.Filter(), p.base, root / "filtered", root / "reports")
     caption_style("watercolor", params.Caption(), root / "filtered", root / "captions")
     encode_style("watercolor", p.styles["watercolor"], p.base, root / "filtered", root / "captions", root / "latents")
     return root
@@ -81,19 +82,22 @@ def test_text_conditioning_is_what_the_pipelines_compute(tiny_sdxl, tiny_model, 
         assert pooled is None
 
 
-def test_encode_caches_both_encoders_and_the_time_ids(data):
-    latents = data / "latents/watercolor/latents.safetensors"
-    cached = load_file(latents)
-    records = read_jsonl(data / "filtered/watercolor/index.jsonl")
-    assert cached["text_hidden"].shape == (len(records), 77, 32 + 48) and cached["text_pooled"].shape == (len(records), 32)
-    assert cached["empty_text_pooled"].shape == (1, 32) and cached["input_ids_2"].shape == (len(records), 77)
-    for row, ids in zip(records, cached["time_ids"].tolist()):
+def test_encode_caches_both_encoders_and_the_time_ids_of_each_crop(data):
+    cache = LatentCache(data / "latents/watercolor/latents.safetensors")
+    records = {r["file_name"]: r for r in read_jsonl(data / "filtered/watercolor/index.jsonl")}
+    assert len(cache.buckets) == 3 and sorted(cache.files) == sorted(records)
+    ids, start = {}, 0
+    for count, group in zip(cache.buckets.values(), cache.groups()):
+        assert group["text_hidden"].shape == (count, 77, 32 + 48) and group["text_pooled"].shape == (count, 32)
+        assert group["input_ids_2"].shape == (count, 77) and group["empty_text_pooled"].shape == (1, 32)
+        ids |= dict(zip(cache.files[start : start + count], group["time_ids"].tolist()))
+        start += count
+    for name, row in records.items():
         width, height = row["original_size"]
-        assert ids == [height, width, *row["crop_top_left"], RESOLUTION, RESOLUTION]
-    wide = next(ids for row, ids in zip(records, cached["time_ids"].tolist()) if row["source"] == "wide.png")
-    assert wide == [60, 90, 0, (48 - 32) // 2, 32, 32]  # 90x60 scaled to 48x32, cropped 8 px from the left
-    with safe_open(latents, "pt") as f:
-        assert f.metadata()["architecture"] == SDXL
+        assert ids[name] == [height, width, *row["crop_top_left"], row["bucket"][1], row["bucket"][0]]
+    wide = next(ids[name] for name, row in records.items() if row["source"] == "wide.png")
+    assert wide == [60, 90, 1, 0, 24, 40]  # 90x60 into the 40x24 bucket: scaled to 40x27, cropped 1 px from the top
+    assert cache.architecture == SDXL
 
 
 def unet_and_text(pipe, cond_ids):

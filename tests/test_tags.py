@@ -1,7 +1,6 @@
 """Tag captions: a WD14-style ONNX tagger (built here, tiny) and the shuffled tag variants
 encode@S caches for training."""
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from stylemix.errors import StyleMixError
 from stylemix.outputs import write_jsonl
 from stylemix.paths import LATENTS_FILE
 from stylemix.prompts import tag_variants
-from stylemix.training import epoch_captions, load_latents, train_style
+from stylemix.training import open_latents, train_style
 from stylemix.validation import load_heldout
 from tests.conftest import ROOT
 from tests.readme import block
@@ -135,21 +134,22 @@ def test_encode_caches_variants_and_training_reads_one_an_epoch(filtered, tiny_m
     caption_style("ink", params.Caption(), filtered / "filtered", filtered / "captions")
     style = params.Style(source="x", trigger="inkstyle")
     base = params.Base(model=str(tiny_model), resolution=32)
-    for name in ("red", "green", "strip"):  # encode@S reads images at base.resolution
+    for name in ("red", "green", "strip"):  # encode@S reads images at their bucket's size: here the square
         Image.open(folder / f"{name}.png").resize((32, 32)).save(folder / f"{name}.png")
+    write_jsonl(folder / "index.jsonl", [{"file_name": f"{n}.png", "bucket": [32, 32]} for n in ("red", "green", "strip")])
     cfg = params.Tags(shuffle=True, variants=3)
     encode_style("ink", style, base, filtered / "filtered", filtered / "captions", filtered / "latents", heldout=1, tags=cfg)
-    data = load_latents("ink", 32, filtered / "latents")
-    n, v = len(data["mean"]), cfg.variants
-    assert n == 2 and data[VARIANTS + "text_hidden"].shape == (n, v, *data["text_hidden"].shape[1:])
-    assert not any(k.startswith(VARIANTS) for k in load_heldout("ink", filtered / "latents"))  # scored on plain captions
-    # Epoch e reads variant e mod 3 of every image: the encoder's output of that shuffled caption.
+    cache = open_latents("ink", 32, filtered / "latents")
+    (bucket, n), v = *cache.buckets.items(), cfg.variants
+    assert n == 2 == len(cache)
     with safe_open(filtered / "latents/ink" / LATENTS_FILE, "pt") as f:
-        kept = json.loads(f.metadata()["files"])
-    captions = [tag_variants(f"inkstyle, {Path(f).stem}, square, flat colour, plain", cfg, f)[0][4 % v] for f in kept]
-    expected = encode_captions(load_pipeline(str(tiny_model)), captions, kept, torch.device("cpu"))["text_hidden"]
-    assert torch.allclose(epoch_captions(data, 4)["text_hidden"], expected, atol=1e-5)
-    assert not torch.allclose(epoch_captions(data, 5)["text_hidden"], expected, atol=1e-5)
+        assert f.get_slice(f"{bucket}/{VARIANTS}text_hidden").get_shape()[:2] == [n, v]
+    assert not any(k.startswith(VARIANTS) for k in load_heldout("ink", filtered / "latents").groups()[0])  # plain captions
+    # Epoch e reads variant e mod 3 of every image: the encoder's output of that shuffled caption.
+    captions = [tag_variants(f"inkstyle, {Path(f).stem}, square, flat colour, plain", cfg, f)[0][4 % v] for f in cache.files]
+    expected = encode_captions(load_pipeline(str(tiny_model)), captions, cache.files, torch.device("cpu"))["text_hidden"]
+    assert torch.allclose(cache.rows(bucket, [0, 1], variant=4)["text_hidden"], expected, atol=1e-5)
+    assert not torch.allclose(cache.rows(bucket, [0, 1], variant=5)["text_hidden"], expected, atol=1e-5)
     # Training reads them: one epoch a step here (2 images, batch 2), so three steps see all three variants.
     p = params.validate({"base": base.model_dump(), "styles": {"ink": style.model_dump()}, "lora": {"rank": 2, "targets": "attn"},
                          "train": {"max_steps": 3, "batch_size": 2, "validation_prompts": ["a cat"], "validation_steps": 2}})

@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
 
 from stages.caption import caption_style
 from stages.encode import encode_style
@@ -12,16 +13,21 @@ from stylemix import params
 from stylemix.base_model import load_pipeline
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
+from stylemix.batches import Batches
 from stylemix.load_check import adapter_deltas, kohya_dora_deltas
-from stylemix.training import batch_indices, train_style
+from stylemix.training import open_latents, train_style
 
 RESOLUTION = 32
+# The `bucketed` style: aspect-ratio buckets in steps of 8 px (at 32 px, 40x24 and 24x40 hold the
+# demo's 16:9 and 2:3 watercolors).
+BUCKETED = {"buckets": {"enabled": True, "step": 8}}
 
 
-def make_params(model, source, **train) -> params.Params:
+def make_params(model, source, name="pixelart", **train) -> params.Params:
+    style = {"trigger": "pixstyle", "resample": "nearest"} if name == "pixelart" else {"trigger": "wcstyle"}
     return params.validate({
-        "base": {"model": str(model), "resolution": RESOLUTION},
-        "styles": {"pixelart": {"source": str(source), "trigger": "pixstyle", "resample": "nearest"}},
+        "base": {"model": str(model), "resolution": RESOLUTION} | (BUCKETED if name == "watercolor" else {}),
+        "styles": {name: {"source": str(source)} | style},
         "lora": {"rank": 4, "alpha": 2, "targets": "attn"},
         "train": {"max_steps": 6, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
                   "validation_prompts": ["a cat"], "caption_dropout": 0.2} | train,
@@ -30,7 +36,7 @@ def make_params(model, source, **train) -> params.Params:
 
 def prepare(name: str, root, p: params.Params) -> None:
     """The style's images in root/src (made by build_style), filtered, captioned and encoded under root."""
-    filter_style(name, p.styles[name], params.Filter(), p.base.resolution, root / "filtered", root / "reports")
+    filter_style(name, p.styles[name], params.Filter(), p.base, root / "filtered", root / "reports")
     caption_style(name, params.Caption(), root / "filtered", root / "captions")
     encode_style(name, p.styles[name], p.base, root / "filtered", root / "captions", root / "latents")
 
@@ -45,8 +51,19 @@ def data(tmp_path_factory, tiny_model):
     return root
 
 
+@pytest.fixture(scope="module")
+def bucketed(tmp_path_factory, tiny_model):
+    """Six watercolors (and the three repaired edge cases) in three aspect ratios, filtered into buckets."""
+    root = tmp_path_factory.mktemp("buckets")
+    (root / "src").mkdir()
+    build_style("watercolor", root / "src", count=6, seed=0)
+    prepare("watercolor", root, make_params(tiny_model, root / "src", "watercolor"))
+    return root
+
+
 def train(data, tmp_path, p, on_step=None, run="a") -> dict:
-    return train_style("pixelart", p, on_step, out=tmp_path / run / "lora", ckpt_root=tmp_path / run / "ckpt",
+    name, = p.styles
+    return train_style(name, p, on_step, out=tmp_path / run / "lora", ckpt_root=tmp_path / run / "ckpt",
                        logs=tmp_path / run / "logs", latents=data / "latents")
 
 
@@ -54,13 +71,15 @@ def weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result["trainables"].items()}
 
 
-def logged_images(run) -> dict[str, bytes]:
-    folder = run / "logs/pixelart/plots/images"
+def logged_images(run, name="pixelart") -> dict[str, bytes]:
+    folder = run / f"logs/{name}/plots/images"
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*.png"))}
 
 
-def test_same_params_same_weights_and_resume_is_bit_exact(data, tmp_path, tiny_model):
-    p = make_params(tiny_model, data / "src", validate_every=2)
+@pytest.mark.parametrize("name", ["pixelart", "watercolor"], ids=["square", "buckets"])
+def test_same_params_same_weights_and_resume_is_bit_exact(request, tmp_path, tiny_model, name):
+    data = request.getfixturevalue("bucketed" if name == "watercolor" else "data")
+    p = make_params(tiny_model, data / "src", name, validate_every=2)
     first = weights(train(data, tmp_path, p, run="a"))
     again = weights(train(data, tmp_path, p, run="b"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
@@ -70,21 +89,40 @@ def test_same_params_same_weights_and_resume_is_bit_exact(data, tmp_path, tiny_m
             raise KeyboardInterrupt  # the stage dies after step 3; its last checkpoint is step 2
     with pytest.raises(KeyboardInterrupt):
         train(data, tmp_path, p, killed_at_3, run="c")
-    assert sorted(d.name for d in (tmp_path / "c/ckpt/pixelart").iterdir()) == ["step-000002"]
+    assert sorted(d.name for d in (tmp_path / f"c/ckpt/{name}").iterdir()) == ["step-000002"]
     steps_run = []
     resumed = weights(train(data, tmp_path, p, lambda step, _: steps_run.append(step), run="c"))
     assert steps_run == [3, 4, 5, 6]
     assert all(torch.equal(first[k], resumed[k]) for k in first)
-    loss_rows = (tmp_path / "c/logs/pixelart/plots/metrics/loss.tsv").read_text().splitlines()
+    loss_rows = (tmp_path / f"c/logs/{name}/plots/metrics/loss.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in loss_rows[1:]] == ["1", "2", "3", "4", "5", "6"]
     # The validation images of steps before the kill come back from the checkpoint; a rerun of a
     # finished run (dvc repro after a dependency changed) trains nothing and keeps every one.
-    images = logged_images(tmp_path / "a")
+    images = logged_images(tmp_path / "a", name)
     assert sorted(images) == [f"step-00000{s}/validation_0.png" for s in (2, 4, 6)]
-    assert logged_images(tmp_path / "c") == images
+    assert logged_images(tmp_path / "c", name) == images
     steps_run.clear()
     train(data, tmp_path, p, lambda step, _: steps_run.append(step), run="c")
-    assert steps_run == [] and logged_images(tmp_path / "c") == images
+    assert steps_run == [] and logged_images(tmp_path / "c", name) == images
+
+
+def test_images_go_to_buckets_and_each_batch_holds_one(bucketed, tmp_path, tiny_model):
+    cache = open_latents("watercolor", RESOLUTION, bucketed / "latents")
+    assert cache.buckets == {"24x40": 2, "32x32": 5, "40x24": 2}  # 2:3, square, 16:9 (2 of 2:3 and the grey one: square)
+    for bucket, group in zip(cache.buckets, cache.groups()):
+        width, height = map(int, bucket.split("x"))
+        assert group["mean"].shape[2:] == (height // 8, width // 8)  # the test model's VAE: 8x smaller latents
+    full = load_file(cache.path)  # what a batch reads from the memory-mapped file: exactly those rows
+    batch = cache.rows("32x32", [4, 0, 4])
+    assert torch.equal(batch["mean"], full["32x32/mean"][[4, 0, 4]]) and torch.equal(batch["std_flipped"], full["32x32/std_flipped"][[4, 0, 4]])
+    assert torch.equal(batch["empty_text_hidden"], full["empty_text_hidden"])
+    order = Batches(list(cache.buckets.values()), params.Train(batch_size=2, seed=3))
+    assert order.per_epoch == 1 + 2 + 1  # a bucket's last, partial batch is dropped
+    for epoch in range(3):
+        dealt = order.epoch(epoch)
+        assert all(len(rows) == 2 and max(rows) < list(cache.buckets.values())[b] for b, rows in dealt)
+        assert dealt == Batches(list(cache.buckets.values()), params.Train(batch_size=2, seed=3)).epoch(epoch)
+    assert order.epoch(0) != order.epoch(1) and order.epoch(0) != Batches([2, 5, 2], params.Train(batch_size=2)).epoch(0)
 
 
 def test_changed_settings_never_resume_old_checkpoints(data, tmp_path, tiny_model):
@@ -159,11 +197,28 @@ def test_bad_input_is_one_clear_line(data, tmp_path, tiny_model, train_edits, lo
         train(data, tmp_path, p)
 
 
+def test_one_bucket_deals_what_a_seeded_permutation_cut_into_batches_does():
+    """Without buckets, the order training always had: epoch e's permutation (seed x 100003 + e) of
+    every image `repeats` times, cut into batches in order, then shared by step, micro-batch and process."""
+    cfg = params.Train(batch_size=3, gradient_accumulation=2, seed=1)
+    for world in (1, 2):
+        order = [Batches([7], cfg, world, rank, repeats=2) for rank in range(world)]
+        assert order[0].per_epoch == 14 // 3 // (2 * world)
+        for epoch in range(2):
+            cut = (torch.randperm(14, generator=torch.Generator().manual_seed(1 * 100_003 + epoch)) % 7).tolist()
+            batches = [cut[i : i + 3] for i in range(0, 12, 3)]
+            for within in range(order[0].per_epoch):
+                got = [order[rank](epoch * order[0].per_epoch + within, micro) for micro in range(2) for rank in range(world)]
+                assert [rows for _, rows in got] == batches[within * 2 * world : (within + 1) * 2 * world]
+
+
 def test_repeats_show_every_image_that_many_times_an_epoch(data, tmp_path, tiny_model):
     cfg = params.Train(batch_size=3, seed=1)
     for repeats in (1, 2):  # 6 images, batches of 3: an epoch is 2 steps a repeat
-        epoch = torch.cat([batch_indices(step, 0, 6, 2 * repeats, cfg, 1, 0, repeats) for step in range(2 * repeats)])
-        assert sorted(epoch.tolist()) == sorted(list(range(6)) * repeats)
+        order = Batches([6], cfg, repeats=repeats)
+        assert order.per_epoch == 2 * repeats
+        epoch = [row for step in range(order.per_epoch) for row in order(step, 0)[1]]
+        assert sorted(epoch) == sorted(list(range(6)) * repeats)
     p = make_params(tiny_model, data / "src", max_steps=None, epochs=1)
     p = p.model_copy(update={"styles": {"pixelart": p.styles["pixelart"].model_copy(update={"repeats": 2})}})
     assert train(data, tmp_path, p)["steps"] == 9  # 9 images x 2 repeats, batch 2
@@ -239,7 +294,7 @@ def test_debiased_estimation_weights_each_sample_by_one_over_root_snr():
 
     def loss(seed: int, **cfg) -> float:
         train = params.Train(random_flip=False, min_snr_gamma=None, **cfg)
-        return float(diffusion_loss(unet, scheduler, data, torch.tensor([0]), train, torch.Generator().manual_seed(seed)))
+        return float(diffusion_loss(unet, scheduler, data, train, torch.Generator().manual_seed(seed)))
 
     ratios = {round(loss(seed, debiased_estimation=True) / loss(seed), 5) for seed in range(12)}
     assert ratios == {round(1 / 3, 5), round((7 / 18) ** 0.5, 5)}

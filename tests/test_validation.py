@@ -42,7 +42,7 @@ def data(tmp_path_factory, tiny_model):
     for style in STYLES:
         (root / "src" / style).mkdir(parents=True)
         build_style(style, root / "src" / style, count=6, seed=0)
-        filter_style(style, p.styles[style], params.Filter(), 32, root / "filtered", root / "reports")
+        filter_style(style, p.styles[style], params.Filter(), p.base, root / "filtered", root / "reports")
         caption_style(style, params.Caption(), root / "filtered", root / "captions")
         encode_style(style, p.styles[style], p.base, root / "filtered", root / "captions", root / "latents", heldout=2, seed=0)
     return root
@@ -56,10 +56,10 @@ def files(path) -> list[str]:
 def test_heldout_images_are_cached_apart_and_the_split_is_seeded(data, tiny_model, tmp_path):
     trained, held = files(latents_file("pixelart", data / "latents")), files(heldout_file("pixelart", data / "latents"))
     assert len(held) == 2 and len(trained) == 7 and not set(held) & set(trained)
-    assert len(load_heldout("pixelart", data / "latents")["mean"]) == 2
+    assert len(load_heldout("pixelart", data / "latents")) == 2
     p = make_params(tiny_model, data)
     again = encode_style("pixelart", p.styles["pixelart"], p.base, data / "filtered", data / "captions", tmp_path, heldout=2, seed=0)
-    assert files(heldout_file("pixelart", tmp_path)) == held and len(again["mean"]) == 7
+    assert files(heldout_file("pixelart", tmp_path)) == held and len(again) == 7
     encode_style("pixelart", p.styles["pixelart"], p.base, data / "filtered", data / "captions", tmp_path, heldout=0)
     assert load_heldout("pixelart", tmp_path) is None and len(files(latents_file("pixelart", tmp_path))) == 9
     with pytest.raises(StyleMixError, match="validation_split = 8 leaves 1 of its 9"):
@@ -69,7 +69,7 @@ def test_heldout_images_are_cached_apart_and_the_split_is_seeded(data, tiny_mode
 def test_heldout_loss_is_fixed_and_moves_only_with_the_weights(data, tiny_model):
     pipe = load_pipeline(str(tiny_model))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    held = load_heldout("watercolor", data / "latents")
+    held = load_heldout("watercolor", data / "latents").groups()
     first = heldout_loss(pipe.unet, scheduler, held, [100, 500, 900], seed=0)
     assert first == heldout_loss(pipe.unet, scheduler, held, [100, 500, 900], seed=0)
     assert set(first) == {"t100", "t500", "t900", "mean"} and first["t100"] != first["t900"]
