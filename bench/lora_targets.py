@@ -1,5 +1,5 @@
 """Benchmark: where a style LoRA should live, and of which type. Trains demo styles with each
-`lora.targets` setting (and LoCon's `lora.conv_rank`, and DoRA) on the workspace's encoded demo
+`lora.targets` setting (and LoCon's `lora.conv_rank`, and DoRA, LoHa, LoKr) on the workspace's encoded demo
 data, with the demo's training params, and measures what each learned, all as ratios to the same
 run's base model or default:
 
@@ -9,7 +9,7 @@ run's base model or default:
 - size_ratio, step_ratio: file size and training time per step / the demo default's.
 
     make repro && python bench/lora_targets.py     # writes bench/results/lora_targets.json
-    python bench/lora_targets.py --out bench/results/lora_types.json dora "dora + conv_rank 4"   # some, and the default
+    python bench/lora_targets.py --out bench/results/lora_types.json dora loha lokr   # some, and the default
 
 The block candidates are the tiny model's decoder attentions, up_blocks.0 (4x4 latents) to
 up_blocks.2 (16x16); the `style` and `content` presets name up_blocks.1's (stylemix.lora_files.block_preset).
@@ -44,6 +44,8 @@ VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` l
     "conv_rank 4": {"conv_rank": 4},
     "dora": {"type": "dora"},
     "dora + conv_rank 4": {"type": "dora", "conv_rank": 4},
+    "loha": {"type": "loha"},
+    "lokr": {"type": "lokr"},
 }
 OUT = Path(__file__).parent / "results" / "lora_targets.json"
 

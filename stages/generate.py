@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 from stylemix import gpu, params, schedules
+from stylemix.adapters import load_adapter, load_order, read_info, read_info_for
 from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.lora_files import read_info, read_info_for
 from stylemix.outputs import atomic_dir
 from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
@@ -51,9 +51,9 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
     # One LoRA places its trigger(s) itself; live styles are triggered as their merged file would be.
     words = next(iter(infos.values())) if len(infos) == 1 else {"triggers": {a: i["trigger"] for a, i in infos.items()}}
     tokens = {adapter: list(info.get("tokens") or {}) for adapter, info in infos.items()}
-    for adapter, folder in loras.items():
-        pipe.load_lora_weights(folder, adapter_name=adapter)
-        load_tokens(pipe, folder, tokens[adapter])
+    for adapter in load_order(loras):
+        load_adapter(pipe, loras[adapter], adapter)
+        load_tokens(pipe, loras[adapter], tokens[adapter])
     pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
     first = cfg.seeds[0]
     jobs = [(out / image_name(i, seed), prompt, prompt, seed, None, 1.0)

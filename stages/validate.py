@@ -8,10 +8,10 @@ import numpy as np
 from diffusers import DDPMScheduler
 
 from stylemix import gpu, params
+from stylemix.adapters import load_adapter, read_info_for
 from stylemix.base_model import load_pipeline
 from stylemix.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.lora_files import read_info_for
 from stylemix.outputs import atomic_write, write_json
 from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT
 from stylemix.progress import progress
@@ -36,7 +36,7 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
             folder = None if model == "base" else loras / model
             tokens = list(read_info_for(folder, pipe).get("tokens") or {}) if folder else []
             if folder:
-                pipe.load_lora_weights(folder, adapter_name=model)
+                load_adapter(pipe, folder, model)
                 pipe.set_adapters([model])
                 load_tokens(pipe, folder, tokens)
             rows[model] = {}

@@ -13,13 +13,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from peft.tuners.lycoris_utils import LycorisLayer
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
 from stylemix import block_weights, gpu, params
+from stylemix.adapters import folder_type, load_adapter, load_order, read_info_for, weights_file
 from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import WEIGHTS, read_info_for, weights_file
+from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS
 from stylemix.paths import LORAS, MERGED
 from stylemix.prompts import triggered
 from stylemix.render import SCHEDULERS, render
@@ -94,10 +96,13 @@ class Drawer:
             if self.loaded.get(name) not in (None, mtime):
                 self.pipe.delete_adapters(name)
                 del self.loaded[name]
-            if load and name not in self.loaded:
-                self.pipe.load_lora_weights(folder, adapter_name=name)
-                self.loaded[name] = mtime
             out[name] = read_info_for(folder, self.pipe) | {"folder": str(folder), "mtime": mtime}
+        todo = {name: on_disk[name] for name in names if load and name not in self.loaded}
+        if any(folder_type(folder) not in LYCORIS_CONFIGS for folder in todo.values()) and self.make_room_for_lora():
+            todo = {name: on_disk[name] for name in names}  # reloaded in order
+        for name in load_order(todo):
+            load_adapter(self.pipe, todo[name], name)
+            self.loaded[name] = out[name]["mtime"]
         return out
 
     def use_tokens(self, infos: dict[str, dict]) -> None:
@@ -112,6 +117,16 @@ class Drawer:
                 for token in tokens:
                     load_tokens(self.pipe, Path(folder), [token])
                     self.tokens[name][2].append(token)
+
+    def make_room_for_lora(self) -> bool:
+        """peft puts a LoHa or LoKr over a LoRA's layers but cannot put a LoRA over theirs (nor over
+        what is left of them once deleted): with any in the model, take every adapter layer out (each
+        adapter is loaded again when next drawn). Returns whether it did."""
+        if not any(isinstance(m, LycorisLayer) for m in self.pipe.unet.modules()):
+            return False
+        self.pipe.unload_lora_weights()
+        self.loaded.clear()
+        return True
 
     def forget(self, name: str) -> None:
         """Drop a loaded adapter (one made for a single drawing, like a mix the explorer merged)."""

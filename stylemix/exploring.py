@@ -75,6 +75,7 @@ def draw_plane(drawer: Drawer, name: str, pair: params.ExplorePair, cfg: params.
                 weights, blocks, schedule = combo.weights, combo.blocks, combo.schedule
             else:
                 merged = f"{name}_{i}"
+                drawer.make_room_for_lora()  # the merge's load check puts a LoRA on this pipeline
                 merge_combo(merged, combo, out=scratch, check_with=drawer.pipe)
                 weights, blocks, schedule = {merged: 1.0}, None, None
             for kind, prompt in jobs:

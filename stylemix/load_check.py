@@ -6,19 +6,23 @@ update it puts on every layer, scale * B A, is compared with what was meant: the
 (train@S) or the merged factors' (merge@C). A layer the file leaves out, one it adds, or an update off
 by more than float rounding stops the stage, naming the file and the layer.
 
-A DoRA's kohya file cannot go through diffusers, which drops its `dora_scale` keys and loads a plain
-LoRA: it is read by our reference implementation of the LyCORIS formula (stylemix.dora) instead,
-against the pipeline's base weights, and every tensor in it must be used.
+What diffusers cannot load as written is read by our reference implementations of the formulas, as
+A1111 and ComfyUI apply them, against the pipeline's base weights, and every tensor in it must be
+used: a DoRA's kohya file (diffusers drops its `dora_scale` keys and loads a plain LoRA; stylemix.dora)
+and LoHa / LoKr kohya files (stylemix.lycoris). Their diffusers-layout files load through peft
+(stylemix.adapters.load_adapter).
 """
 import warnings
 from pathlib import Path
 
 import torch
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lycoris_utils import LycorisLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemix import dora
+from stylemix import dora, lycoris
+from stylemix.adapters import load_adapter
 from stylemix.base_model import architecture
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import kohya_name, update
@@ -26,43 +30,59 @@ from stylemix.lora_files import kohya_name, update
 CHECK = "stylemix_load_check"
 
 
-def layer_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
+def layer_delta(module: LoraLayer | LycorisLayer, adapter: str) -> torch.Tensor:
     """The update one adapter puts on a peft layer, W' - W in float32, flattened to 2-D (conv kernels
-    too): scale * B A, or a DoRA's (stylemix.dora)."""
+    too): scale * B A, a DoRA's (stylemix.dora), or a LoHa's / LoKr's (peft's own product)."""
+    if isinstance(module, LycorisLayer):
+        return module.get_delta_weight(adapter).float().flatten(1)
     lowrank = update(module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
     if adapter in module.lora_magnitude_vector:  # DoRA
         return dora.delta(module.get_base_layer().weight, lowrank, module.lora_magnitude_vector[adapter].weight)
     return lowrank
 
 
+def has_adapter(module: torch.nn.Module, adapter: str) -> bool:
+    return (isinstance(module, LoraLayer) and adapter in module.lora_A) or \
+        (isinstance(module, LycorisLayer) and adapter in module._available_adapters)
+
+
 def deltas(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
     """{module: W' - W} of one adapter on every layer it adapts."""
-    return {name: layer_delta(module, adapter) for name, module in model.named_modules()
-            if isinstance(module, LoraLayer) and adapter in module.lora_A}
+    return {name: layer_delta(module, adapter) for name, module in model.named_modules() if has_adapter(module, adapter)}
 
 
 def base_weight(model: torch.nn.Module, module: str) -> torch.Tensor:
     """A layer's base weight, under any adapters peft put on it."""
     layer = model.get_submodule(module)
-    return (layer.get_base_layer() if isinstance(layer, LoraLayer) else layer).weight
+    return (layer.get_base_layer() if isinstance(layer, (LoraLayer, LycorisLayer)) else layer).weight
 
 
-def kohya_dora_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dict[str, dict[str, torch.Tensor]]:
-    """{component: {module: W' - W}} of a kohya-layout DoRA file by the LyCORIS formula, for the layers
-    `components` names (a layer with no `dora_scale` as plain LoRA); a tensor left unread is an error."""
+def kohya_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dict[str, dict[str, torch.Tensor]]:
+    """{component: {module: W' - W}} of a kohya-layout file by the formulas A1111 and ComfyUI apply (LoRA,
+    LyCORIS's DoRA, LoHa, LoKr), for the layers `components` names; a tensor left unread is an error."""
     state, arch, used, out = load_file(path), architecture(pipe), set(), {}
     for component, modules in components.items():
         model = getattr(pipe, component)
         out[component] = {}
         for module in modules:
             name = kohya_name(component, module, arch, pipe.unet.config.layers_per_block)
-            keys = {k: f"{name}.{k}" for k in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale")}
-            if not all(keys[k] in state for k in ("lora_down.weight", "lora_up.weight", "alpha")):
+            layer = {k.removeprefix(name + "."): v for k, v in state.items() if k.startswith(name + ".")}
+            if "alpha" not in layer or not ({"lora_down.weight", "lora_up.weight"} <= set(layer) or set(layer) & set(lycoris.LOKR + lycoris.LOHA)):
                 continue  # compare() names it as not loaded
-            down, magnitude = state[keys["lora_down.weight"]], state.get(keys["dora_scale"])
-            lowrank = update(down, state[keys["lora_up.weight"]], float(state[keys["alpha"]]) / down.shape[0])
-            out[component][module] = lowrank if magnitude is None else dora.delta(base_weight(model, module), lowrank, magnitude)
-            used |= {v for v in keys.values() if v in state}
+            alpha = float(layer["alpha"])
+            if "lora_down.weight" in layer:
+                down, magnitude = layer["lora_down.weight"], layer.get("dora_scale")
+                lowrank = update(down, layer["lora_up.weight"], alpha / down.shape[0])
+                out[component][module] = lowrank if magnitude is None else dora.delta(base_weight(model, module), lowrank, magnitude)
+                used |= {f"{name}.{k}" for k in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale") if k in layer}
+            else:
+                factors = {k: v for k, v in layer.items() if k in lycoris.LOHA + lycoris.LOKR}
+                try:
+                    out[component][module] = lycoris.delta(factors, lycoris.kohya_scale(factors, alpha))
+                except (KeyError, RuntimeError) as err:
+                    raise StyleMixError(f"{path.name}: layer {name} has an incomplete or misshapen set of factors "
+                                        f"({', '.join(sorted(factors))}: {err})") from None
+                used |= {f"{name}.{k}" for k in [*factors, "alpha"]}
     if unused := sorted(set(state) - used):
         raise StyleMixError(f"{path.name}: {len(unused)} tensor(s) no layer reads, e.g. {unused[0]} (misnamed, or a layer never trained)")
     return out
@@ -82,9 +102,10 @@ def compare(label: str, want: dict[str, torch.Tensor], got: dict[str, torch.Tens
                                 f"{error / size:.2g}; a wrong alpha or rank in the file?)")
 
 
-def is_dora(path: Path) -> bool:
+def read_by_formula(path: Path) -> bool:
+    """A kohya-layout file diffusers cannot load as written: a DoRA's, a LoHa's, a LoKr's."""
     with safe_open(path, "pt") as f:
-        return any(k.endswith(".dora_scale") for k in f.keys())
+        return any(k.endswith(".dora_scale") or k.rsplit(".", 1)[-1] in lycoris.LOHA + lycoris.LOKR for k in f.keys())
 
 
 def adapter_deltas(pipe, adapter: str = "default") -> dict[str, dict[str, torch.Tensor]]:
@@ -106,21 +127,21 @@ def check_lora_files(folder: Path, files: list[str], pipe, want: dict[str, dict[
     components = list(want)
     for file in files:
         label = f"{where}/{file}"
-        if file.endswith("_kohya.safetensors") and is_dora(folder / file):
-            got = kohya_dora_deltas(folder / file, pipe, {c: list(want[c]) for c in components})
+        if file.endswith("_kohya.safetensors") and read_by_formula(folder / file):
+            got = kohya_deltas(folder / file, pipe, {c: list(want[c]) for c in components})
             for component in components:
                 compare(f"{label} ({component})", want[component], got[component], torch.finfo(torch.float32).eps, made)
             continue
         try:
             with warnings.catch_warnings():  # peft warns that the model already has an adapter: it is ours
                 warnings.simplefilter("ignore")
-                pipe.load_lora_weights(str(folder), weight_name=file, adapter_name=CHECK)
+                load_adapter(pipe, folder, CHECK, weight_name=file)
         except (ValueError, KeyError, RuntimeError) as err:
             raise StyleMixError(f"{label}: diffusers cannot load it ({str(err).splitlines()[0]})") from None
         try:
             for component in components:
                 model = getattr(pipe, component)
-                loaded = [m.lora_A[CHECK].weight.dtype for m in model.modules() if isinstance(m, LoraLayer) and CHECK in m.lora_A]
+                loaded = [p.dtype for n, p in model.named_parameters() if f".{CHECK}" in n]
                 eps = max((torch.finfo(dtype).eps for dtype in loaded), default=torch.finfo(torch.float32).eps)
                 compare(f"{label} ({component})", want[component], deltas(model, CHECK), eps, made)
         finally:

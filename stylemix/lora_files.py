@@ -8,31 +8,31 @@ Every LoRA stylemix writes is a folder with
   with diffusers' module names and `lora_te_*` for SD 1.5; for SDXL `lora_unet_*` with the
   original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`; a DoRA's magnitude
   as LyCORIS's `dora_scale` (diffusers drops that key from kohya files: its users take the other);
+  LoHa and LoKr as LyCORIS writes them (`hada_w1_a` ..., `lokr_w1` ...; stylemix.lycoris);
 - README.md: a model card.
+A LoHa or LoKr folder's diffusers-layout file holds peft's tensors and config the same way, but
+diffusers' loader reads neither type: stylemix.adapters.load_adapter puts it on the UNet through peft.
+Reading folders back (facts, factors, types) is stylemix.adapters'.
 Never pickle.
 """
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
+from peft import LoHaConfig, LoKrConfig, LoraConfig
 from peft.utils import get_peft_model_state_dict
 from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemix import dora, params
+from stylemix import dora, lycoris, params
 from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
 from stylemix.errors import StyleMixError
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
-# The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.
-MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
-FACTOR_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)?\.?(?:lora_)?(?P<kind>down|up|A|B)\.weight$")
 
 
 def _matches(module_name: str, target: str) -> bool:
@@ -82,15 +82,21 @@ def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     return wanted
 
 
-def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig:
-    """The UNet's LoRA: `lora.targets` at rank / alpha, and with `lora.conv_rank` the ResNets'
-    convolutions at conv_rank / conv_alpha (peft's rank and alpha patterns)."""
+LYCORIS_CONFIGS = {"loha": LoHaConfig, "lokr": LoKrConfig}  # peft's LyCORIS adapters, by lora.type
+
+
+def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig | LoHaConfig | LoKrConfig:
+    """The UNet's adapter: `lora.targets` at rank / alpha, and with `lora.conv_rank` the ResNets'
+    convolutions at conv_rank / conv_alpha (peft's rank and alpha patterns); LoRA (or DoRA), or
+    LoHa / LoKr (without Tucker factors, which ComfyUI's LoKr cannot read)."""
     targets = unet_targets(unet, cfg.targets)
     conv = {}
     if cfg.conv_rank:
         targets = targets + CONV_TARGETS
         conv = {"rank_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_rank),
                 "alpha_pattern": dict.fromkeys(CONV_TARGETS, cfg.conv_alpha_or_rank)}
+    if cfg.type in LYCORIS_CONFIGS:
+        return LYCORIS_CONFIGS[cfg.type](r=cfg.rank, alpha=cfg.alpha, target_modules=targets, **conv)
     return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets,
                       use_dora=cfg.type == "dora", **conv)
 
@@ -121,9 +127,15 @@ def unit_scale_config(modules: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
 
 
 def module_alpha(config: dict, module: str) -> float:
-    """A module's alpha under a peft LoRA config dict: its alpha pattern's, else lora_alpha."""
+    """A module's alpha under a peft config dict: its alpha pattern's, else lora_alpha (LyCORIS's: alpha)."""
     patterns = config.get("alpha_pattern") or {}
-    return float(patterns.get(get_pattern_key(list(patterns), module), config["lora_alpha"]))
+    return float(patterns.get(get_pattern_key(list(patterns), module), config.get("lora_alpha", config.get("alpha"))))
+
+
+def module_rank(config: dict, module: str) -> int:
+    """A module's rank under a peft config dict: its rank pattern's, else r."""
+    patterns = config.get("rank_pattern") or {}
+    return int(patterns.get(get_pattern_key(list(patterns), module), config["r"]))
 
 
 RESNET_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
@@ -171,7 +183,17 @@ def to_kohya(state: dict[str, torch.Tensor], config: dict, name=lambda module: m
     factors (down: r x in x kh x kw, up: out x r x 1 x 1). Every layer is written at lora_alpha, a
     layer of another alpha (LoCon's convolutions) with the ratio folded into lora_up: the same update
     in every loader, where diffusers' kohya loader misreads an attention layer's own alpha whenever
-    it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.dora)."""
+    it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.dora);
+    LoHa and LoKr layers keep their tensors and their own alpha (stylemix.lycoris)."""
+    if adapter_type(config) in LYCORIS_CONFIGS:
+        out, layers = {}, {}
+        for key, weight in state.items():
+            module, param = key.rsplit(".", 1)
+            layers.setdefault(module, {})[param] = weight
+        for module, tensors in layers.items():
+            converted = lycoris.to_kohya(tensors, module_alpha(config, module), module_rank(config, module))
+            out |= {f"{name(module)}.{k}": v for k, v in converted.items()}
+        return out
     out, alpha = {}, float(config["lora_alpha"])
     for key, weight in state.items():
         module, kind = key.rsplit(".lora_", 1)
@@ -217,11 +239,16 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     for component, (state, config) in states.items():
         kohya |= to_kohya(state, config, lambda m, c=component: kohya_name(c, m, arch, info.get("layers_per_block")))
     unet_config = states["unet"][1]
+    kind = adapter_type(unet_config)
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
-                "ss_network_alpha": str(unet_config["lora_alpha"]), "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1",
-                "stylemix": json.dumps(info)}
+                "ss_network_alpha": str(unet_config.get("lora_alpha", unet_config.get("alpha"))), "stylemix": json.dumps(info),
+                "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1"}
     args = {}
-    if conv := next((k for k, v in kohya.items() if k.endswith("lora_down.weight") and v.dim() == 4 and v.shape[-1] > 1), None):
+    if kind in LYCORIS_CONFIGS:  # as LyCORIS names what it trained; each conv layer has its own alpha key
+        metadata["ss_network_module"], args = "lycoris.kohya", {"algo": kind} | ({"factor": "-1"} if kind == "lokr" else {})
+        if conv := (unet_config.get("rank_pattern") or {}).get(CONV_TARGETS[0]):
+            args |= {"conv_dim": str(conv), "conv_alpha": str(module_alpha(unet_config, CONV_TARGETS[0]))}
+    elif conv := next((k for k, v in kohya.items() if k.endswith("lora_down.weight") and v.dim() == 4 and v.shape[-1] > 1), None):
         # LoCon, as kohya's network args say it (conv_alpha as written: to_kohya folds the trained one)
         args = {"conv_dim": str(kohya[conv].shape[0]), "conv_alpha": metadata["ss_network_alpha"]}
     if any(k.endswith(".dora_scale") for k in kohya):  # as LyCORIS names a DoRA it trained
@@ -231,67 +258,12 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     save_safetensors(kohya, folder / kohya_file(name), metadata)
 
 
+def adapter_type(config: dict) -> str:
+    """lora, dora, loha or lokr, from a peft config dict."""
+    kind = str(config.get("peft_type", "LORA")).removeprefix("PeftType.").lower()
+    return "dora" if kind == "lora" and config.get("use_dora") else kind
+
+
 def kohya_file(name: str) -> str:
     """The kohya-layout file's name in a LoRA folder."""
     return f"{name}_kohya.safetensors"
-
-
-def weights_file(folder: Path) -> Path:
-    """The diffusers-layout file of a LoRA folder, or a one-line error saying how to make it."""
-    path = Path(folder) / WEIGHTS
-    if not path.is_file():
-        raise StyleMixError(f"{path} missing: train the LoRA first (`dvc repro train@{Path(folder).name}`)")
-    return path
-
-
-def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
-    """A LoRA folder as {"unet" | "text_encoder" | "text_encoder_2": {module: (A, B, alpha / rank)}},
-    read through diffusers' own loader so any file it accepts works here."""
-    path = weights_file(folder)
-    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
-    state, _, metadata = pipeline.lora_state_dict(str(folder), return_lora_metadata=True)
-    factors: dict[str, dict] = {}
-    for key, weight in state.items():
-        prefix, rest = key.split(".", 1)
-        if rest.endswith(MAGNITUDE):  # a DoRA's: load_magnitudes
-            continue
-        match = FACTOR_KEY.match(rest)
-        if not match:
-            raise StyleMixError(f"{path}: unexpected LoRA key {key!r}")
-        pair = factors.setdefault(prefix, {}).setdefault(match["module"], [None, None, None])
-        pair[0 if match["kind"] in ("down", "A") else 1] = weight.float()
-    for prefix, modules in factors.items():
-        config = {key: metadata.get(f"{prefix}.{key}") for key in ("lora_alpha", "alpha_pattern")}
-        for module, pair in modules.items():
-            pair[2] = module_alpha(config, module) / pair[0].shape[0]  # alpha / rank, per layer (LoCon's differ)
-    return {p: {m: tuple(v) for m, v in mods.items()} for p, mods in factors.items()}
-
-
-def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """A DoRA folder's magnitudes, {"unet" | "text_encoder" | ...: {module: m}}; {} for a plain LoRA."""
-    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
-    magnitudes: dict[str, dict] = {}
-    for key, weight in pipeline.lora_state_dict(str(weights_file(folder)))[0].items():
-        if key.endswith(MAGNITUDE):
-            prefix, module = key.removesuffix(MAGNITUDE).split(".", 1)
-            magnitudes.setdefault(prefix, {})[module] = weight.float()
-    return magnitudes
-
-
-def read_info(folder: Path) -> dict:
-    """The `stylemix` facts stored in a LoRA folder's diffusers file."""
-    path = weights_file(folder)
-    with safe_open(path, "pt") as f:
-        return json.loads(f.metadata().get("stylemix", "{}"))
-
-
-def read_info_for(folder: Path, pipe) -> dict:
-    """read_info, refusing a LoRA made for the other architecture than the pipeline's."""
-    info = read_info(folder)
-    lora, base = info.get("architecture", SD15), architecture(pipe)
-    if lora != base:
-        names = {SD15: "SD 1.5", SDXL: "SDXL"}
-        raise StyleMixError(f"{folder} is an {names[lora]} LoRA and base.model is {names[base]}: "
-                            f"retrain it on this base (`dvc repro`) or set base.model back")
-    return info
-

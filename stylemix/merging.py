@@ -7,8 +7,9 @@ Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
 - ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
   (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
 A DoRA style (lora.type: dora) adds its full update W' - W, computed from the base weights
-(stylemix.dora): it is not low-rank, so `linear` cannot be exact with one, and such a merge is svd
-at linear's rank (each layer at the sum of its styles' ranks), which the merge says as it runs.
+(stylemix.dora), and a LoHa or LoKr style its product of factors (stylemix.lycoris): neither is
+low-rank, so `linear` cannot be exact with one, and such a merge is svd at linear's rank (each layer
+at the sum of its styles' ranks), which the merge says as it runs. Either way the result is a LoRA.
 With `blocks`, a style's weight differs per UNet attention block and for the text encoder
 (stylemix.block_weights): w_i above becomes w_i * m_i(layer), baked into the merged file.
 New concept tokens of the components come along unchanged. A strength schedule over the denoising
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils
 
-from stylemix import block_weights, dora, params, schedules
+from stylemix import block_weights, dora, lycoris, params, schedules
+from stylemix.adapters import folder_type, load_factors, load_magnitudes, lycoris_layers, read_info, weights_file
 from stylemix.errors import StyleMixError
 from stylemix.load_check import base_weight, check_lora_files, factor_deltas
-from stylemix.lora_files import WEIGHTS, kohya_file, load_factors, load_magnitudes, read_info, save_states, unit_scale_config, update
+from stylemix.lora_files import (LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config,
+                                 update)
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 from stylemix.single_file import SD15
@@ -93,12 +96,13 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     if total > 1:
         print(f"warning: merge.combos.{name} weights sum to {total:g} > 1; styles tend to clash above 1 (the reference saw it)")
     mults = combo_multipliers(name, combo, base_dir)
-    components = [(load_factors(loras / style), w, mults.get(style)) for style, w in combo.weights.items()]
-    full = [dora_updates(loras / style, factors, check_with, name, style) for style, (factors, _, _) in zip(combo.weights, components)]
+    parts = {style: style_parts(loras / style, check_with, name, style) for style in combo.weights}
+    components = [(parts[style][0], w, mults.get(style)) for style, w in combo.weights.items()]
+    full = [parts[style][1] for style in combo.weights]
     if combo.method == "linear" and any(full):
-        doras = ", ".join(s for s, f in zip(combo.weights, full) if f)
-        print(f"merge.combos.{name}: {doras} DoRA (a rescaled base weight, not low-rank): no stack of LoRA factors is the exact "
-              f"sum, so this linear merge is svd at the sum of the styles' ranks")
+        kinds = ", ".join(f"{s} ({parts[s][2]})" for s, f in zip(combo.weights, full) if f)
+        print(f"merge.combos.{name}: {kinds}: not low-rank (a DoRA rescales the base weight, a LoHa or LoKr multiplies its "
+              f"factors), so no stack of LoRA factors is the exact sum: this linear merge is svd at the sum of the styles' ranks")
     merged = merge(components, combo, full)
     states = {}
     for prefix, (modules, config) in merged.items():
@@ -123,6 +127,31 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         for style in combo.weights if combo.schedule else []:
             shutil.copytree(loras / style, tmp / COMPONENTS / style)
     return info
+
+
+def style_parts(folder: Path, pipe, name: str, style: str) -> tuple[dict, dict | None, str]:
+    """A style's (factors, full updates or None) as merge() takes them, and its adapter type."""
+    kind = folder_type(folder)
+    if kind in LYCORIS_CONFIGS:
+        return *lycoris_parts(folder, pipe, name, style), kind
+    factors = load_factors(folder)
+    return factors, dora_updates(folder, factors, pipe, name, style), kind
+
+
+def lycoris_parts(folder: Path, pipe, name: str, style: str) -> tuple[dict, dict]:
+    """A LoHa / LoKr style's full updates, and stand-in factors that carry only each layer's rank and
+    shape (zero, at scale 0: the update is in the full one). The shapes are the base weights'."""
+    kind, config, layers = lycoris_layers(weights_file(folder))
+    if pipe is None:
+        raise StyleMixError(f"merge.combos.{name}: {style} is a {kind}, whose layer shapes come from the base model: "
+                            f"merge it with the base model loaded (`dvc repro merge@{name}`)")
+    full, shapes = {}, {}
+    for module, tensors in layers.items():
+        weight, rank = base_weight(pipe.unet, module), module_rank(config, module)
+        full[module] = lycoris.delta(tensors, module_alpha(config, module) / rank)
+        kernel = (1, 1) if weight.dim() == 4 else ()  # LoRA's up factor of a convolution: out x r x 1 x 1
+        shapes[module] = (torch.zeros(rank, *weight.shape[1:]), torch.zeros(weight.shape[0], rank, *kernel), 0.0)
+    return {"unet": shapes}, {"unet": full}
 
 
 def dora_updates(folder: Path, factors: dict, pipe, name: str, style: str) -> dict | None:

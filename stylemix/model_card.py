@@ -17,6 +17,15 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
         loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
     conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
     dora = " (LyCORIS's dora_scale: diffusers drops it from kohya files)" if p.lora.type == "dora" else ""
+    load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}'
+    if p.lora.type in ("loha", "lokr"):  # diffusers' loader reads neither: peft does, from the file's own config
+        config = "LoHaConfig" if p.lora.type == "loha" else "LoKrConfig"
+        load = (f'# {name}_kohya.safetensors for A1111 / ComfyUI (LyCORIS {p.lora.type}); diffusers\' loader reads neither file:\n'
+                f'import json\nfrom peft import {config}, set_peft_model_state_dict\nfrom safetensors import safe_open\n'
+                f'from safetensors.torch import load_file\n\npath = "models/lora/{name}/pytorch_lora_weights.safetensors"\n'
+                f'config = json.loads(safe_open(path, "pt").metadata()["lora_adapter_metadata"])\n'
+                f'pipe.unet.add_adapter({config}(**{{k[5:]: v for k, v in config.items() if k.startswith("unet.")}}), "{name}")\n'
+                f'set_peft_model_state_dict(pipe.unet, {{k[5:]: v for k, v in load_file(path).items()}}, "{name}")')
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
@@ -26,7 +35,7 @@ Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 | {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.type} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
 
 ```python
-pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}
+{load}
 {loads}image = pipe("{example}").images[0]
 ```
 

@@ -271,7 +271,9 @@ def by_shape(**branches):
 
 
 class Lora(Section):
-    type: Literal["lora", "dora"] = "lora"  # dora: LoRA plus a trained magnitude per output channel (stylemix.dora)
+    # dora: LoRA plus a trained magnitude per output channel (stylemix.dora); loha, lokr: LyCORIS's
+    # Hadamard and Kronecker products (stylemix.lycoris)
+    type: Literal["lora", "dora", "loha", "lokr"] = "lora"
     rank: Positive = 4
     alpha: Annotated[float, Field(gt=0)] = 4.0
     targets: by_shape(scalar=Literal["attn", "cross_attn_qv", "all", "style", "content"], list=Annotated[list[str], Field(min_length=1)]) = "attn"
@@ -280,11 +282,14 @@ class Lora(Section):
     text_encoder: bool = False
 
     @model_validator(mode="after")
-    def _dora_unet_only(self) -> "Lora":
+    def _unet_only_types(self) -> "Lora":
         if self.type == "dora" and self.text_encoder:  # found by the load check (tests/test_load_check.py)
             raise ValueError("type dora with text_encoder: true: diffusers (through transformers' adapter loading) "
                              "drops a text encoder's DoRA magnitudes, so the file would not draw as trained; set "
                              "lora.text_encoder: false (DoRA on the UNet) or lora.type: lora")
+        if self.type in ("loha", "lokr") and self.text_encoder:
+            raise ValueError(f"type {self.type} with text_encoder: true: stylemix trains and loads LoHa / LoKr on the UNet "
+                             "only (diffusers loads neither); set lora.text_encoder: false or lora.type: lora")
         return self
 
     @property

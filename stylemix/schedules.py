@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 from peft.tuners.lora import LoraLayer
+from peft.tuners.lycoris_utils import LycorisLayer
 from pydantic import TypeAdapter
 
 from stylemix import block_weights, params
@@ -66,7 +67,7 @@ class Mix:
         for name, mults in self.blocks.items():
             weight = self.weights[name] * factor(self.schedules.get(name), fraction)
             for module_name, module in pipe.unet.named_modules():
-                if isinstance(module, LoraLayer) and not block_weights.in_attention(mults, module_name):
+                if isinstance(module, (LoraLayer, LycorisLayer)) and not block_weights.in_attention(mults, module_name):
                     module.set_scale(name, weight)
 
     def apply(self, pipe, on_step_end: Callable | None = None) -> Callable | None:

@@ -223,6 +223,15 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
 
+    # The held-out loss, on the main process only, of the unwrapped modules (no other process waits).
+    # The base's first, before a checkpoint puts trained token embeddings in.
+    validate = None
+    if accelerator.is_main_process and (held := load_heldout(name, latents)):
+        unet, encoders = accelerator.unwrap_model(model), [accelerator.unwrap_model(te) for te in te_models or []]
+        vcfg = p.validation or params.Validation()  # the stage declares it; tests may leave it out
+        validate = partial(heldout_loss, unet, noise_scheduler, held.groups(), vcfg.timesteps, vcfg.seed, encoders or None)
+        with adapters_off(unet, *encoders):
+            base_loss = validate()  # the base model (new tokens at their start) on the held-out images
     run = run_id(p, style, cfg, world, latents_file(name, latents))
     ckpt_dir = ckpt_root / name
     step, history, kept_images = 0, [], None
@@ -233,14 +242,6 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     elif accelerator.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
     live = open_live(logs / name, history, kept_images) if accelerator.is_main_process else None
-    # The held-out loss, on the main process only, of the unwrapped modules (no other process waits).
-    validate = None
-    if accelerator.is_main_process and (held := load_heldout(name, latents)):
-        unet, encoders = accelerator.unwrap_model(model), [accelerator.unwrap_model(te) for te in te_models or []]
-        vcfg = p.validation or params.Validation()  # the stage declares it; tests may leave it out
-        validate = partial(heldout_loss, unet, noise_scheduler, held.groups(), vcfg.timesteps, vcfg.seed, encoders or None)
-        with adapters_off(unet, *encoders):
-            base_loss = validate()  # the base model (new tokens at their start) on the held-out images
     model.train()
     started, first_step = time.perf_counter(), step
     per_step = cfg.batch_size * world * cfg.gradient_accumulation  # images a step

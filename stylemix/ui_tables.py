@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stylemix.lora_files import read_info
+from stylemix.adapters import read_info
 from stylemix.paths import PARAMS_FILE, REPORTS
 
 METRICS = REPORTS / "metrics.json"

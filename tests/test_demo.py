@@ -4,7 +4,9 @@ eye on the pictures it draws. An lr of zero (tried once), a LoRA that never reac
 broken loss leaves every LoRA at the base and fails these tests."""
 import json
 
+import pandas as pd
 import pytest
+import yaml
 
 from tests.e2e import make_repo, ran, sh
 
@@ -49,6 +51,21 @@ def test_each_styles_pictures_look_most_like_it(demo):
         others = {m: sim[m] for m in ("base", *STYLES) if m != style}
         assert sim[style] > max(others.values()), (style, sim[style], others)
 
+
+def test_a_half_and_half_mix_sits_between_its_styles(demo):
+    """By the demo scorer, params.yaml's 0.5/0.5 combination (merge@sketch_cartoon) and the mixing lab's
+    0.5/0.5 point of watercolor_sketch are strictly between their two styles alone, on both styles'
+    similarity: a mix that drops one style, or LoRAs that learned nothing (all equal), fail it."""
+    mixes = {"sketch_cartoon": {"sketch": 0.5, "cartoon": 0.5}}
+    assert yaml.safe_load((demo / "params.yaml").read_text())["merge"]["combos"]["sketch_cartoon"]["weights"] == mixes["sketch_cartoon"]
+    for style in ("sketch", "cartoon"):
+        sim = similarity(demo, style)
+        assert min(sim["sketch"], sim["cartoon"]) < sim["sketch_cartoon"] < max(sim["sketch"], sim["cartoon"]), (style, sim)
+    points = pd.read_csv(demo / "reports/explore/watercolor_sketch/points.csv")
+    at = {(p.w_watercolor, p.w_sketch): p for p in points.itertuples()}
+    for style in ("watercolor", "sketch"):
+        ends = [getattr(at[w], f"sim_{style}") for w in ((1.0, 0.0), (0.0, 1.0))]
+        assert min(ends) < getattr(at[0.5, 0.5], f"sim_{style}") < max(ends), (style, ends, at[0.5, 0.5])
 
 
 def test_the_mixing_lab_sees_each_style_of_its_pair_alone(demo):

@@ -8,10 +8,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stylemix import params
+from stylemix.adapters import load_adapter
 from stylemix.base_model import build_tiny, load_pipeline
-from stylemix.errors import StyleMixError
 from stylemix import merging
-from stylemix.load_check import adapter_deltas, check_lora_files, kohya_dora_deltas
+from stylemix.errors import StyleMixError
+from stylemix.load_check import adapter_deltas, check_lora_files, kohya_deltas
 from stylemix.lora_files import WEIGHTS, add_lora, block_preset, save_lora
 from tests.test_merge import random_lora
 
@@ -28,7 +29,7 @@ def trained(model, folder, sdxl=False, **lora):
     torch.manual_seed(0)
     for module in (pipe.unet, *encoders):
         for name, weight in module.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "hada_" in name or "lokr_" in name:  # LoHa / LoKr start at zero too
                 weight.data.normal_(0, 0.2)
             elif "lora_magnitude_vector" in name:  # DoRA's: each output channel's norm, trained away from the base's
                 weight.data *= 1 + 0.2 * torch.randn_like(weight)
@@ -99,7 +100,7 @@ def test_dora_files_load_back_and_draw_as_trained(tmp_path, sdxl):
     assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5)
     fresh = load_pipeline(str(model))
     with torch.no_grad():  # the kohya file by LyCORIS's formula, baked into the base weights
-        for component, layers in kohya_dora_deltas(tmp_path / "ink" / KOHYA, fresh, {c: list(trained_deltas[c]) for c in components}).items():
+        for component, layers in kohya_deltas(tmp_path / "ink" / KOHYA, fresh, {c: list(trained_deltas[c]) for c in components}).items():
             for module, delta in layers.items():
                 weight = getattr(fresh, component).get_submodule(module).weight
                 weight += delta.reshape(weight.shape)
@@ -113,6 +114,58 @@ def test_dora_files_load_back_and_draw_as_trained(tmp_path, sdxl):
     plain = load_pipeline(str(model))  # diffusers reads the kohya file as a plain LoRA (it drops dora_scale):
     plain.load_lora_weights(str(tmp_path / "ink"), weight_name=KOHYA)  # why the model card sends diffusers users
     assert (unet_out(plain, sdxl) - want).abs().max() > 1e-3           # to the other file
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+@pytest.mark.parametrize("sdxl", [False, True], ids=["sd15", "sdxl"])
+def test_lycoris_files_load_back_and_draw_as_trained(tmp_path, sdxl, kind):
+    """LoHa and LoKr (with LoCon's convolutions at their own rank and alpha): the diffusers-layout file
+    through peft (load_adapter), the kohya file by LyCORIS's formula as A1111 and ComfyUI apply it;
+    each gives the trained model's outputs. diffusers' own loader reads neither (why load_adapter)."""
+    model = build_tiny(tmp_path / "model", sdxl=sdxl)
+    pipe, components = trained(model, tmp_path / "ink", sdxl, type=kind, rank=2, alpha=1, conv_rank=3, conv_alpha=6, text_encoder=False)
+    trained_deltas = adapter_deltas(pipe)
+    check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, trained_deltas, "ink")  # raises on any difference
+    want = unet_out(pipe, sdxl)
+    fresh = load_pipeline(str(model))
+    load_adapter(fresh, tmp_path / "ink", "ink")
+    assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5)
+    fresh = load_pipeline(str(model))
+    with torch.no_grad():  # the kohya file by the formula, baked into the base weights
+        for module, delta in kohya_deltas(tmp_path / "ink" / KOHYA, fresh, {"unet": list(trained_deltas["unet"])})["unet"].items():
+            weight = fresh.unet.get_submodule(module).weight
+            weight += delta.reshape(weight.shape)
+    assert torch.allclose(unet_out(fresh, sdxl), want, atol=1e-5)
+    assert (unet_out(load_pipeline(str(model)), sdxl) - want).abs().max() > 1e-3  # the adapter changes the output
+    kohya = load_file(tmp_path / "ink" / KOHYA)
+    first = {"loha": "hada_w1_a", "lokr": "lokr_w1"}[kind]
+    assert sum(k.endswith("." + first) for k in kohya) == len(trained_deltas["unet"]) == sum(k.endswith(".alpha") for k in kohya)
+    assert not any("lora_down" in k for k in kohya) and any("resnets_0_conv1" in k or "in_layers_2" in k for k in kohya)
+    with safe_open(tmp_path / "ink" / KOHYA, "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"])["algo"] == kind
+    assert json.loads(meta["ss_network_args"])["conv_dim"] == "3"
+    for file in (WEIGHTS, KOHYA):
+        with pytest.raises(ValueError):
+            load_pipeline(str(model)).load_lora_weights(str(tmp_path / "ink"), weight_name=file)
+
+
+@pytest.mark.parametrize("kind, file, edit, message", [
+    ("loha", KOHYA, lambda s: s.update({k.replace("hada_w2_b", "hada_w2_B"): s.pop(k) for k in [k for k in s if k.endswith("mid_block_attentions_0_transformer_blocks_0_attn2_to_v.hada_w2_b")]}),
+     r"ink_kohya.safetensors: layer lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v has an incomplete"),
+    ("lokr", KOHYA, lambda s: [s.pop(k) for k in [k for k in s if "up_blocks_0_resnets_1_conv2." in k]],
+     r"ink_kohya.safetensors \(unet\): 1 trained layer\(s\) not loaded, e.g. up_blocks.0.resnets.1.conv2"),
+    ("loha", KOHYA, lambda s: s.update({k: v * 2 for k, v in s.items() if k.endswith("down_blocks_0_attentions_0_proj_in.alpha")}),
+     r"ink_kohya.safetensors \(unet\): layer down_blocks.0.attentions.0.proj_in loads a different update than was trained"),
+    ("lokr", WEIGHTS, lambda s: s.update({k: v * 1.5 for k, v in s.items() if k.endswith("up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2.lokr_w1")}),
+     r"pytorch_lora_weights.safetensors \(unet\): layer up_blocks.1.attentions.0.transformer_blocks.0.ff.net.2 loads a different"),
+])
+def test_a_broken_lycoris_file_is_named_with_its_layer(tmp_path, tiny_model, kind, file, edit, message):
+    pipe, _ = trained(tiny_model, tmp_path / "ink", type=kind, rank=2, alpha=1, conv_rank=2, conv_alpha=1, text_encoder=False,
+                      targets="all")
+    broken(tmp_path / "ink" / file, edit)
+    with pytest.raises(StyleMixError, match=message):
+        check_lora_files(tmp_path / "ink", [WEIGHTS, KOHYA], pipe, adapter_deltas(pipe), "models/lora/ink")
 
 
 def test_dora_at_weight_zero_is_not_the_base_model(tmp_path, tiny_model):
@@ -202,3 +255,39 @@ def test_merged_files_load_back_and_a_broken_one_stops_the_merge(tmp_path, tiny_
     with pytest.raises(StyleMixError, match=message):
         merging.merge_combo("mix2", spec, tmp_path / "loras", tmp_path / "merged", tiny_model, check_with=pipe)
     assert not (tmp_path / "merged/mix2").exists()  # nothing written that looks finished
+
+
+def test_every_type_draws_live_and_fused_as_its_weighted_update(tmp_path, tiny_model):
+    """A LoRA, a LoHa (with LoCon convolutions) and a LoKr drawn together as the drawer draws (each loaded
+    by load_adapter, weighted by set_adapters) put exactly the weighted sum of their updates on the base
+    model; fused into the weights, the same."""
+    from stylemix import lycoris
+    from stylemix.drawing import Drawer
+    from stylemix.adapters import load_factors, lycoris_layers, weights_file
+    from stylemix.lora_files import module_alpha, module_rank, update
+    from stylemix.schedules import Mix
+
+    for name, kind, seed in (("ink", "lora", 1), ("hada", "loha", 2), ("kron", "lokr", 3)):
+        (tmp_path / name).mkdir()
+        random_lora(tiny_model, tmp_path / name, rank=2, alpha=1, text_encoder=False, seed=seed, type=kind,
+                    conv_rank=0 if kind == "lokr" else 2)
+    weights = {"ink": 0.6, "hada": 0.5, "kron": -0.3}
+    drawer = Drawer(params.Base(model=str(tiny_model), resolution=32), roots=(tmp_path,))
+    drawer.infos(list(weights))
+    Mix(weights).apply(drawer.pipe)
+    expected = load_pipeline(str(tiny_model))
+    with torch.no_grad():
+        for name, weight in weights.items():
+            if name == "ink":
+                layers = {m: update(*f) for m, f in load_factors(tmp_path / name)["unet"].items()}
+            else:
+                _, config, found = lycoris_layers(weights_file(tmp_path / name))
+                layers = {m: lycoris.delta(t, module_alpha(config, m) / module_rank(config, m)) for m, t in found.items()}
+            for module, delta in layers.items():
+                base = expected.unet.get_submodule(module).weight
+                base += weight * delta.reshape(base.shape)
+    want = unet_out(expected, False)
+    assert torch.allclose(unet_out(drawer.pipe, False), want, atol=1e-5)
+    drawer.fuse(weights)
+    assert torch.allclose(unet_out(drawer.pipe, False), want, atol=1e-5)
+    assert (unet_out(load_pipeline(str(tiny_model)), False) - want).abs().max() > 1e-3

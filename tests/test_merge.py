@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from stylemix import block_weights, params
+from stylemix.adapters import load_factors
 from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import add_lora, load_factors, save_lora
+from stylemix.lora_files import add_lora, save_lora
 from stylemix.merging import combo_multipliers, merge_combo
 from stylemix.schedules import Mix
 from tests.conftest import ROOT
@@ -17,7 +18,7 @@ def random_lora(tiny_model, folder, rank, alpha, text_encoder, seed, base_model=
     add_lora(pipe.unet, [pipe.text_encoder], params.Lora(rank=rank, alpha=alpha, text_encoder=text_encoder, **lora))
     for module in (pipe.unet, pipe.text_encoder):
         for name, weight in module.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "hada_" in name or "lokr_" in name:
                 weight.data.normal_(0, 0.2)  # a trained-looking, non-zero update
             elif "lora_magnitude_vector" in name:  # a DoRA's, away from the base's norms
                 weight.data *= 1 + 0.2 * torch.randn_like(weight)
@@ -101,7 +102,7 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
     most 64 wide) it is exact, and the files pass the load check. linear says it merges by svd."""
     from stylemix.dora import delta as dora_delta
     from stylemix.lora_files import update
-    from stylemix.lora_files import load_magnitudes
+    from stylemix.adapters import load_magnitudes
 
     random_lora(tiny_model, loras / "wash", rank=2, alpha=2, text_encoder=False, seed=3, type="dora", conv_rank=2)
     base, weights = load_pipeline(str(tiny_model)), {"ink": 0.6, "wash": 0.5}
@@ -121,6 +122,37 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
     rank = {m: a.shape[0] for m, (a, _, _) in merged["unet"].items()}
     assert set(rank.values()) == ({6, 2} if method == "linear" else {64}) and info["method"] == "svd"
     with pytest.raises(StyleMixError, match=r"merge.combos.mix2: wash is a DoRA, whose update depends on the base weights"):
+        merge_combo("mix2", params.Combo(weights=weights), loras, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["linear", "svd"])
+def test_loha_and_lokr_merge_by_their_full_updates(loras, tmp_path, tiny_model, capsys, method):
+    """A LoHa (with LoCon convolutions) and a LoKr with a plain LoRA: the merge adds their full products
+    (stylemix.lycoris), exact at a rank that holds them; the result is a LoRA that passes the load check."""
+    from stylemix import lycoris
+    from stylemix.adapters import lycoris_layers, weights_file
+    from stylemix.lora_files import module_alpha, module_rank
+
+    random_lora(tiny_model, loras / "hada", rank=2, alpha=1, text_encoder=False, seed=4, type="loha", conv_rank=2)
+    random_lora(tiny_model, loras / "kron", rank=2, alpha=4, text_encoder=False, seed=5, type="lokr")
+    base, weights = load_pipeline(str(tiny_model)), {"ink": 0.6, "hada": 0.5, "kron": 0.3}
+    info = merge_combo("mix", params.Combo(weights=weights, method=method, rank=64), loras, tmp_path, check_with=base)
+    said = capsys.readouterr().out
+    assert ("hada (loha), kron (lokr): not low-rank" in said) == (method == "linear") and info["method"] == "svd"
+    merged, ink, full = load_factors(tmp_path / "mix"), load_factors(loras / "ink"), {}
+    for style in ("hada", "kron"):
+        _, config, layers = lycoris_layers(weights_file(loras / style))
+        full[style] = {m: lycoris.delta(t, module_alpha(config, m) / module_rank(config, m)) for m, t in layers.items()}
+    assert any(m.endswith("conv1") for m in merged["unet"]) and set(full["hada"]) <= set(merged["unet"])
+    for module in sorted(merged["unet"])[::5]:
+        expected = sum(weights[s] * full[s][module] for s in full if module in full[s])
+        expected = expected + (0.6 * delta(ink["unet"], module) if module in ink["unet"] else 0)
+        if method == "linear":  # the best approximation at the sum of the ranks
+            u, sv, vh = torch.linalg.svd(expected, full_matrices=False)
+            k = merged["unet"][module][0].shape[0]
+            expected = u[:, :k] @ torch.diag(sv[:k]) @ vh[:k]
+        assert torch.allclose(delta(merged["unet"], module), expected, atol=1e-5), module
+    with pytest.raises(StyleMixError, match=r"merge.combos.mix2: hada is a loha, whose layer shapes come from the base model"):
         merge_combo("mix2", params.Combo(weights=weights), loras, tmp_path)
 
 

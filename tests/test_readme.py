@@ -91,7 +91,7 @@ def test_sdxl_preset_and_its_sweep_are_valid_params(tmp_path):
 
 
 
-@pytest.mark.parametrize("lines, rows", [(commands("targets-sweep"), ["attn", "all", "style"]), (commands("types-sweep"), ["lora", "dora"])],
+@pytest.mark.parametrize("lines, rows", [(commands("targets-sweep"), ["attn", "all", "style"]), (commands("types-sweep"), ["lora", "dora", "loha", "lokr"])],
                          ids=["targets", "types"])
 def test_lora_sweeps_are_valid_params_and_a_sweep_over_them(tmp_path, lines, rows):
     """The README's targets and types sweeps: every experiment each queues is a valid params file, and

@@ -5,19 +5,20 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stages.caption import caption_style
 from stages.encode import encode_style
 from stages.filter import filter_style
 from stylemix import params
+from stylemix.adapters import load_adapter, load_factors, read_info_for
 from stylemix.base_model import SD15, SDXL, architecture, build_tiny, load_pipeline
 from stylemix.conditioning import encode_text, text_encoders, tokenize
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
 from stylemix.latent_cache import LatentCache
-from stylemix.lora_files import add_lora, load_factors, read_info_for, save_lora
+from stylemix.load_check import adapter_deltas, kohya_deltas
+from stylemix.lora_files import add_lora, save_lora
 from stylemix.merging import merge_combo
 from stylemix.outputs import read_jsonl
 from stylemix.single_file import architecture_of, file_keys
@@ -33,11 +34,11 @@ def tiny_sdxl(tmp_path_factory):
     return build_tiny(tmp_path_factory.mktemp("tiny-sdxl") / "model", sdxl=True)
 
 
-def make_params(model, source, text_encoder=False) -> params.Params:
+def make_params(model, source, text_encoder=False, kind="lora") -> params.Params:
     return params.validate({
         "base": {"model": str(model), "resolution": RESOLUTION, "buckets": {"enabled": True, "step": 8}},
         "styles": {"watercolor": {"source": str(source), "trigger": "wcstyle"}},
-        "lora": {"rank": 4, "alpha": 8, "targets": TARGETS, "text_encoder": text_encoder},
+        "lora": {"rank": 4, "alpha": 8, "targets": TARGETS, "text_encoder": text_encoder, "type": kind},
         "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
                   "validation_prompts": ["a cat"], "caption_dropout": 0.3},
     })
@@ -111,9 +112,10 @@ def unet_and_text(pipe, cond_ids):
     return out, hidden, pooled
 
 
-@pytest.mark.parametrize("text_encoder", [False, True])
-def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, text_encoder):
-    p = make_params(tiny_sdxl, data / "src", text_encoder)
+@pytest.mark.parametrize("text_encoder, kind", [(False, "lora"), (True, "lora"), (False, "loha"), (False, "lokr")],
+                         ids=["unet", "text-encoder", "loha", "lokr"])
+def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, text_encoder, kind):
+    p = make_params(tiny_sdxl, data / "src", text_encoder, kind)
     trained = train_style("watercolor", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
                           latents=data / "latents")["pipe"]
     ids = list(tokenize(trained, ["wcstyle, a cat"] * 2).values())
@@ -126,7 +128,14 @@ def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, 
     assert {k.split("_text_model")[0] for k in kohya if k.startswith("lora_te")} == ({"lora_te1", "lora_te2"} if text_encoder else set())
     for source in (folder, folder / "watercolor_kohya.safetensors"):  # diffusers layout, then kohya's
         fresh = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
-        fresh.load_lora_weights(source)
+        if kind == "lora":
+            fresh.load_lora_weights(source)
+        elif source.suffix:  # LyCORIS's layout with the sgm UNet's names, by the formula A1111 and ComfyUI apply
+            with torch.no_grad():
+                for module, delta in kohya_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
+                    fresh.unet.get_submodule(module).weight += delta.reshape(fresh.unet.get_submodule(module).weight.shape)
+        else:
+            load_adapter(fresh, folder, "watercolor")  # peft, from the config the file carries
         got = unet_and_text(fresh, ids)
         for g, e in zip(got, expected):
             assert torch.allclose(g, e, atol=1e-5), source

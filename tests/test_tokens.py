@@ -5,14 +5,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from stages.caption import caption_style
+from stages.encode import encode_style
+from stages.filter import filter_style
 from stages.generate import generate_model
 from stages.report import token_grids
 from stylemix import params
+from stylemix.adapters import read_info
 from stylemix.base_model import build_tiny, load_pipeline
 from stylemix.conditioning import text_encoders, tokenizers
 from stylemix.demo_data import FRAMINGS, build_style
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import read_info
 from stylemix.merging import merge_combo
 from stylemix.tokens import load_tokens
 from stylemix.training import train_style
@@ -58,6 +61,21 @@ def hidden(pipe, text: str) -> list[torch.Tensor]:
 def test_the_demo_captions_use_the_tokens_params_declare():
     demo = params.load("styles")
     assert set(FRAMINGS) == set(demo.styles["sketch"].tokens)
+
+
+def test_a_resumed_training_reports_the_base_loss_with_the_tokens_at_their_start(tmp_path, tiny_model):
+    """The base's held-out loss is the base model's, new tokens as they started: a rerun that resumes
+    from the final checkpoint (dvc repro after a dependency changed) reports the same as the first run."""
+    (tmp_path / "src").mkdir()
+    build_style("sketch", tmp_path / "src", count=6, seed=0)
+    p = make_params(tiny_model, tmp_path / "src")
+    filter_style("sketch", p.styles["sketch"], params.Filter(), p.base, tmp_path / "filtered", tmp_path / "reports")
+    caption_style("sketch", params.Caption(), tmp_path / "filtered", tmp_path / "captions")
+    encode_style("sketch", p.styles["sketch"], p.base, tmp_path / "filtered", tmp_path / "captions", tmp_path / "latents", heldout=2)
+    runs = [train_style("sketch", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
+                        latents=tmp_path / "latents") for _ in range(2)]
+    assert runs[0]["val_loss_base"] == runs[1]["val_loss_base"] and runs[0]["val_loss"] == runs[1]["val_loss"]
+    assert runs[0]["val_loss"] != runs[0]["val_loss_base"]
 
 
 def test_only_the_new_rows_train(trained, tiny_model):

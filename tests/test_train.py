@@ -10,11 +10,12 @@ from stages.caption import caption_style
 from stages.encode import encode_style
 from stages.filter import filter_style
 from stylemix import params
+from stylemix.adapters import load_adapter
 from stylemix.base_model import load_pipeline
+from stylemix.batches import Batches
 from stylemix.demo_data import build_style
 from stylemix.errors import StyleMixError
-from stylemix.batches import Batches
-from stylemix.load_check import adapter_deltas, kohya_dora_deltas
+from stylemix.load_check import adapter_deltas, kohya_deltas
 from stylemix.training import open_latents, train_style
 
 RESOLUTION = 32
@@ -132,7 +133,8 @@ def test_changed_settings_never_resume_old_checkpoints(data, tmp_path, tiny_mode
     assert steps_run == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("text_encoder, kind", [(False, "lora"), (True, "lora"), (False, "dora")], ids=["unet", "text-encoder", "dora"])
+@pytest.mark.parametrize("text_encoder, kind", [(False, "lora"), (True, "lora"), (False, "dora"), (False, "loha"), (False, "lokr")],
+                         ids=["unet", "text-encoder", "dora", "loha", "lokr"])
 def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, text_encoder, kind):
     p = make_params(tiny_model, data / "src")
     p = p.model_copy(update={"lora": p.lora.model_copy(update={"text_encoder": text_encoder, "type": kind, "conv_rank": 2})})
@@ -150,15 +152,20 @@ def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, tex
     base = outputs(load_pipeline(str(tiny_model)))
     for source in (folder, folder / "pixelart_kohya.safetensors"):  # diffusers layout, then kohya's
         fresh = load_pipeline(str(tiny_model))
-        if kind == "dora" and source.suffix:  # LyCORIS's dora_scale, which diffusers drops: by its formula
+        if kind != "lora" and source.suffix:  # LyCORIS's dora_scale (diffusers drops it), LoHa, LoKr: by the formula
             with torch.no_grad():
-                for module, delta in kohya_dora_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
+                for module, delta in kohya_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
                     fresh.unet.get_submodule(module).weight += delta.reshape(fresh.unet.get_submodule(module).weight.shape)
         else:
-            fresh.load_lora_weights(source)
+            load_adapter(fresh, folder, "pixelart")  # diffusers' load_lora_weights, or peft for LoHa / LoKr
         got = outputs(fresh)
         assert torch.allclose(got[1], expected[1], atol=1e-5), source
         assert torch.allclose(got[0], expected[0], atol=1e-5), source
+    if kind in ("loha", "lokr"):  # the model card's own lines load it (peft, since diffusers cannot)
+        code = (folder / "README.md").read_text().split("```python\n")[1].split("image = ")[0]
+        fresh = load_pipeline(str(tiny_model))
+        exec(code.replace("models/lora/pixelart", str(folder)), {"pipe": fresh})
+        assert torch.allclose(outputs(fresh)[1], expected[1], atol=1e-5)
     assert (expected[1] - base[1]).abs().max() > 1e-3  # the LoRA changed the model
     assert ((expected[0] - base[0]).abs().max() > 1e-3) == text_encoder
     assert (folder / "validation.png").is_file() and "pixstyle" in (folder / "README.md").read_text()

@@ -1,0 +1,129 @@
+"""Reading LoRA folders back, and loading them into a pipeline: every drawing stage, the drawer and
+the load check come here. stylemix.lora_files writes what this reads.
+
+`load_adapter` is the one way an adapter enters a pipeline: diffusers' `load_lora_weights` for LoRA
+and DoRA files, peft from the file's own config for LoHa and LoKr, which diffusers cannot read.
+"""
+import json
+import re
+from pathlib import Path
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix.errors import StyleMixError
+from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
+
+MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
+# The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.
+FACTOR_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)?\.?(?:lora_)?(?P<kind>down|up|A|B)\.weight$")
+
+
+def file_config(path: Path, component: str = "unet") -> dict:
+    """The peft config a diffusers-layout file carries for one component ({} when it has none)."""
+    with safe_open(path, "pt") as f:
+        packed = json.loads(f.metadata().get("lora_adapter_metadata", "{}"))
+    return {k.removeprefix(component + "."): v for k, v in packed.items() if k.startswith(component + ".")}
+
+
+def folder_type(folder: Path) -> str:
+    """lora, dora, loha or lokr: what a LoRA folder's diffusers-layout file holds."""
+    return adapter_type(file_config(weights_file(folder)))
+
+
+def load_order(folders: dict[str, Path]) -> list[str]:
+    """The order to load several adapters into one model: LoRAs (and DoRAs) first, since peft puts a
+    LoHa or LoKr over a LoRA's layer but fails to put a LoRA over a LoHa's or LoKr's convolution."""
+    return sorted(folders, key=lambda name: folder_type(folders[name]) in LYCORIS_CONFIGS)
+
+
+def lycoris_layers(path: Path) -> tuple[str, dict, dict[str, dict[str, torch.Tensor]]]:
+    """A LoHa / LoKr diffusers-layout file as (type, its UNet's peft config, {module: {param: tensor}})."""
+    config, layers = file_config(path), {}
+    for key, weight in load_file(path).items():
+        module, param = key.removeprefix("unet.").rsplit(".", 1)
+        layers.setdefault(module, {})[param] = weight
+    return adapter_type(config), config, layers
+
+
+def load_adapter(pipe, folder: Path, adapter_name: str, weight_name: str = WEIGHTS) -> None:
+    """Load a LoRA folder's diffusers-layout file into the pipeline as `adapter_name`: through
+    diffusers' load_lora_weights, or, for LoHa / LoKr (UNet only), which it cannot read, through peft
+    from the config the file carries. Either way diffusers' set_adapters / delete_adapters / fuse_lora
+    then handle it."""
+    path = Path(folder) / weight_name
+    if adapter_type(file_config(path)) not in LYCORIS_CONFIGS:
+        pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
+        return
+    kind, config, layers = lycoris_layers(path)
+    if other := next((m for m in layers if m.startswith("text_encoder")), None):
+        raise StyleMixError(f"{path}: {kind} on a text encoder ({other}) is not supported; retrain with lora.text_encoder: false")
+    state = {f"{module}.{param}": tensor for module, tensors in layers.items() for param, tensor in tensors.items()}
+    pipe.unet.add_adapter(LYCORIS_CONFIGS[kind](**config), adapter_name)
+    result = set_peft_model_state_dict(pipe.unet, state, adapter_name)
+    if result.unexpected_keys:
+        pipe.unet.delete_adapters(adapter_name)
+        raise StyleMixError(f"{path}: {len(result.unexpected_keys)} tensor(s) no layer takes, e.g. {result.unexpected_keys[0]}")
+
+
+def weights_file(folder: Path) -> Path:
+    """The diffusers-layout file of a LoRA folder, or a one-line error saying how to make it."""
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise StyleMixError(f"{path} missing: train the LoRA first (`dvc repro train@{Path(folder).name}`)")
+    return path
+
+
+def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
+    """A LoRA folder as {"unet" | "text_encoder" | "text_encoder_2": {module: (A, B, alpha / rank)}},
+    read through diffusers' own loader so any file it accepts works here."""
+    path = weights_file(folder)
+    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
+    state, _, metadata = pipeline.lora_state_dict(str(folder), return_lora_metadata=True)
+    factors: dict[str, dict] = {}
+    for key, weight in state.items():
+        prefix, rest = key.split(".", 1)
+        if rest.endswith(MAGNITUDE):  # a DoRA's: load_magnitudes
+            continue
+        match = FACTOR_KEY.match(rest)
+        if not match:
+            raise StyleMixError(f"{path}: unexpected LoRA key {key!r}")
+        pair = factors.setdefault(prefix, {}).setdefault(match["module"], [None, None, None])
+        pair[0 if match["kind"] in ("down", "A") else 1] = weight.float()
+    for prefix, modules in factors.items():
+        config = {key: metadata.get(f"{prefix}.{key}") for key in ("lora_alpha", "alpha_pattern")}
+        for module, pair in modules.items():
+            pair[2] = module_alpha(config, module) / pair[0].shape[0]  # alpha / rank, per layer (LoCon's differ)
+    return {p: {m: tuple(v) for m, v in mods.items()} for p, mods in factors.items()}
+
+
+def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A DoRA folder's magnitudes, {"unet" | "text_encoder" | ...: {module: m}}; {} for a plain LoRA."""
+    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
+    magnitudes: dict[str, dict] = {}
+    for key, weight in pipeline.lora_state_dict(str(weights_file(folder)))[0].items():
+        if key.endswith(MAGNITUDE):
+            prefix, module = key.removesuffix(MAGNITUDE).split(".", 1)
+            magnitudes.setdefault(prefix, {})[module] = weight.float()
+    return magnitudes
+
+
+def read_info(folder: Path) -> dict:
+    """The `stylemix` facts stored in a LoRA folder's diffusers file."""
+    path = weights_file(folder)
+    with safe_open(path, "pt") as f:
+        return json.loads(f.metadata().get("stylemix", "{}"))
+
+
+def read_info_for(folder: Path, pipe) -> dict:
+    """read_info, refusing a LoRA made for the other architecture than the pipeline's."""
+    info = read_info(folder)
+    lora, base = info.get("architecture", SD15), architecture(pipe)
+    if lora != base:
+        names = {SD15: "SD 1.5", SDXL: "SDXL"}
+        raise StyleMixError(f"{folder} is an {names[lora]} LoRA and base.model is {names[base]}: "
+                            f"retrain it on this base (`dvc repro`) or set base.model back")
+    return info
