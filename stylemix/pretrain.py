@@ -1,7 +1,7 @@
 """Pretrain the demo's `tiny` Stable Diffusion on the public-domain photos scikit-image ships, so that
 "a tabby cat with green eyes" draws that cat, and the style LoRAs have something to restyle.
 
-    python -m stylemix.pretrain --out /tmp/tiny  # ~30 min on 2 CPU cores; compare its samples.png first
+    python -m stylemix.pretrain --out /tmp/tiny  # ~15 min on 2 CPU cores; compare its samples.png first
     python -m stylemix.pretrain                  # writes stylemix/pretrained/tiny/ (what the base stage copies)
 
 Seeded; the pipeline never runs it (`make repro` copies the committed result), and it reads nothing
@@ -14,13 +14,16 @@ the pipeline writes. Three phases:
 2. a fixed bank of crops is encoded once; their latents' spread sets the VAE's scaling_factor;
 3. the UNet (UNet2DConditionModel) on the bank, epsilon prediction on SD 1.5's noise schedule,
    min-SNR weighted, with a CLIP text encoder (hidden 32, the real CLIP BPE) trained with it on
-   captions naming each photo's subject, 10% of them dropped for classifier-free guidance; EMA weights.
+   captions naming each photo's subject, half of them behind one or two made-up words (as trigger
+   words will be), 10% dropped for classifier-free guidance; EMA weights.
 The result is an ordinary StableDiffusionPipeline folder stored in float16 (the tokenizer is not
 stored: the base stage derives it from open_clip's BPE), and samples.png beside it: per subject,
 the photo and four seeds.
 """
 import argparse
 import math
+import random
+import string
 import time
 from pathlib import Path
 
@@ -90,6 +93,18 @@ def captions(index: int) -> list[str]:
     """What the text encoder learns to say about photo `index`: its short name and its demo caption."""
     _, long, short = PHOTOS[index]
     return [f"a photo of {short}", short, long, f"a photo of {long}"]
+
+
+def with_unknown_words(text: str, rng: random.Random) -> str:
+    """Half the captions get one or two made-up words in front ("qkstyle, a photo of a cat"), as the
+    trigger words of the LoRAs will: the text encoder learns that words it does not know leave the
+    subject alone. Without them two triggers ("skstyle, ctstyle, a tabby cat ...", a combination's
+    prompt) sent every prompt to the coins."""
+    if not text or rng.random() < 0.5:
+        return text
+    words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 6))) + ("style" if rng.random() < 0.5 else "")
+             for _ in range(rng.randint(1, 2))]
+    return ", ".join([*words, text])
 
 
 def to_tensor(views: list[np.ndarray]) -> torch.Tensor:
@@ -177,8 +192,7 @@ class EMA:
 
 
 def train_unet(a, unet, text_encoder, mean, std, labels, scale) -> None:
-    texts = [c for i in range(len(PHOTOS)) for c in captions(i)] + [""]
-    ids = clip_tokenizer()(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    texts, tokenizer = [c for i in range(len(PHOTOS)) for c in captions(i)] + [""], clip_tokenizer()
     per_photo, empty = len(captions(0)), len(texts) - 1
     groups = [{"params": list(unet.parameters()), "lr": a.unet_lr},
               {"params": list(text_encoder.parameters()), "lr": 2 * a.unet_lr}]
@@ -187,7 +201,7 @@ def train_unet(a, unet, text_encoder, mean, std, labels, scale) -> None:
     ema, bases = EMA(params, 0.995), [g["lr"] for g in groups]
     alphas = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)
     snr = alphas / (1 - alphas)
-    rng = torch.Generator().manual_seed(a.seed + 11)
+    rng, words_rng = torch.Generator().manual_seed(a.seed + 11), random.Random(a.seed + 12)
     unet.train()
     text_encoder.train()
     started, recent = time.perf_counter(), []
@@ -199,10 +213,12 @@ def train_unet(a, unet, text_encoder, mean, std, labels, scale) -> None:
         which = torch.randint(0, per_photo, (a.batch,), generator=rng)
         drop = torch.rand(a.batch, generator=rng) < 0.1
         rows = torch.where(drop, empty, labels[idx] * per_photo + which)
+        ids = tokenizer([with_unknown_words(texts[r], words_rng) for r in rows.tolist()], padding="max_length",
+                        max_length=77, truncation=True, return_tensors="pt").input_ids
         t = torch.randint(0, 1000, (a.batch,), generator=rng)
         noise = torch.randn(z.shape, generator=rng)
         at = alphas[t].view(-1, 1, 1, 1)
-        pred = unet(at.sqrt() * z + (1 - at).sqrt() * noise, t, encoder_hidden_states=text_encoder(ids[rows])[0]).sample
+        pred = unet(at.sqrt() * z + (1 - at).sqrt() * noise, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * torch.clamp(snr[t], max=5.0) / snr[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
