@@ -13,6 +13,7 @@ from peft import set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from stylemix import lycoris
 from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
 from stylemix.errors import StyleMixError
 from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
@@ -42,11 +43,8 @@ def load_order(folders: dict[str, Path]) -> list[str]:
 
 def lycoris_layers(path: Path) -> tuple[str, dict, dict[str, dict[str, torch.Tensor]]]:
     """A LoHa / LoKr diffusers-layout file as (type, its UNet's peft config, {module: {param: tensor}})."""
-    config, layers = file_config(path), {}
-    for key, weight in load_file(path).items():
-        module, param = key.removeprefix("unet.").rsplit(".", 1)
-        layers.setdefault(module, {})[param] = weight
-    return adapter_type(config), config, layers
+    config = file_config(path)
+    return adapter_type(config), config, lycoris.by_layer({k.removeprefix("unet."): v for k, v in load_file(path).items()})
 
 
 def load_adapter(pipe, folder: Path, adapter_name: str, weight_name: str = WEIGHTS) -> None:

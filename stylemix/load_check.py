@@ -67,7 +67,7 @@ def kohya_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dict[str
         for module in modules:
             name = kohya_name(component, module, arch, pipe.unet.config.layers_per_block)
             layer = {k.removeprefix(name + "."): v for k, v in state.items() if k.startswith(name + ".")}
-            if "alpha" not in layer or not ({"lora_down.weight", "lora_up.weight"} <= set(layer) or set(layer) & set(lycoris.LOKR + lycoris.LOHA)):
+            if "alpha" not in layer or not ({"lora_down.weight", "lora_up.weight"} <= set(layer) or set(layer) & set(lycoris.FACTORS)):
                 continue  # compare() names it as not loaded
             alpha = float(layer["alpha"])
             if "lora_down.weight" in layer:
@@ -76,7 +76,7 @@ def kohya_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dict[str
                 out[component][module] = lowrank if magnitude is None else dora.delta(base_weight(model, module), lowrank, magnitude)
                 used |= {f"{name}.{k}" for k in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale") if k in layer}
             else:
-                factors = {k: v for k, v in layer.items() if k in lycoris.LOHA + lycoris.LOKR}
+                factors = {k: v for k, v in layer.items() if k in lycoris.FACTORS}
                 try:
                     out[component][module] = lycoris.delta(factors, lycoris.kohya_scale(factors, alpha))
                 except (KeyError, RuntimeError) as err:
@@ -105,7 +105,7 @@ def compare(label: str, want: dict[str, torch.Tensor], got: dict[str, torch.Tens
 def read_by_formula(path: Path) -> bool:
     """A kohya-layout file diffusers cannot load as written: a DoRA's, a LoHa's, a LoKr's."""
     with safe_open(path, "pt") as f:
-        return any(k.endswith(".dora_scale") or k.rsplit(".", 1)[-1] in lycoris.LOHA + lycoris.LOKR for k in f.keys())
+        return any(k.endswith(".dora_scale") or k.rsplit(".", 1)[-1] in lycoris.FACTORS for k in f.keys())
 
 
 def adapter_deltas(pipe, adapter: str = "default") -> dict[str, dict[str, torch.Tensor]]:

@@ -186,11 +186,8 @@ def to_kohya(state: dict[str, torch.Tensor], config: dict, name=lambda module: m
     it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.dora);
     LoHa and LoKr layers keep their tensors and their own alpha (stylemix.lycoris)."""
     if adapter_type(config) in LYCORIS_CONFIGS:
-        out, layers = {}, {}
-        for key, weight in state.items():
-            module, param = key.rsplit(".", 1)
-            layers.setdefault(module, {})[param] = weight
-        for module, tensors in layers.items():
+        out = {}
+        for module, tensors in lycoris.by_layer(state).items():
             converted = lycoris.to_kohya(tensors, module_alpha(config, module), module_rank(config, module))
             out |= {f"{name(module)}.{k}": v for k, v in converted.items()}
         return out

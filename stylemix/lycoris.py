@@ -12,7 +12,16 @@ import torch
 
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
-TYPES = {"loha": LOHA, "lokr": LOKR}
+FACTORS = LOHA + LOKR  # every factor name either type writes
+
+
+def by_layer(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{"module.param": tensor} as {module: {param: tensor}}: a layer's factors together."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, weight in state.items():
+        module, param = key.rsplit(".", 1)
+        layers.setdefault(module, {})[param] = weight
+    return layers
 
 
 def kohya_scale(tensors: dict[str, torch.Tensor], alpha: float) -> float:
