@@ -1,7 +1,7 @@
 """Benchmark: images/s for the whole comparison set (base, every style, every combination of
 params.yaml), drawn with one pipeline load and adapter switching, against loading the pipeline
-again for every model (what one DVC stage per model does). Same run, same settings.
-Needs the trained demo (`make repro`).
+again for every model (what one DVC stage per model does), and generate.batch_size images at once
+against one at a time. Same run, same settings. Needs the trained demo (`make repro`).
 
     python bench/generate.py            # writes bench/results/generate.json
 """
@@ -33,9 +33,9 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def draw(pipe, kind, name, run):
+    def draw(pipe, kind, name, run, cfg=p.generate):
         (work / run / name).mkdir(parents=True)
-        return generate_model(pipe, name, lora_folder(kind, name), p.generate, p.base, work / run / name)
+        return generate_model(pipe, name, lora_folder(kind, name), cfg, p.base, work / run / name)
 
     start = time.perf_counter()
     pipe = load()
@@ -44,12 +44,20 @@ def main() -> None:
     start = time.perf_counter()
     images_reload = sum(draw(load(), kind, name, "reloading") for kind, name in models)
     reloading = time.perf_counter() - start
+    one = p.generate.model_copy(update={"batch_size": 1})
+    start = time.perf_counter()
+    images_one = sum(draw(pipe, kind, name, "one_at_a_time", one) for kind, name in models)
+    one_at_a_time = time.perf_counter() - start
     report = {
         "setup": {"base_model": p.base.model, "resolution": p.base.resolution, "models": len(models),
-                  "images": images, "steps": p.generate.steps, "device": str(default_device())},
-        "images_per_s": {"one_load_adapter_switching": images / switching, "reload_per_model": images_reload / reloading},
-        "seconds": {"one_load_adapter_switching": switching, "reload_per_model": reloading},
+                  "images": images, "steps": p.generate.steps, "batch_size": p.generate.batch_size,
+                  "device": str(default_device())},
+        "images_per_s": {"one_load_adapter_switching": images / switching, "reload_per_model": images_reload / reloading,
+                         "one_image_at_a_time": images_one / one_at_a_time},
+        "seconds": {"one_load_adapter_switching": switching, "reload_per_model": reloading,
+                    "one_image_at_a_time": one_at_a_time},
         "ratio_switching_over_reload": (images / switching) / (images_reload / reloading),
+        "ratio_batched_over_one_at_a_time": (images / switching) / (images_one / one_at_a_time),
     }
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """generate@M: the comparison images, one model per stage: the base, each style, each combination
 (and, for a model with new concept tokens, each prompt at each token; for a style or combination,
-each prompt at each of `generate.strengths`). A combination with a strength schedule is drawn from its
-styles' LoRAs live, the schedule setting their weights at every step; any other from its merged file.
+each prompt at each of `generate.strengths`), `generate.batch_size` images at a time. A combination
+with a strength schedule is drawn from its styles' LoRAs live, the schedule setting their weights at
+every step; any other from its merged file.
 
 Every model draws the same prompts with the same seeds, so the columns of a grid compare like
 with like. A style's prompts carry its trigger word, a combination's all of its components'
@@ -9,6 +10,7 @@ with like. A style's prompts carry its trigger word, a combination's all of its 
 its prompt, seed, model and settings in its text metadata (A1111's `parameters` line included).
 """
 import sys
+from itertools import groupby
 from pathlib import Path
 
 from stylemix import gpu, params, schedules
@@ -19,7 +21,7 @@ from stylemix.outputs import atomic_dir
 from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
 from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, render
+from stylemix.render import SCHEDULERS, batches, render
 from stylemix.tokens import load_tokens, unload_tokens
 
 
@@ -68,17 +70,22 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
                  for w in strengths for i, prompt in enumerate(cfg.prompts)]
     with progress(unit="images") as bar:
         task = bar.add_task(f"generate {model}", total=len(jobs))
-        for path, prompt, base_prompt, seed, token, strength in jobs:
-            text = triggered(prompt, words) if loras else prompt
-            callback = mix.scaled(strength).apply(pipe) if mix else None
-            image, meta = render(pipe, text, seed, cfg, base, model if strength == 1.0 else f"{model}:{strength:g}", base_prompt,
-                                 callback)
-            if token:
-                meta.add_text("token", token)
-            if loras:
-                meta.add_text("strength", f"{strength:g}")
-            image.save(path, pnginfo=meta)
-            bar.advance(task)
+        # A batch draws at one strength (the LoRA's scale is the model's, not an image's).
+        for _, same in groupby(jobs, key=lambda job: job[5]):
+            for batch in batches(list(same), cfg.batch_size):
+                paths, prompts, base_prompts, seeds, tokens_of, strengths = zip(*batch)
+                strength = strengths[0]
+                texts = [triggered(prompt, words) if loras else prompt for prompt in prompts]
+                callback = mix.scaled(strength).apply(pipe) if mix else None
+                drawn = render(pipe, texts, list(seeds), cfg, base, model if strength == 1.0 else f"{model}:{strength:g}",
+                               list(base_prompts), callback)
+                for path, token, (image, meta) in zip(paths, tokens_of, drawn):
+                    if token:
+                        meta.add_text("token", token)
+                    if loras:
+                        meta.add_text("strength", f"{strength:g}")
+                    image.save(path, pnginfo=meta)
+                bar.advance(task, len(batch))
     for adapter in loras:
         pipe.delete_adapters(adapter)
         unload_tokens(pipe, tokens[adapter])

@@ -24,7 +24,7 @@ from stylemix.errors import StyleMixError
 from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS
 from stylemix.paths import LORAS, MERGED
 from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, render
+from stylemix.render import SCHEDULERS, batches, render
 from stylemix.schedules import Mix, dump as dump_schedules
 from stylemix.tokens import load_tokens, unload_tokens
 
@@ -161,11 +161,18 @@ class Drawer:
     def draw(self, prompt: str, weights: dict[str, float], seed: int, cfg: params.Generate, size: int | None = None,
              on_step: Callable[[int, int], None] | None = None, blocks: dict | None = None,
              schedules: dict[str, params.Schedule] | None = None, triggers: list[str] | None = None) -> tuple[Image.Image, object]:
-        """One image of `prompt` with the adapters at `weights` (0 = off), each optionally with block
-        weights (a block spec by name) and a strength schedule, and its PNG metadata. The prompt gets
-        the trigger words of `triggers` (adapter names; default: those drawn; the explorer's bleed
-        prompts: none)."""
-        if not prompt.strip():
+        """One image of `prompt` and its PNG metadata: draw_batch of one."""
+        return self.draw_batch([prompt], weights, [seed], cfg, size, on_step, blocks, schedules, triggers)[0]
+
+    def draw_batch(self, prompts: list[str], weights: dict[str, float], seeds: list[int], cfg: params.Generate,
+                   size: int | None = None, on_step: Callable[[int, int], None] | None = None, blocks: dict | None = None,
+                   schedules: dict[str, params.Schedule] | None = None,
+                   triggers: list[str] | None = None) -> list[tuple[Image.Image, object]]:
+        """Each prompt with its seed, `cfg.batch_size` at a time, with the adapters at `weights` (0 = off),
+        each optionally with block weights (a block spec by name) and a strength schedule; an image and
+        its PNG metadata each. The prompts get the trigger words of `triggers` (adapter names; default:
+        those drawn; the explorer's bleed prompts: none)."""
+        if not all(prompt.strip() for prompt in prompts):
             raise StyleMixError("the prompt is empty: write what to draw, e.g. 'a tabby cat with green eyes'")
         low, high = WEIGHT_RANGE
         if bad := {n: w for n, w in weights.items() if not low <= w <= high}:
@@ -177,32 +184,35 @@ class Drawer:
         if unknown := sorted(set(schedules or {}) - set(active)):
             raise StyleMixError(f"a schedule for {', '.join(unknown)}, which is not drawn: give it a weight too")
         base = self.base.model_copy(update={"resolution": size or self.base.resolution})
+        drawn = []
         with self.lock:
             self.stop.clear()
             triggers = list(active) if triggers is None else triggers
             infos = self.infos(list(dict.fromkeys([*active, *triggers])), load=self.fused is None)
             mix = Mix(active, self.multipliers(blocks, active), schedules)
-            callback = self._step(cfg.steps, on_step)
-            if active and self.fused is None:
+            live = bool(active) and self.fused is None
+            if live:
                 self.pipe.enable_lora()
-                callback = mix.apply(self.pipe, callback)
             elif self.loaded:
                 self.pipe.disable_lora()
             self.use_tokens(infos)
             words = {}
             for name in triggers:
                 words |= infos[name].get("triggers") or {name: infos[name]["trigger"]}
-            text = triggered(prompt, {"triggers": words}) if words else prompt
-            label = mix_label(active)
+            label, step = mix_label(active), self._step(cfg.steps, on_step)
             self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
-            image, meta = render(self.pipe, text, seed, cfg, base, label, prompt, callback)
-        meta.add_text("stylemix", json.dumps({
-            "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,
-            "adapters": active, "fused": self.fused is not None, "base_model": base.model, "commit": self.commit}
-            | ({"blocks": mix.blocks} if mix.blocks else {})
-            | ({"schedules": dump_schedules(mix.schedules)} if mix.schedules else {})))
-        return image, meta
+            for batch in batches(list(zip(prompts, seeds, strict=True)), cfg.batch_size):
+                texts = [triggered(prompt, {"triggers": words}) if words else prompt for prompt, _ in batch]
+                callback = mix.apply(self.pipe, step) if live else step  # each batch from its schedules' first step
+                drawn += render(self.pipe, texts, [seed for _, seed in batch], cfg, base, label, [p for p, _ in batch], callback)
+        for (prompt, seed), (_, meta) in zip(zip(prompts, seeds), drawn):
+            meta.add_text("stylemix", json.dumps({
+                "prompt": prompt, "negative_prompt": cfg.negative_prompt, "seed": seed, "steps": cfg.steps,
+                "guidance_scale": cfg.guidance_scale, "scheduler": cfg.scheduler, "size": base.resolution,
+                "adapters": active, "fused": self.fused is not None, "base_model": base.model, "commit": self.commit}
+                | ({"blocks": mix.blocks} if mix.blocks else {})
+                | ({"schedules": dump_schedules(mix.schedules)} if mix.schedules else {})))
+        return drawn
 
     def _step(self, total: int, on_step):
         def callback(pipe, step, timestep, kwargs):

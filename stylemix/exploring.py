@@ -64,10 +64,9 @@ def draw_plane(drawer: Drawer, name: str, pair: params.ExplorePair, cfg: params.
     (one of the drawer's roots) and dropped after their images."""
     a, b = pair.styles
     points = to_draw(pair)
-    jobs = [("style", p) for p in cfg.prompts] + [("bleed", p) for p in cfg.bleed_prompts]
     out = []
     with progress(unit="images") as bar:
-        task = bar.add_task(f"explore {name}", total=len(points) * len(jobs) * len(cfg.seeds))
+        task = bar.add_task(f"explore {name}", total=len(points) * (len(cfg.prompts) + len(cfg.bleed_prompts)) * len(cfg.seeds))
         for i, point in enumerate(points):
             method, wa, wb = point
             combo = pair.combo("linear" if method == "base" else method, {a: wa, b: wb})
@@ -78,12 +77,12 @@ def draw_plane(drawer: Drawer, name: str, pair: params.ExplorePair, cfg: params.
                 drawer.make_room_for_lora()  # the merge's load check puts a LoRA on this pipeline
                 merge_combo(merged, combo, out=scratch, check_with=drawer.pipe)
                 weights, blocks, schedule = {merged: 1.0}, None, None
-            for kind, prompt in jobs:
-                for seed in cfg.seeds:
-                    image, _ = drawer.draw(prompt, weights, seed, gen, blocks=blocks, schedules=schedule,
-                                           triggers=None if kind == "style" else [])
-                    out.append(Drawn(point, kind, prompt, seed, image))
-                    bar.advance(task)
+            for kind, prompts in (("style", cfg.prompts), ("bleed", cfg.bleed_prompts)):
+                each = [(prompt, seed) for prompt in prompts for seed in cfg.seeds]
+                drawn = drawer.draw_batch([p for p, _ in each], weights, [s for _, s in each], gen, blocks=blocks,
+                                          schedules=schedule, triggers=None if kind == "style" else [])
+                out += [Drawn(point, kind, prompt, seed, image) for (prompt, seed), (image, _) in zip(each, drawn)]
+                bar.advance(task, len(each))
             if combo.method != "linear":
                 drawer.forget(merged)
     return out

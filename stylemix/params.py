@@ -424,6 +424,9 @@ class Generate(Section):
     # Each style and combination also drawn at these LoRA weights (first seed) for the strengths grid;
     # 1.0 is always drawn (the images scored).
     strengths: list[Annotated[float, Field(gt=0, le=2)]] = [1.0]
+    # Images drawn at once (one UNet batch, twice that with guidance): more is faster until the device
+    # is busy, and costs memory; lower it on a GPU that runs out.
+    batch_size: Positive = 4
 
 
 class Score(Section):

@@ -1,5 +1,5 @@
-"""Drawing one image from a loaded pipeline, with its settings in the PNG: what generate@M, `stylemix
-draw` and the tests share."""
+"""Drawing images from a loaded pipeline, with their settings in each PNG: what generate@M, `stylemix
+draw`, the mixing lab and the tests share."""
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL.PngImagePlugin import PngInfo
@@ -13,13 +13,27 @@ SCHEDULERS = {
 }
 
 
-def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str,
-           on_step_end=None):
-    """One image, and PNG text metadata with its prompt, seed, model and settings. `on_step_end` is
-    diffusers' callback_on_step_end (progress, cancel)."""
-    image = pipe(text, negative_prompt=cfg.negative_prompt or None, num_inference_steps=cfg.steps,
-                 guidance_scale=cfg.guidance_scale, height=base.resolution, width=base.resolution,
-                 generator=torch.Generator(pipe.device).manual_seed(seed), callback_on_step_end=on_step_end).images[0]
+def batches(items: list, size: int) -> list[list]:
+    """`items` in runs of at most `size` (generate.batch_size), in order."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def render(pipe, texts: list[str], seeds: list[int], cfg: params.Generate, base: params.Base, model: str,
+           base_prompts: list[str], on_step_end=None) -> list[tuple]:
+    """One image per text and seed, drawn in one batch, each with PNG text metadata (its prompt, seed,
+    model and settings). Each image starts from its own seed's generator, so it is the picture drawn
+    alone up to float rounding (batched kernels sum in another order). `on_step_end` is diffusers'
+    callback_on_step_end (progress, cancel, strength schedules)."""
+    images = pipe(texts, negative_prompt=[cfg.negative_prompt] * len(texts) if cfg.negative_prompt else None,
+                  num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=base.resolution,
+                  width=base.resolution, generator=[torch.Generator(pipe.device).manual_seed(s) for s in seeds],
+                  callback_on_step_end=on_step_end).images
+    return [(image, metadata(text, seed, cfg, base, model, base_prompt))
+            for image, text, seed, base_prompt in zip(images, texts, seeds, base_prompts, strict=True)]
+
+
+def metadata(text: str, seed: int, cfg: params.Generate, base: params.Base, model: str, base_prompt: str) -> PngInfo:
+    """An image's settings as PNG text: each on its own, and A1111's `parameters` line."""
     meta = PngInfo()
     for key, value in {"prompt": text, "base_prompt": base_prompt, "negative_prompt": cfg.negative_prompt,
                        "seed": seed, "model": model, "base_model": base.model, "steps": cfg.steps,
@@ -28,4 +42,4 @@ def render(pipe, text: str, seed: int, cfg: params.Generate, base: params.Base, 
     meta.add_text("parameters", f"{text}\nNegative prompt: {cfg.negative_prompt}\nSteps: {cfg.steps}, "
                   f"Sampler: {cfg.scheduler}, CFG scale: {cfg.guidance_scale}, Seed: {seed}, "
                   f"Size: {base.resolution}x{base.resolution}, Model: {base.model}, Lora: {model}")
-    return image, meta
+    return meta

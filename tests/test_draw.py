@@ -49,13 +49,15 @@ def test_fused_loras_draw_the_same_pictures(workspace, monkeypatch):
     run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "plain")
     run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "fused", "--fuse")
     run("--prompts", "shots.txt", "-o", "base")
+    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "single", "--batch-size", "1")
     for name in ("0000.png", "0001.png"):
-        fused, plain, base = (pixels(workspace / d / name) for d in ("fused", "plain", "base"))
+        fused, plain, base, single = (pixels(workspace / d / name) for d in ("fused", "plain", "base", "single"))
         assert abs(fused - plain).mean() < 1 < abs(plain - base).mean()  # the same picture, which is not the base's
+        assert abs(single - plain).max() <= 2  # both rows drawn in one batch, or one at a time
     assert json.loads(Image.open(workspace / "fused/0000.png").text["stylemix"])["fused"] is True
 
 
-def test_bad_batches_say_what_to_do(workspace, monkeypatch):
+def test_bad_batches_say_what_to_do(workspace, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
     (workspace / "own.csv").write_text("prompt,weights\na cat,sketch=1\n")
     with pytest.raises(StyleMixError, match="--fuse draws every row with the command line's styles"):
@@ -66,6 +68,9 @@ def test_bad_batches_say_what_to_do(workspace, monkeypatch):
     (workspace / "seed.csv").write_text("prompt,seed\na cat,three\n")
     with pytest.raises(StyleMixError, match="seed.csv line 2"):
         run("--prompts", "seed.csv", "-o", "x")
+    with pytest.raises(SystemExit):
+        run("--prompts", "own.csv", "--batch-size", "0", "-o", "x")
+    assert "argument --batch-size: '0': give a whole number of 1 or more" in capsys.readouterr().err
     assert not (workspace / "x").exists()
 
 

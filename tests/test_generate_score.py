@@ -141,3 +141,26 @@ def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     for style, emb in own.items():
         sims = {s: float((emb @ ref).mean()) for s, ref in refs.items()}
         assert max(sims, key=sims.get) == style, sims
+
+
+def test_a_batch_draws_the_pictures_drawn_one_at_a_time(tmp_path, tiny_model):
+    """generate.batch_size: each image of a batch starts from its own seed, so a batch of 4 draws the
+    pictures (and metadata) drawn one at a time, float rounding apart; a batch never mixes strengths."""
+    (tmp_path / "ink").mkdir()
+    random_lora(tiny_model, tmp_path / "ink", rank=4, alpha=4, text_encoder=False, seed=0)
+    pipe = load_pipeline(str(tiny_model))
+    cfg = GEN.model_copy(update={"prompts": ["a cat", "a house", "a tree"], "strengths": [1.0, 0.5]})
+    for size in (1, 4):
+        (tmp_path / f"by{size}").mkdir()
+        assert generate_model(pipe, "ink", tmp_path / "ink", cfg.model_copy(update={"batch_size": size}), BASE,
+                              tmp_path / f"by{size}") == 6 + 3
+    names = sorted(str(p.relative_to(tmp_path / "by1")) for p in (tmp_path / "by1").rglob("*.png"))
+    assert names == sorted(str(p.relative_to(tmp_path / "by4")) for p in (tmp_path / "by4").rglob("*.png"))
+    for name in names:
+        one, four = Image.open(tmp_path / "by1" / name), Image.open(tmp_path / "by4" / name)
+        assert one.text == four.text
+        assert np.abs(np.asarray(one, dtype=float) - np.asarray(four, dtype=float)).max() <= 2, name
+    pictures = {name: np.asarray(Image.open(tmp_path / "by4" / name), dtype=float) for name in ("p2_s0.png", "p2_s3.png",
+                                                                                                 "strengths/w0.5_p2_s0.png")}
+    assert np.abs(pictures["p2_s0.png"] - pictures["p2_s3.png"]).mean() > 1  # seeds differ within a batch
+    assert np.abs(pictures["p2_s0.png"] - pictures["strengths/w0.5_p2_s0.png"]).mean() > 1  # and strengths between

@@ -70,6 +70,24 @@ def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
     assert "wcstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
 
 
+def test_a_batch_draws_the_pictures_drawn_one_at_a_time_schedules_included(drawer, tmp_path):
+    """draw_batch draws generate.batch_size images at once, each from its own seed: the pictures drawn
+    alone (float rounding apart); a scheduled weight starts every batch at its schedule's first step."""
+    import json
+
+    d, cfg = drawer
+    prompts, seeds = ["a tabby cat with green eyes", "a rocket on a launch pad", "a cup of coffee"], [0, 1, 2]
+    weights, schedules = {"watercolor": 1.0}, {"watercolor": params.Window(start=0, end=0.5)}
+    alone = [d.draw(prompt, weights, seed, cfg, schedules=schedules)[0] for prompt, seed in zip(prompts, seeds)]
+    batched = d.draw_batch(prompts, weights, seeds, cfg.model_copy(update={"batch_size": 2}), schedules=schedules)
+    for i, (image, meta) in enumerate(batched):
+        image.save(tmp_path / f"{i}.png", pnginfo=meta)
+    assert [json.loads(Image.open(tmp_path / f"{i}.png").text["stylemix"])["seed"] for i in range(3)] == seeds
+    assert max(abs(pixels(one) - pixels(image)).max() for one, (image, _) in zip(alone, batched)) <= 2
+    unscheduled, _ = d.draw_batch(prompts, weights, seeds, cfg)[2]
+    assert abs(pixels(unscheduled) - pixels(alone[2])).mean() > 1  # the schedule shows in the picture
+
+
 def test_the_draw_tabs_block_weights_and_schedules(workspace, monkeypatch, tmp_path):
     from stylemix.commands.ui import Studio, as_params, specs
     from stylemix.mixes import save_mix

@@ -7,8 +7,9 @@ weights, a seed, an output path. Settings not given come from params.yaml's `gen
 
 A batch (`--prompts`) is a text file with one prompt per line, or a CSV with a `prompt` column and
 optional `negative`, `seed` and `weights` (`watercolor=0.6 pixelart=0.4`, replacing the command
-line's for that row); it draws into a folder, one PNG per row and index.jsonl. `--fuse` bakes the
-command line's LoRAs into the weights once, so each drawing skips the adapters' extra work.
+line's for that row); it draws into a folder, one PNG per row and index.jsonl, rows with the same
+styles `--batch-size` at a time (default generate.batch_size). `--fuse` bakes the command line's
+LoRAs into the weights once, so each drawing skips the adapters' extra work.
 
 `--blocks NAME=SPEC` gives a LoRA a weight per UNet block (stylemix.block_weights): an LBW preset
 (OUTALL), an LBW vector (1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1) or groups (text_encoder:1,down:0,mid:0,up:1).
@@ -17,6 +18,7 @@ START-END (0-0.6: on for the first 60% of the steps) or FRACTION:MULTIPLIER poin
 """
 import argparse
 import csv
+from itertools import groupby
 from pathlib import Path
 
 from stylemix import params
@@ -24,6 +26,7 @@ from stylemix.drawing import Drawer, mix_label, parse_spec
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_dir, write_jsonl
 from stylemix.progress import track
+from stylemix.render import batches
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -32,6 +35,12 @@ def parse_lora(spec: str) -> tuple[str, float]:
         return name, float(weight or 1.0)
     except ValueError:
         raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return int(text)
 
 
 def read_batch(path: Path, seed: int, weights: dict[str, float]) -> list[dict]:
@@ -60,6 +69,18 @@ def read_batch(path: Path, seed: int, weights: dict[str, float]) -> list[dict]:
     return out
 
 
+def drawn_rows(drawer: Drawer, rows: list[dict], cfg: params.Generate, blocks: dict, schedules: dict):
+    """(row, image, metadata) for each row in order: consecutive rows with the same styles and negative
+    prompt drawn together, `generate.batch_size` at a time."""
+    for _, same in groupby(rows, key=lambda row: (sorted(row["weights"].items()), row["negative"])):
+        for batch in batches(list(same), cfg.batch_size):
+            first = batch[0]
+            own = cfg if first["negative"] is None else cfg.model_copy(update={"negative_prompt": first["negative"]})
+            drawn = drawer.draw_batch([row["prompt"] for row in batch], first["weights"], [row["seed"] for row in batch], own,
+                                      blocks=blocks, schedules=schedules)
+            yield from ((row, image, meta) for row, (image, meta) in zip(batch, drawn))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", help="what to draw (or --prompts FILE)")
     parser.add_argument("loras", nargs="*", help="STYLE=WEIGHT or COMBO=WEIGHT (trained or merged)")
@@ -70,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", action="append", default=[], metavar="NAME=SPEC",
                         help="a LoRA's strength over the steps: START-END (on between) or FRACTION:MULTIPLIER,... points")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int)
+    parser.add_argument("--steps", type=positive)
+    parser.add_argument("--batch-size", type=positive, help="images drawn at once (default generate.batch_size)")
     parser.add_argument("--negative")
     parser.add_argument("-o", "--out", type=Path, help="the PNG (default draw.png), or a batch's folder (default drawn/)")
 
@@ -79,7 +101,8 @@ def run(args: argparse.Namespace) -> None:
     if args.prompts and args.prompt:  # argparse put the first STYLE=WEIGHT in `prompt`
         args.loras.insert(0, args.prompt)
     p = params.load("base", "generate")
-    cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative)) if v is not None})
+    cfg = p.generate.model_copy(update={k: v for k, v in (("steps", args.steps), ("negative_prompt", args.negative),
+                                                               ("batch_size", args.batch_size)) if v is not None})
     weights = dict(map(parse_lora, args.loras))
     blocks = dict(parse_spec("--blocks", spec, params.BlockSpec) for spec in args.blocks)
     schedules = dict(parse_spec("--schedule", spec, params.Schedule) for spec in args.schedule)
@@ -98,10 +121,7 @@ def run(args: argparse.Namespace) -> None:
             raise StyleMixError("--fuse bakes fixed weights into the model: a --schedule changes them every step; drop one")
         drawer.fuse(weights, blocks)
         blocks = {}
-    draws = ((row, *drawer.draw(row["prompt"], row["weights"], row["seed"],
-                                cfg if row["negative"] is None else cfg.model_copy(update={"negative_prompt": row["negative"]}),
-                                blocks=blocks, schedules=schedules))
-             for row in rows)
+    draws = drawn_rows(drawer, rows, cfg, blocks, schedules)
     if not args.prompts:
         _, image, meta = next(draws)
         out = args.out or Path("draw.png")
