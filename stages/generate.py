@@ -71,10 +71,9 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
     with progress(unit="images") as bar:
         task = bar.add_task(f"generate {model}", total=len(jobs))
         # A batch draws at one strength (the LoRA's scale is the model's, not an image's).
-        for _, same in groupby(jobs, key=lambda job: job[5]):
+        for strength, same in groupby(jobs, key=lambda job: job[5]):
             for batch in batches(list(same), cfg.batch_size):
-                paths, prompts, base_prompts, seeds, tokens_of, strengths = zip(*batch)
-                strength = strengths[0]
+                paths, prompts, base_prompts, seeds, tokens_of, _ = zip(*batch)
                 texts = [triggered(prompt, words) if loras else prompt for prompt in prompts]
                 callback = mix.scaled(strength).apply(pipe) if mix else None
                 drawn = render(pipe, texts, list(seeds), cfg, base, model if strength == 1.0 else f"{model}:{strength:g}",
