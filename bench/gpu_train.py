@@ -183,12 +183,12 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
     count = max(batches) * 2 + 2
     p = params.validate({
         "base": {"model": str(model), "resolution": resolution},
-        "styles": {"style": {"source": str(work / "src"), "trigger": "wcstyle"}},
+        "styles": {"style": {"source": str(work / "src"), "trigger": "omstyle"}},
         "lora": {"rank": 32, "alpha": 32, "targets": ATTENTION},
         "train": {"mixed_precision": "bf16", "checkpoint_every": 100_000, "validation_steps": 1, "validation_prompts": ["a cat"]},
     })
     (work / "src").mkdir()
-    build_style("watercolor", work / "src", count=count, seed=0)
+    build_style("openmoji", work / "src", count=count, seed=0)
     filter_style("style", p.styles["style"], params.Filter(), p.base, work / "filtered", work / "reports")
     caption_style("style", params.Caption(), work / "filtered", work / "captions")
     cached = encode_style("style", p.styles["style"], p.base, work / "filtered", work / "captions", work / "latents")
@@ -205,7 +205,7 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         vae = pipe.vae.to(device, torch.bfloat16)
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]  # on the device, bf16
         tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
-        captions = [f"wcstyle, a cat {i}" for i in range(batch)]
+        captions = [f"omstyle, a cat {i}" for i in range(batch)]
         ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)
                for t in tokenizers]
         images = pixels(work / "filtered/style", names[:batch], (resolution, resolution)).to(device, torch.bfloat16)

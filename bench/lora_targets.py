@@ -32,7 +32,7 @@ from stylemix.lora_files import WEIGHTS, block_layers, block_preset  # noqa: E40
 from stylemix.paths import FILTERED  # noqa: E402
 from stylemix.training import train_style  # noqa: E402
 
-STYLES = ["watercolor", "sketch"]
+STYLES = ["openmoji", "lineart"]
 VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` layer of that attention
     "default": {},
     "all": {"targets": "all"},

@@ -1,6 +1,6 @@
 """Benchmark: how close is a training step of ours to the bare UNet step, and how much of the
 VAE + text-encoder cost does caching remove? All variants run in this one process, on the same
-tiny model, images (the demo's watercolor style at 128 px) and batch; results are ratios.
+tiny model, images (the demo's openmoji style at 128 px) and batch; results are ratios.
 
     python bench/train_step.py            # writes bench/results/train_step.json
 
@@ -113,16 +113,16 @@ def main() -> None:
     model = build_tiny(work / "tiny")
     p = params.validate({
         "base": {"model": str(model), "resolution": RESOLUTION},
-        "styles": {"watercolor": {"source": str(work / "src"), "trigger": "wcstyle"}},
+        "styles": {"openmoji": {"source": str(work / "src"), "trigger": "omstyle"}},
         "lora": {"rank": 4, "alpha": 4},
         "train": {"max_steps": WARMUP + STEPS + 1, "batch_size": BATCH, "checkpoint_every": 10_000,
                   "validation_steps": 1, "validation_prompts": ["a cat"]},
     })
     (work / "src").mkdir()
-    build_style("watercolor", work / "src", count=16, seed=0)
-    filter_style("watercolor", p.styles["watercolor"], params.Filter(), p.base, work / "filtered", work / "reports")
-    caption_style("watercolor", params.Caption(), work / "filtered", work / "captions")
-    cached = encode_style("watercolor", p.styles["watercolor"], p.base, work / "filtered", work / "captions", work / "latents")
+    build_style("openmoji", work / "src", count=16, seed=0)
+    filter_style("openmoji", p.styles["openmoji"], params.Filter(), p.base, work / "filtered", work / "reports")
+    caption_style("openmoji", params.Caption(), work / "filtered", work / "captions")
+    cached = encode_style("openmoji", p.styles["openmoji"], p.base, work / "filtered", work / "captions", work / "latents")
     batch = cached.rows(next(iter(cached.buckets)), list(range(BATCH)))
     latents, cond = batch["mean"], batch["text_hidden"]
 
@@ -141,9 +141,9 @@ def main() -> None:
     })
 
     # naive: pixels through the VAE and captions through the text encoder, every step
-    names = sorted(q.name for q in (work / "filtered/watercolor").glob("*.png"))[:BATCH]
-    images = pixels(work / "filtered/watercolor", names, (RESOLUTION, RESOLUTION))
-    ids = pipe.tokenizer(["wcstyle, a cat"] * BATCH, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    names = sorted(q.name for q in (work / "filtered/openmoji").glob("*.png"))[:BATCH]
+    images = pixels(work / "filtered/openmoji", names, (RESOLUTION, RESOLUTION))
+    ids = pipe.tokenizer(["omstyle, a cat"] * BATCH, padding="max_length", max_length=77, return_tensors="pt").input_ids
     scale = pipe.vae.config.scaling_factor
 
     def encoders():
@@ -161,7 +161,7 @@ def main() -> None:
     for r in range(ROUNDS):
         stamps = []
         AcceleratorState._reset_state(True)
-        train_style("watercolor", p, lambda step, _: stamps.append(now()), out=work / "lora",
+        train_style("openmoji", p, lambda step, _: stamps.append(now()), out=work / "lora",
                     ckpt_root=work / f"ckpt{r}", logs=work / "logs", latents=work / "latents")
         ours.append(medians(stamps[WARMUP:-1]))  # the last step also checkpoints
         floors.append(median_step(floor, steps=STEPS // 2))

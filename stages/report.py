@@ -9,8 +9,9 @@ from stylemix import params
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.images import grid, image_files
 from stylemix.outputs import atomic_dir, atomic_write
-from stylemix.paths import (FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, VALIDATION,
-                            image_name)
+from stylemix.ground_truth import load_truth
+from stylemix.paths import (FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, TRUTH,
+                            VALIDATION, image_name)
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
@@ -27,7 +28,8 @@ def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> lis
         grid(rows, [f"seed {s}" for s in seeds], prompt).save(out / f"prompt_{i}.png")
         made.append((f"prompt_{i}.png", prompt))
     rows = [(m, [Image.open(images / m / f"p{i}_s{seeds[0]}.png") for i in sorted(prompts)]) for m in models]
-    grid(rows, [f"prompt {i}" for i in sorted(prompts)], f"all models, seed {seeds[0]}").save(out / "overview.png")
+    labels = [prompt if len(prompt) <= 16 else prompt[:15] + "…" for _, prompt in sorted(prompts.items())]
+    grid(rows, labels, f"all models, seed {seeds[0]}").save(out / "overview.png")
     return [("overview.png", "every model on every prompt")] + made
 
 
@@ -67,6 +69,26 @@ def strength_grid(models: list[str], out: Path, images: Path = IMAGES) -> list[t
     title = f"each style and combination at each strength, seed {seed:g}"
     grid(rows, [f"prompt {i}" for i in prompts], title).save(out / "strengths.png")
     return [("strengths.png", "every style and combination at each strength")]
+
+
+def truth_grid(styles: list[str], out: Path, images: Path = IMAGES, truth_dir: Path = TRUTH) -> list[tuple[str, str]]:
+    """The held-out subjects (columns) drawn by the base, then by each style under its look's real pictures:
+    what each LoRA drew of a subject it never saw, beside the answer (the first seed's pictures)."""
+    truth = load_truth(truth_dir)
+    files = image_files(images / "base")
+    first = min(int(f.stem.split("_s")[1]) for f in files)
+    drawn = {Image.open(f).text["base_prompt"]: f.name for f in files if f.stem.endswith(f"_s{first}")}
+    captions = [c for c in truth.captions if c in drawn] if truth else []
+    if not captions:
+        return []
+    rows = [("base", [Image.open(images / "base" / drawn[c]) for c in captions])]
+    for style in (s for s in styles if s in truth.looks):
+        real = dict(zip(truth.captions, truth.files[style]))
+        rows += [(f"{style}: real", [Image.open(real[c]) for c in captions]),
+                 (f"{style} LoRA", [Image.open(images / style / drawn[c]) for c in captions])]
+    grid(rows, captions, "held-out subjects: the base, and each style's LoRA under the real pictures of its look",
+         tile=96).save(out / "truth.png")
+    return [("truth.png", "each style on subjects it never saw, under the real pictures")]
 
 
 def loss_plot(styles: list[str], path: Path, logs: Path = TRAIN_LOGS) -> None:
@@ -120,6 +142,36 @@ def validation_table(validation: dict) -> str:
     return "\n".join(lines) + f"\n\nOwn LoRA best on its style (gain over base): {verdict}."
 
 
+def ground_truth_section(metrics: dict) -> list[str]:
+    """The ground truth's tables: the model x look matrix of style accuracy (its diagonal is each
+    style's own look), and per model its subject accuracy and nearness to the real pictures."""
+    truth = metrics.get("ground_truth")
+    if not truth:
+        return []
+    looks = truth["looks"]
+    lines = ["| model | " + " | ".join(looks) + " |", "|---|" + "---|" * len(looks)]
+    for model, row in truth["style_accuracy"].items():
+        cells = [f"**{row[look]:.2f}**" if look == model else f"{row[look]:.2f}" for look in looks]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    per_model = ["| model | pictures | style accuracy [95% CI] | base in that look | subject accuracy [95% CI] | "
+                 "nearness to the real picture [95% CI] | base's nearness |", "|---|---|---|---|---|---|---|"]
+    for model, m in truth["models"].items():
+        style = fmt(m["style_accuracy"]) if "style_accuracy" in m else ""
+        near = fmt(m["nearness"]) if "nearness" in m else ""
+        base_style = f"{m['style_accuracy_base']:.2f}" if "style_accuracy_base" in m else ""
+        base_near = f"{m['nearness_base']:.4f}" if "nearness_base" in m else ""
+        per_model.append(f"| {model} | {m['pictures']} | {style} | {base_style} | {fmt(m['subject_accuracy'])} | {near} | {base_near} |")
+    chance = truth["chance"]
+    return ["## Drawing subjects no LoRA saw (ground truth)\n",
+            f"The held-out subjects ({', '.join(truth['subjects'])}) are in no style's training pictures; their real "
+            f"pictures in every look are the answer. **Style accuracy**: the share of a model's pictures of them that the "
+            f"scorer puts nearest each look's real pictures (rows: models, columns: looks; chance {chance['style']:.2f}). "
+            f"**Subject accuracy**: the share it reads as the right subject among the held-out names (chance "
+            f"{chance['subject']:.2f}). **Nearness**: cosine to the real picture of the same subject in the style's look.\n",
+            "\n".join(lines) + "\n", "![style accuracy](plots/scores/style_accuracy.png)\n", "\n".join(per_model) + "\n",
+            "![each style on subjects it never saw](grids/truth.png)\n"]
+
+
 def filter_table(styles: list[str]) -> str:
     """Kept and rejected images per style, and the kept ones' aspect-ratio buckets (with a chart
     where a style has more than one)."""
@@ -161,6 +213,7 @@ def main() -> None:
     validation = json.loads(VALIDATION.read_text())
     with atomic_dir(GRIDS) as tmp:
         grids = comparison_grids(models, tmp)
+        truth = truth_grid(styles, tmp)
         tokens = token_grids(models, tmp)
         strengths = strength_grid(models, tmp)
     loss_plot(styles, REPORTS / "plots" / "loss.png")
@@ -177,6 +230,7 @@ def main() -> None:
         "# stylemix report\n",
         warning + f"Base model and LoRAs per `params.yaml`; scorer: open_clip `{scorer['clip_model']}` "
         f"(weights: `{weights}`). Bold: a model's own style(s).\n",
+        *ground_truth_section(metrics),
         "## Did each LoRA learn its style?\n",
         "Held-out denoising loss (images no training saw; fixed timesteps "
         f"{', '.join(map(str, validation['timesteps']))} and fixed noise): every style's LoRA and the base on every "
@@ -197,7 +251,7 @@ def main() -> None:
         "## Filtered images\n", filter_table(styles) + "\n",
     ]
     atomic_write(REPORTS / "report.md", "\n".join(md))
-    print(f"report: {REPORTS / 'report.md'} with {len(grids) + len(tokens) + len(strengths)} grids")
+    print(f"report: {REPORTS / 'report.md'} with {len(grids) + len(truth) + len(tokens) + len(strengths)} grids")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,23 @@
-"""sample: build the offline demo dataset (stylemix.demo_data), one folder per style."""
+"""sample: build the offline demo dataset from the committed emoji sets (stylemix.demo_data): one folder
+per style, each its own subjects, and the ground truth, every held-out subject in every look."""
 from stylemix import params
-from stylemix.demo_data import build_style
+from stylemix.demo_data import build_style, build_truth, check_heldout
 from stylemix.errors import run_stage
 from stylemix.outputs import atomic_dir
-from stylemix.paths import SAMPLE
+from stylemix.paths import SAMPLE, TRUTH
 
 
 def main() -> None:
-    p = params.load("sample")
+    p = params.load("sample").sample
+    check_heldout(p.heldout)
     with atomic_dir(SAMPLE) as tmp:
-        for style in p.sample.styles:
+        for slot, style in enumerate(p.styles):
             (tmp / style).mkdir()
-            build_style(style, tmp / style, p.sample.images_per_style, p.sample.seed)
-    print(f"sample: {len(p.sample.styles)} styles x {p.sample.images_per_style} images in {SAMPLE}/")
+            build_style(style, tmp / style, p.images_per_style, p.seed, p.size, p.heldout, slot)
+    with atomic_dir(TRUTH) as tmp:
+        build_truth(tmp, p.heldout, p.size)
+    print(f"sample: {len(p.styles)} styles x {p.images_per_style} pictures in {SAMPLE}/, "
+          f"{len(p.heldout)} held-out subjects in every look in {TRUTH}/")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""score: CLIP score and style similarity of every generated image, per model, into DVC metrics
-(stylemix.scoring), with a bar chart per metric."""
+"""score: CLIP score and style similarity of every generated image, per model, and where a generated
+prompt is a held-out subject of the truth folder, the ground truth's style accuracy, subject accuracy
+and nearness (stylemix.ground_truth), into DVC metrics, with a bar chart per metric and the model x
+look matrix."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from stylemix import params
+from stylemix import ground_truth, params
 from stylemix.errors import run_stage
 from stylemix.outputs import atomic_dir, atomic_write, write_json
-from stylemix.paths import REPORTS, SCORE_PLOTS
+from stylemix.paths import REPORTS, SCORE_PLOTS, TRUTH
+from stylemix.plots import heatmaps
 from stylemix.scoring import load_scorer, score_images, summarize
 
 
@@ -39,15 +43,27 @@ def main() -> None:
     p = params.load("score", "styles", "merge")
     styles = list(p.styles)
     models = ["base", *styles, *p.merge.combos]
-    scores = score_images(load_scorer(p.score), models, styles)
+    scorer = load_scorer(p.score)
+    scores, embeddings = score_images(scorer, models, styles)
     metrics = summarize(scores, styles, p.score)
+    judged = None
+    if truth := ground_truth.load_truth(TRUTH):
+        judged = ground_truth.judge(scores, embeddings, truth, scorer)
+        if not judged.empty:
+            metrics["ground_truth"] = ground_truth.summarize(judged, truth)
+            scores = scores.join(judged.drop(columns=scores.columns))
     write_json(REPORTS / "metrics.json", metrics)
     atomic_write(REPORTS / "scores.csv", scores.to_csv(index=False))
     with atomic_dir(SCORE_PLOTS) as tmp:
         bar_chart(metrics, "clip_score", tmp / "clip_score.png")
         for style in styles:
             bar_chart(metrics, "style_similarity", tmp / f"style_similarity_{style}.png", style)
-    print(f"score: {len(scores)} images of {len(models)} models -> {REPORTS / 'metrics.json'}")
+        if "ground_truth" in metrics:
+            matrix = pd.DataFrame(metrics["ground_truth"]["style_accuracy"]).T[metrics["ground_truth"]["looks"]]
+            heatmaps([("style accuracy: each model's pictures of held-out subjects\nby the look they are nearest", matrix)],
+                     "model", "look", tmp / "style_accuracy.png")
+    told = f", {len(judged)} of held-out subjects judged by the ground truth" if judged is not None and len(judged) else ""
+    print(f"score: {len(scores)} images of {len(models)} models{told} -> {REPORTS / 'metrics.json'}")
 
 
 if __name__ == "__main__":

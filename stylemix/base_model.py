@@ -4,8 +4,9 @@ checkpoints and `tiny` / `tiny-sdxl`, and the builder of those two.
 SD 1.5 or SDXL is never a setting: diffusers picks the pipeline from model_index.json, a single
 file's keys tell which it is, and the stages ask the loaded model (`architecture`).
 
-`tiny` is a small Stable Diffusion that has learned to draw the photos scikit-image ships (UNet,
-a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise schedule): pretrained by
+`tiny` is a small Stable Diffusion that has learned to draw the demo's emoji subjects by name in two
+looks, Noto's and Twemoji's (UNet, a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise
+schedule): pretrained by
 `python -m stylemix.pretrain` and committed in stylemix/pretrained/tiny/, copied by the base stage.
 `tiny-sdxl` is SDXL's shape in small (two text encoders, pooled text and time-id conditioning),
 built from configs with a fixed seed, untrained; `build_tiny` builds SD 1.5's the same way for

@@ -54,7 +54,7 @@ def find_adapter(name: str) -> Path:
 
 
 def mix_label(weights: dict[str, float]) -> str:
-    """`watercolor=0.6 + pixelart=0.4` for the styles that are on, or `base`."""
+    """`openmoji=0.6 + flat=0.4` for the styles that are on, or `base`."""
     return " + ".join(f"{n}={w:g}" for n, w in weights.items() if w) or "base"
 
 
@@ -238,7 +238,7 @@ def parse_spec(option: str, spec: str, kind) -> tuple[str, object]:
     name, _, text = spec.partition("=")
     schedule = kind is params.Schedule
     if not name or not text:
-        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {'sketch=0-0.6' if schedule else 'sketch=OUTALL'}")
+        raise StyleMixError(f"{option} {spec!r}: write NAME=SPEC, e.g. {'lineart=0-0.6' if schedule else 'lineart=OUTALL'}")
     if schedule and "-" in text and ":" not in text:
         start, _, end = text.partition("-")
         value = {"start": start, "end": end}

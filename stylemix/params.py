@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from stylemix.emoji import HELDOUT, LOOKS
 from stylemix.errors import StyleMixError
 from stylemix.paths import PARAMS_FILE
 
@@ -131,8 +132,12 @@ class Base(Section):
 
 
 class Sample(Section):
-    styles: list[Literal["watercolor", "pixelart", "cartoon", "sketch"]]
-    images_per_style: Annotated[int, Field(ge=3)] = 24
+    """The demo's data (stylemix.demo_data): emoji looks as style folders, each its own subjects, and
+    subjects held out of every style, whose pictures in every look are the ground truth."""
+    styles: list[Literal[tuple(LOOKS)]]
+    images_per_style: Annotated[int, Field(ge=3)] = 40
+    heldout: list[str] = Field(min_length=1, default=list(HELDOUT))  # subject names as the emoji sets spell them
+    size: Annotated[int, Field(ge=32)] = 128  # px of a picture's short side (512 or 1024 for a real model)
     seed: int = 0
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 
 SAMPLE = Path("data/sample")  # sample: the demo's style folders
+TRUTH = Path("data/truth")  # sample: every held-out subject in every look (stylemix.ground_truth)
 FILTERED = Path("data/filtered")  # filter@S: data/filtered/<style>/ with index.jsonl
 CAPTIONS = Path("data/captions")  # caption@S: data/captions/<style>/metadata.jsonl
 LATENTS = Path("data/latents")  # encode@S: data/latents/<style>/latents.safetensors

@@ -19,11 +19,13 @@ def heatmaps(panels: list[tuple[str, pd.DataFrame]], rows: str, cols: str, path:
 
     ncols = min(per_row, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.2 * nrows), squeeze=False)
+    cells = max(t.shape[1] for _, t in panels), max(t.shape[0] for _, t in panels)  # panels grow with their tables
+    width, height = max(3.6, 1.8 + 0.65 * cells[0]), max(3.2, 1.6 + 0.35 * cells[1])
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     for ax, (title, table) in zip(axes.flat, panels):
         values = table.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
         im = ax.imshow(values, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(table.shape[1]), [label(v) for v in table.columns])
+        ax.set_xticks(range(table.shape[1]), [label(v) for v in table.columns], rotation=30, ha="right")
         ax.set_yticks(range(table.shape[0]), [label(v) for v in table.index])
         ax.set_xlabel(cols)
         ax.set_ylabel(rows)

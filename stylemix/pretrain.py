@@ -1,25 +1,31 @@
-"""Pretrain the demo's `tiny` Stable Diffusion on the public-domain photos scikit-image ships, so that
-"a tabby cat with green eyes" draws that cat, and the style LoRAs have something to restyle.
+"""Pretrain the demo's `tiny` Stable Diffusion on the base looks of the committed emoji sets (Noto and
+Twemoji, stylemix.emoji), so that "zebra" draws a zebra, and the style LoRAs have something to restyle.
 
-    python -m stylemix.pretrain --out /tmp/tiny  # ~15 min on 2 CPU cores; compare its samples.png first
+    python -m stylemix.pretrain --out /tmp/tiny  # ~60 min on 2 CPU cores; compare its samples.png first
     python -m stylemix.pretrain                  # writes stylemix/pretrained/tiny/ (what the base stage copies)
 
 Seeded; the pipeline never runs it (`make repro` copies the committed result), and it reads nothing
 the pipeline writes. Three phases:
-1. the VAE (diffusers AutoencoderKL, 4x downsampling) as a general autoencoder: random 64 px crops
-   of the photos and of scikit-image's other sample images (textures, text on paper, line art,
-   a logo, a colour wheel), each recoloured at random (lighter, darker, grey, inverted,
-   posterized, more or less saturated), so it can encode what the LoRAs will learn to draw, not
-   only these photos (L1 + MSE + an image-gradient term for edges, a small KL);
-2. a fixed bank of crops is encoded once; their latents' spread sets the VAE's scaling_factor;
-3. the UNet (UNet2DConditionModel) on the bank, epsilon prediction on SD 1.5's noise schedule,
-   min-SNR weighted, with a CLIP text encoder (hidden 32, the real CLIP BPE) trained with it on
-   captions naming each photo's subject, half of them behind one or two made-up words (as trigger
-   words will be), 10% dropped for classifier-free guidance; EMA weights.
+1. the VAE (diffusers AutoencoderKL, 4x downsampling) as an autoencoder of every look, the styles'
+   too (the LoRAs' pictures must be encodable; the VAE learns no words): a bank of random zooms and
+   offsets of every subject in all six looks (L1 + MSE + an image-gradient term for edges, a small KL);
+2. every subject in the two base looks, encoded once; their latents' spread sets the VAE's
+   scaling_factor;
+3. the UNet (UNet2DConditionModel) on those latents, epsilon prediction on SD 1.5's noise schedule,
+   min-SNR weighted; a quarter of each batch (--style-share) is random views of the four LoRA looks
+   without a caption (every subject but the held-out ones, emoji.HELDOUT), so the UNet can denoise
+   any look while words still draw only the base's (a base that had never seen line art denoised
+   it worse than predicting zero noise, and every LoRA then spent itself on that and lost the
+   prompt); with a CLIP text encoder (hidden 32, the real CLIP BPE) trained with it on the
+   subjects' names ("alarm clock"), half of them behind one or two made-up words (as trigger words
+   will be), 10% dropped for classifier-free guidance; EMA weights. While it trains, the demo scorer
+   (stylemix/pretrained/tiny-clip, made first by python -m stylemix.pretrain_clip) reads what it draws
+   of every subject: its subject accuracy among all the names.
 The result is an ordinary StableDiffusionPipeline folder stored in float16 (the tokenizer is not
 stored: the base stage derives it from open_clip's BPE), and samples.png beside it: per subject,
-the photo and four seeds.
+its two real pictures and four seeds.
 """
+
 import argparse
 import math
 import random
@@ -32,74 +38,23 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from PIL import Image
-from skimage import data
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from stylemix import emoji
 from stylemix.base_model import clip_tokenizer
-from stylemix.demo_data import PHOTOS, photo, random_view
 from stylemix.images import grid
 from stylemix.outputs import atomic_dir
-from stylemix.paths import PRETRAINED_TINY
+from stylemix.paths import PRETRAINED_TINY, PRETRAINED_TINY_CLIP
 
 SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
 RES = 64
-CROP = 0.75  # random crops take 75-100% of a photo's short side
-
-
-# More of scikit-image's public-domain images, for the VAE only: the UNet still learns just PHOTOS.
-TEXTURES = [data.brick, data.grass, data.gravel, data.text, data.checkerboard, data.horse, data.page, data.moon,
-            data.clock, data.immunohistochemistry, data.logo, data.retina, data.cell, data.colorwheel,
-            data.binary_blobs, data.shepp_logan_phantom]
-
-
-def as_rgb(img: np.ndarray) -> np.ndarray:
-    """Any scikit-image sample (bool, float, grey, RGBA) as uint8 RGB; transparency becomes white."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        img = (img.astype(np.float64) / max(float(img.max()), 1e-8) * 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    if img.shape[-1] == 4:
-        alpha = img[..., 3:].astype(np.float32) / 255
-        img = (img[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(img[..., :3])
-
-
-def recolor(view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random photometric change, so the VAE meets pale, dark, grey, inverted and flat images."""
-    x = view.astype(np.float32)
-    grey = x.mean(-1, keepdims=True)
-    x = grey + (x - grey) * rng.uniform(0.3, 2.0)  # saturation
-    if rng.random() < 0.25:
-        x = np.repeat(grey, 3, axis=-1)
-    if rng.random() < 0.15:
-        x = 255 - x
-    if rng.random() < 0.4:  # toward white paper or toward black
-        x = x + (rng.choice([255.0, 0.0]) - x) * rng.uniform(0.1, 0.6)
-    if rng.random() < 0.2:
-        step = 256 / rng.integers(2, 5)
-        x = np.floor(x / step) * step + step / 2
-    return np.clip(x, 0, 255).astype(np.uint8)
-
-
-def vae_view(sources: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """One training crop: half the time a photo as it is, else any source recoloured."""
-    if rng.random() < 0.5:
-        return random_view(sources[rng.integers(0, len(PHOTOS))], rng, RES, CROP)
-    return recolor(random_view(sources[rng.integers(0, len(sources))], rng, RES, 0.3, 1.0), rng)
-
-
-def captions(index: int) -> list[str]:
-    """What the text encoder learns to say about photo `index`: its short name and its demo caption."""
-    _, long, short = PHOTOS[index]
-    return [f"a photo of {short}", short, long, f"a photo of {long}"]
+BASE_LOOKS = ("noto", "twemoji")  # what the base draws; the other four are the LoRAs' to teach
 
 
 def with_unknown_words(text: str, rng: random.Random) -> str:
-    """Half the captions get one or two made-up words in front ("qkstyle, a photo of a cat"), as the
-    trigger words of the LoRAs will: the text encoder learns that words it does not know leave the
-    subject alone. Without them two triggers ("skstyle, ctstyle, a tabby cat ...", a combination's
-    prompt) sent every prompt to the coins."""
+    """Half the captions get one or two made-up words in front ("qkstyle, zebra"), as the trigger
+    words of the LoRAs will: the text encoder learns that words it does not know leave the subject
+    alone. Without them a combination's two triggers sent every prompt to one subject."""
     if not text or rng.random() < 0.5:
         return text
     words = ["".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 6))) + ("style" if rng.random() < 0.5 else "")
@@ -114,7 +69,7 @@ def to_tensor(views: list[np.ndarray]) -> torch.Tensor:
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
-    return base * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+    return base * (0.05 + 0.475 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
 
 
 def build(a) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
@@ -123,26 +78,30 @@ def build(a) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
         max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
     torch.manual_seed(a.seed)
+    # Four channels a norm group: one channel a group would normalize each channel's mean away, and
+    # with it the pictures' colours.
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                        block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16, latent_channels=4,
+                        block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=4, latent_channels=4,
                         sample_size=RES, scaling_factor=1.0)
     torch.manual_seed(a.seed + 10)
     unet = UNet2DConditionModel(sample_size=RES // 4, block_out_channels=(32, 64, 128), layers_per_block=1,
                                 down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3,
-                                cross_attention_dim=32, attention_head_dim=(1, 2, 4), norm_num_groups=16)
+                                cross_attention_dim=32, attention_head_dim=(1, 2, 4), norm_num_groups=8)
     return vae, unet, text_encoder
 
 
-def train_vae(a, vae: AutoencoderKL, photos: list[np.ndarray]) -> None:
-    sources = photos + [as_rgb(load()) for load in TEXTURES]  # the photos first: vae_view picks them by index
+def train_vae(a, vae: AutoencoderKL, subjects: list[str]) -> None:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng([a.seed, 1])
+    bank = to_tensor([emoji.random_view(look, s, RES, rng) for s in subjects for look in emoji.LOOKS for _ in range(a.vae_views)])
     opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
     vae.train()
+    started = time.perf_counter()
     for step in range(a.vae_steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, a.vae_steps, a.vae_lr, 50)
-        x = to_tensor([vae_view(sources, rng) for _ in range(a.vae_batch)])
+        x = bank[torch.from_numpy(rng.integers(0, len(bank), a.vae_batch))]
+        x = torch.where(torch.from_numpy(rng.random(len(x)) < 0.5)[:, None, None, None], x.flip(-1), x)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample()).sample
         edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (-1, -2))
@@ -152,24 +111,39 @@ def train_vae(a, vae: AutoencoderKL, photos: list[np.ndarray]) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == a.vae_steps - 1:
-            print(f"vae {step:5d} reconstruction mse {F.mse_loss(rec, x).item():.4f}", flush=True)
+        if step % 200 == 0 or step == a.vae_steps - 1:
+            print(f"vae {step:5d} reconstruction mse {F.mse_loss(rec, x).item():.4f}, {time.perf_counter() - started:.0f} s", flush=True)
     vae.eval()
 
 
+def real(look: str, subject: str) -> np.ndarray:
+    """The subject in the look as the base learns it: whole, centred, on white."""
+    return np.asarray(emoji.on_white(emoji.render(look, subject, 2 * RES)).resize((RES, RES), Image.Resampling.BOX))
+
+
 @torch.no_grad()
-def encode_bank(a, vae: AutoencoderKL, photos: list[np.ndarray]):
-    """`a.bank` random crops of every photo through the encoder: (means, stds, photo index), and the
+def encode_bank(vae: AutoencoderKL, subjects: list[str]):
+    """Every subject in each base look through the encoder: (means, stds, subject index), and the
     scaling factor that gives the latents unit spread, as SD's 0.18215 does for its VAE."""
-    rng = np.random.default_rng([a.seed, 2])
-    views = [random_view(p, rng, RES, CROP) for p in photos for _ in range(a.bank)]
-    labels = torch.arange(len(photos)).repeat_interleave(a.bank)
-    x = to_tensor(views)
+    x = to_tensor([real(look, s) for s in subjects for look in BASE_LOOKS])
+    labels = torch.arange(len(subjects)).repeat_interleave(len(BASE_LOOKS))
     posteriors = [vae.encode(x[i : i + 64]).latent_dist for i in range(0, len(x), 64)]
     mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
     scale = float(1.0 / (mean + std * torch.randn_like(std)).std())
-    print(f"bank: {len(x)} crops, latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}", flush=True)
+    print(f"bank: {len(x)} pictures, latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}", flush=True)
     return mean, std, labels, scale
+
+
+@torch.no_grad()
+def encode_styles(vae: AutoencoderKL, subjects: list[str], views: int, seed: int):
+    """Random views of every subject but the held-out ones in the LoRAs' looks: (means, stds)."""
+    rng = np.random.default_rng([seed, 3])
+    looks = [look for look in emoji.LOOKS if look not in BASE_LOOKS]
+    x = to_tensor([emoji.random_view(look, s, RES, rng) for s in subjects if s not in emoji.HELDOUT
+                   for look in looks for _ in range(views)])
+    posteriors = [vae.encode(x[i : i + 64]).latent_dist for i in range(0, len(x), 64)]
+    print(f"styles: {len(x)} uncaptioned views of the {len(looks)} LoRA looks", flush=True)
+    return torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
 
 
 class EMA:
@@ -186,35 +160,78 @@ class EMA:
             shadow.lerp_(p.detach(), 1 - decay)
 
     @torch.no_grad()
-    def copy_to_params(self) -> None:
+    def swap(self) -> None:
+        """Exchange the trained and the averaged weights (twice: back as they were)."""
         for shadow, p in zip(self.shadow, self.params):
+            kept = p.detach().clone()
             p.copy_(shadow)
+            shadow.copy_(kept)
 
 
-def train_unet(a, unet, text_encoder, mean, std, labels, scale) -> None:
-    texts, tokenizer = [c for i in range(len(PHOTOS)) for c in captions(i)] + [""], clip_tokenizer()
-    per_photo, empty = len(captions(0)), len(texts) - 1
+def pipeline(vae, unet, text_encoder, scale: float) -> StableDiffusionPipeline:
+    vae.register_to_config(scaling_factor=scale)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+        scheduler=PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+@torch.no_grad()
+def draw(pipe, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+    """As the demo draws: DPM++ 10 steps, guidance 4, one batch."""
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompts, negative_prompt=[""] * len(prompts), num_inference_steps=10, guidance_scale=4, height=RES, width=RES,
+                generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+
+
+class SubjectWatch:
+    """The demo scorer's reading of what the model draws: the share of its pictures (one per subject)
+    nearest their own subject's name, among all the names."""
+
+    def __init__(self, subjects: list[str]):
+        from stylemix import params
+        from stylemix.scoring import embed_texts, load_scorer
+
+        self.subjects = subjects
+        self.scorer = load_scorer(params.Score(clip_model=f"local-dir:{PRETRAINED_TINY_CLIP}"))
+        self.names = embed_texts(self.scorer, [emoji.words(s) for s in subjects])
+
+    def __call__(self, pipe) -> float:
+        from stylemix.scoring import embed_images
+
+        prompts = [emoji.words(s) for s in self.subjects]
+        pictures = [im for i in range(0, len(prompts), 25) for im in draw(pipe, prompts[i : i + 25], [0] * len(prompts[i : i + 25]))]
+        hits = (embed_images(self.scorer, pictures) @ self.names.T).argmax(-1) == torch.arange(len(prompts))
+        return float(hits.float().mean())
+
+
+def train_unet(a, pipe, mean, std, labels, scale, styles, watch: SubjectWatch | None) -> None:
+    unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    names = [emoji.words(s) for s in emoji.subjects()]
     groups = [{"params": list(unet.parameters()), "lr": a.unet_lr},
               {"params": list(text_encoder.parameters()), "lr": 2 * a.unet_lr}]
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     params = [p for g in groups for p in g["params"]]
-    ema, bases = EMA(params, 0.995), [g["lr"] for g in groups]
+    ema, bases = EMA(params, 0.999), [g["lr"] for g in groups]
     alphas = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2, 0)
     snr = alphas / (1 - alphas)
     rng, words_rng = torch.Generator().manual_seed(a.seed + 11), random.Random(a.seed + 12)
-    unet.train()
-    text_encoder.train()
     started, recent = time.perf_counter(), []
+    uncaptioned = round(a.style_share * a.batch)
     for step in range(a.unet_steps):
+        unet.train()
+        text_encoder.train()
         for group, base in zip(opt.param_groups, bases):
-            group["lr"] = cosine_lr(step, a.unet_steps, base, 50)
-        idx = torch.randint(0, len(labels), (a.batch,), generator=rng)
-        z = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng)) * scale
-        which = torch.randint(0, per_photo, (a.batch,), generator=rng)
-        drop = torch.rand(a.batch, generator=rng) < 0.1
-        rows = torch.where(drop, empty, labels[idx] * per_photo + which)
-        ids = tokenizer([with_unknown_words(texts[r], words_rng) for r in rows.tolist()], padding="max_length",
-                        max_length=77, truncation=True, return_tensors="pt").input_ids
+            group["lr"] = cosine_lr(step, a.unet_steps, base, 100)
+        idx = torch.randint(0, len(labels), (a.batch - uncaptioned,), generator=rng)
+        other = torch.randint(0, len(styles[0]), (uncaptioned,), generator=rng)
+        z = torch.cat([mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=rng),
+                       styles[0][other] + styles[1][other] * torch.randn(styles[0][other].shape, generator=rng)]) * scale
+        drop = (torch.rand(len(idx), generator=rng) < 0.1).tolist()
+        texts = ["" if dropped else with_unknown_words(names[i], words_rng) for dropped, i in zip(drop, labels[idx].tolist())]
+        texts += [""] * uncaptioned
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         t = torch.randint(0, 1000, (a.batch,), generator=rng)
         noise = torch.randn(z.shape, generator=rng)
         at = alphas[t].view(-1, 1, 1, 1)
@@ -225,26 +242,28 @@ def train_unet(a, unet, text_encoder, mean, std, labels, scale) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update(step)
-        recent = (recent + [loss.item()])[-50:]
-        if step % 100 == 0 or step == a.unet_steps - 1:
+        recent = (recent + [loss.item()])[-100:]
+        if step % 200 == 0 or step == a.unet_steps - 1:
             rate = (step + 1) / (time.perf_counter() - started)
-            print(f"unet {step:5d} loss (50-step mean) {sum(recent) / len(recent):.4f}, {rate:.2f} steps/s", flush=True)
-    ema.copy_to_params()
+            print(f"unet {step:5d} loss (100-step mean) {sum(recent) / len(recent):.4f}, {rate:.2f} steps/s", flush=True)
+        if watch and (step + 1) % a.watch_every == 0 and step + 1 < a.unet_steps:
+            unet.eval()
+            text_encoder.eval()
+            ema.swap()
+            print(f"unet {step + 1:5d} subject accuracy (EMA weights) {watch(pipe):.0%} of {len(watch.subjects)}", flush=True)
+            ema.swap()
+    ema.swap()  # keep the averaged weights
     unet.eval()
     text_encoder.eval()
 
 
-@torch.no_grad()
-def samples(pipe, photos: list[np.ndarray]):
-    """Per subject: the photo, then its caption drawn at four seeds, as the demo draws (DPM++ 10 steps)."""
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+def samples(pipe, subjects: list[str]):
+    """Per subject: its two real pictures, then its name drawn at four seeds, as the demo draws."""
     rows = []
-    for photo_rgb, (_, caption, _) in zip(photos, PHOTOS):
-        drawn = pipe([caption] * 4, negative_prompt=["blurry, low quality"] * 4, num_inference_steps=10, guidance_scale=7.5,
-                     height=RES, width=RES, generator=[torch.Generator().manual_seed(s) for s in range(4)]).images
-        reference = Image.fromarray(random_view(photo_rgb, np.random.default_rng(0), RES, share=1.0))
-        rows.append((caption, [reference, *drawn]))
-    return grid(rows, ["the photo", *[f"seed {s}" for s in range(4)]], "tiny: each subject's caption", tile=96)
+    for subject in subjects:
+        drawn = draw(pipe, [emoji.words(subject)] * 4, list(range(4)))
+        rows.append((emoji.words(subject), [Image.fromarray(real(look, subject)) for look in BASE_LOOKS] + drawn))
+    return grid(rows, [*BASE_LOOKS, *[f"seed {s}" for s in range(4)]], "tiny: each subject's name", tile=96)
 
 
 def main() -> None:
@@ -254,22 +273,25 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--vae-lr", type=float, default=1e-3)
-    parser.add_argument("--bank", type=int, default=96, help="encoded crops per photo")
-    parser.add_argument("--unet-steps", type=int, default=1250)
+    parser.add_argument("--vae-views", type=int, default=4, help="random views of each (subject, look) the VAE learns from")
+    parser.add_argument("--unet-steps", type=int, default=7000)
     parser.add_argument("--unet-lr", type=float, default=1e-3, help="the text encoder's is twice this")
-    parser.add_argument("--batch", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--style-share", type=float, default=0.25, help="share of each batch from the LoRA looks, uncaptioned")
+    parser.add_argument("--style-views", type=int, default=2, help="random views of each (subject, LoRA look) in that share")
+    parser.add_argument("--watch-every", type=int, default=1000, help="steps between subject-accuracy readings (0: none)")
     a = parser.parse_args()
     started = time.perf_counter()
-    photos = [photo(i)[0] for i in range(len(PHOTOS))]
+    subjects = emoji.subjects()
     vae, unet, text_encoder = build(a)
-    train_vae(a, vae, photos)
-    mean, std, labels, scale = encode_bank(a, vae, photos)
-    train_unet(a, unet, text_encoder, mean, std, labels, scale)
-    vae.register_to_config(scaling_factor=scale)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
-        scheduler=PNDMScheduler(**SD15_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    train_vae(a, vae, subjects)
+    mean, std, labels, scale = encode_bank(vae, subjects)
+    styles = encode_styles(vae, subjects, a.style_views, a.seed)
+    pipe = pipeline(vae, unet, text_encoder, scale)
+    watch = SubjectWatch(subjects) if a.watch_every and PRETRAINED_TINY_CLIP.is_dir() else None
+    train_unet(a, pipe, mean, std, labels, scale, styles, watch)
+    if watch:
+        print(f"tiny: subject accuracy {watch(pipe):.0%} of {len(subjects)} subjects (chance {1 / len(subjects):.1%})", flush=True)
     with atomic_dir(a.out) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         for file in (tmp / "tokenizer").iterdir():  # the base stage derives it from open_clip's BPE
@@ -277,8 +299,7 @@ def main() -> None:
         (tmp / "tokenizer").rmdir()
         saved = StableDiffusionPipeline.from_pretrained(tmp, tokenizer=clip_tokenizer(), dtype=torch.float32,
                                                         safety_checker=None, requires_safety_checker=False)
-        saved.set_progress_bar_config(disable=True)
-        samples(saved, photos).save(tmp / "samples.png")
+        samples(saved, subjects[:: max(1, len(subjects) // 16)][:16]).save(tmp / "samples.png")
     print(f"pretrain: {a.out}/ in {time.perf_counter() - started:.0f} s", flush=True)
 
 

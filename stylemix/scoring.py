@@ -1,7 +1,7 @@
 """The scores: CLIP score and style similarity of generated images, per image and per model.
 
 - CLIP score of an image: cosine between its CLIP image embedding and the embedding of its prompt
-  without trigger words (CLIP does not know `wcstyle`).
+  without trigger words (CLIP does not know `omstyle`).
 - Style similarity of an image to style s: cosine between its embedding and the normalized mean
   of the normalized embeddings of s's filtered training images. Every model is scored against
   every style, so a LoRA's gain over the base model shows.
@@ -69,10 +69,11 @@ def bootstrap(values, n: int = 1000, seed: int = 0) -> dict[str, float]:
 
 
 def score_images(scorer, models: list[str], styles: list[str], images: Path = IMAGES,
-                 filtered: Path = FILTERED) -> pd.DataFrame:
-    """One row per generated image: model, prompt, seed, clip_score, and sim_<style> per style."""
+                 filtered: Path = FILTERED) -> tuple[pd.DataFrame, torch.Tensor]:
+    """One row per generated image: model, prompt, seed, clip_score, and sim_<style> per style; and
+    the images' embeddings, row for row."""
     refs = torch.stack([style_reference(scorer, filtered / s) for s in styles])
-    rows = []
+    rows, embeddings = [], []
     for model in models:
         files = image_files(images / model)
         if not files:
@@ -80,12 +81,13 @@ def score_images(scorer, models: list[str], styles: list[str], images: Path = IM
         pics = [Image.open(f) for f in files]
         prompts = [im.text.get("base_prompt", "") for im in pics]
         emb = embed_images(scorer, [im.convert("RGB") for im in pics])
+        embeddings.append(emb)
         clip = (emb * embed_texts(scorer, prompts)).sum(-1)
         sims = emb @ refs.T
         for i, f in enumerate(files):
             rows.append({"model": model, "file": f.name, "prompt": prompts[i], "seed": int(pics[i].text.get("seed", -1)),
                          "clip_score": float(clip[i])} | {f"sim_{s}": float(sims[i, j]) for j, s in enumerate(styles)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), torch.cat(embeddings)
 
 
 def describe(cfg: params.Score) -> dict:

@@ -30,7 +30,7 @@ def tiny_blip(tmp_path_factory) -> Path:
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     folder = tmp_path_factory.mktemp("blip")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + "a the cat of in on painting photo sketch".split()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"] + "a the cat of in on painting photo lineart".split()
     (folder / "vocab.txt").write_text("\n".join(words) + "\n")
     tokenizer = BertTokenizer(str(folder / "vocab.txt"), bos_token="[DEC]")
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(folder)

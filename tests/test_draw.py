@@ -32,12 +32,12 @@ def pixels(path) -> np.ndarray:
 def test_a_csv_batch_draws_each_row_with_its_own_seed_and_weights(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     (workspace / "shots.csv").write_text('prompt,negative,seed,weights\n"a cat, close-up",,,\na rocket,ugly,7,\n'
-                                         "a cat,,,sketch=0.5 watercolor=0.25\n")
-    run("--prompts", "shots.csv", "watercolor=0.6", "-o", "board", "--seed", "3")
+                                         "a cat,,,lineart=0.5 openmoji=0.25\n")
+    run("--prompts", "shots.csv", "openmoji=0.6", "-o", "board", "--seed", "3", "--negative", "blurry, low quality")
     index = [json.loads(line) for line in (workspace / "board/index.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["seed"], r["weights"]) for r in index] == [
-        ("a cat, close-up", 3, {"watercolor": 0.6}), ("a rocket", 7, {"watercolor": 0.6}),
-        ("a cat", 3, {"sketch": 0.5, "watercolor": 0.25})]
+        ("a cat, close-up", 3, {"openmoji": 0.6}), ("a rocket", 7, {"openmoji": 0.6}),
+        ("a cat", 3, {"lineart": 0.5, "openmoji": 0.25})]
     assert index[1]["negative"] == "ugly" and index[0]["negative"] == "blurry, low quality"
     recipes = [json.loads(Image.open(workspace / "board" / r["file"]).text["stylemix"]) for r in index]
     assert [r["adapters"] for r in recipes] == [r["weights"] for r in index]
@@ -46,10 +46,10 @@ def test_a_csv_batch_draws_each_row_with_its_own_seed_and_weights(workspace, mon
 def test_fused_loras_draw_the_same_pictures(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     (workspace / "shots.txt").write_text("# a storyboard\na tabby cat with green eyes\n\na rocket on a launch pad\n")
-    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "plain")
-    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "fused", "--fuse")
+    run("--prompts", "shots.txt", "openmoji=0.8", "lineart=0.4", "-o", "plain")
+    run("--prompts", "shots.txt", "openmoji=0.8", "lineart=0.4", "-o", "fused", "--fuse")
     run("--prompts", "shots.txt", "-o", "base")
-    run("--prompts", "shots.txt", "watercolor=0.8", "sketch=0.4", "-o", "single", "--batch-size", "1")
+    run("--prompts", "shots.txt", "openmoji=0.8", "lineart=0.4", "-o", "single", "--batch-size", "1")
     for name in ("0000.png", "0001.png"):
         fused, plain, base, single = (pixels(workspace / d / name) for d in ("fused", "plain", "base", "single"))
         assert abs(fused - plain).mean() < 1 < abs(plain - base).mean()  # the same picture, which is not the base's
@@ -59,9 +59,9 @@ def test_fused_loras_draw_the_same_pictures(workspace, monkeypatch):
 
 def test_bad_batches_say_what_to_do(workspace, monkeypatch, capsys):
     monkeypatch.chdir(workspace)
-    (workspace / "own.csv").write_text("prompt,weights\na cat,sketch=1\n")
+    (workspace / "own.csv").write_text("prompt,weights\na cat,lineart=1\n")
     with pytest.raises(StyleMixError, match="--fuse draws every row with the command line's styles"):
-        run("--prompts", "own.csv", "watercolor=1", "--fuse", "-o", "x")
+        run("--prompts", "own.csv", "openmoji=1", "--fuse", "-o", "x")
     (workspace / "bad.csv").write_text("text\na cat\n")
     with pytest.raises(StyleMixError, match="bad.csv: a CSV needs a `prompt` column"):
         run("--prompts", "bad.csv", "-o", "x")
@@ -75,11 +75,11 @@ def test_bad_batches_say_what_to_do(workspace, monkeypatch, capsys):
 
 
 def test_the_readme_mixing_block(workspace):
-    """The workspace has watercolor and sketch: watercolor stands in for the README's cartoon."""
-    for line in commands("draw-mixing", {"cartoon=0.5": "watercolor=0.5", "cartoon=0-0.6": "watercolor=0-0.6"}):
+    """The workspace has openmoji and lineart: openmoji stands in for the README's fluent."""
+    for line in commands("draw-mixing", {"fluent=0.5": "openmoji=0.5", "fluent=0-0.6": "openmoji=0-0.6"}):
         result = subprocess.run(["bash", "-c", line], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
-    assert json.loads(Image.open(workspace / "cat.png").text["stylemix"])["schedules"] == {"watercolor": {"start": 0, "end": 0.6}}
+    assert json.loads(Image.open(workspace / "cat.png").text["stylemix"])["schedules"] == {"openmoji": {"start": 0, "end": 0.6}}
 
 
 def test_the_readme_batch_block(workspace):
@@ -92,28 +92,28 @@ def test_the_readme_batch_block(workspace):
 
 def test_block_weights_and_schedules_change_the_picture_and_ride_in_its_recipe(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
-    mix = ("a tabby cat with green eyes", "watercolor=0.8", "sketch=0.6")
+    mix = ("a tabby cat with green eyes", "openmoji=0.8", "lineart=0.6")
     run(*mix, "-o", "plain.png")
-    run(*mix, "--blocks", "sketch=down:0,mid:0", "--schedule", "watercolor=0-0.5", "-o", "shaped.png")
+    run(*mix, "--blocks", "lineart=down:0,mid:0", "--schedule", "openmoji=0-0.5", "-o", "shaped.png")
     ones = ",".join(["1"] * 11)  # BASE + the demo tiny's 10 attention layers: no change
-    run(*mix, "--blocks", f"sketch={ones}", "--schedule", "watercolor=0:1,1:1", "-o", "same.png")
+    run(*mix, "--blocks", f"lineart={ones}", "--schedule", "openmoji=0:1,1:1", "-o", "same.png")
     plain, shaped, same = (pixels(workspace / f"{name}.png") for name in ("plain", "shaped", "same"))
     assert abs(same - plain).mean() < 1e-3 < 1 < abs(shaped - plain).mean()
     recipe = json.loads(Image.open(workspace / "shaped.png").text["stylemix"])
-    assert recipe["schedules"] == {"watercolor": {"start": 0, "end": 0.5}}
-    assert recipe["blocks"]["sketch"]["down_blocks.0.attentions.0"] == 0 and recipe["blocks"]["sketch"]["text_encoder"] == 1
+    assert recipe["schedules"] == {"openmoji": {"start": 0, "end": 0.5}}
+    assert recipe["blocks"]["lineart"]["down_blocks.0.attentions.0"] == 0 and recipe["blocks"]["lineart"]["text_encoder"] == 1
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--blocks=sketch=OUTSIDE", r"blocks of sketch = 'OUTSIDE': no such LBW preset"),
-    ("--blocks=sketch=1,0", r"blocks of sketch: 2 numbers, but this UNet takes 11"),
-    ("--blocks=sketch=down:x", r"--blocks 'sketch=down:x': Input should be a valid number"),
-    ("--schedule=sketch=0.7-0.2", r"--schedule 'sketch=0.7-0.2': start 0.7 must be below end 0.2"),
-    ("--schedule=cartoon=0-0.5", r"a schedule for cartoon, which is not drawn"),
-    ("--blocks=sketch", r"--blocks 'sketch': write NAME=SPEC"),
+    ("--blocks=lineart=OUTSIDE", r"blocks of lineart = 'OUTSIDE': no such LBW preset"),
+    ("--blocks=lineart=1,0", r"blocks of lineart: 2 numbers, but this UNet takes 11"),
+    ("--blocks=lineart=down:x", r"--blocks 'lineart=down:x': Input should be a valid number"),
+    ("--schedule=lineart=0.7-0.2", r"--schedule 'lineart=0.7-0.2': start 0.7 must be below end 0.2"),
+    ("--schedule=fluent=0-0.5", r"a schedule for fluent, which is not drawn"),
+    ("--blocks=lineart", r"--blocks 'lineart': write NAME=SPEC"),
 ])
 def test_bad_block_weights_and_schedules_are_one_line(workspace, monkeypatch, flag, message):
     monkeypatch.chdir(workspace)
     with pytest.raises(StyleMixError, match=message):
-        run("a cat", "sketch=0.6", flag, "-o", "never.png")
+        run("a cat", "lineart=0.6", flag, "-o", "never.png")
     assert not (workspace / "never.png").exists()

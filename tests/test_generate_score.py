@@ -20,8 +20,8 @@ BASE = params.Base(model="tiny", resolution=32)
 
 
 def test_triggers_in_prompts():
-    assert triggered("a cat", {"trigger": "wcstyle", "template": "{trigger}, {caption}"}) == "wcstyle, a cat"
-    assert triggered("a cat", {"triggers": {"a": "wcstyle", "b": "pixstyle"}}) == "wcstyle, pixstyle, a cat"
+    assert triggered("a cat", {"trigger": "omstyle", "template": "{trigger}, {caption}"}) == "omstyle, a cat"
+    assert triggered("a cat", {"triggers": {"a": "omstyle", "b": "ffstyle"}}) == "omstyle, ffstyle, a cat"
 
 
 def test_generate_writes_every_prompt_and_seed_with_metadata(tmp_path, tiny_model):
@@ -108,7 +108,8 @@ def test_clip_score_equals_a_hand_computation(scorer, tmp_path):
         img.save(tmp_path / f"images/m/p{i}_s{i}.png", pnginfo=info)
         (tmp_path / "filtered/red").mkdir(parents=True, exist_ok=True)
         solid("red", 10 + i).save(tmp_path / f"filtered/red/{i}.png")
-    scores = score_images(scorer, ["m"], ["red"], tmp_path / "images", tmp_path / "filtered")
+    scores, embeddings = score_images(scorer, ["m"], ["red"], tmp_path / "images", tmp_path / "filtered")
+    assert embeddings.shape == (3, 32)
     model, preprocess, tokenizer = scorer
     with torch.no_grad():  # written out: CLIP image and text embeddings, normalized, dot product
         for i, row in scores.iterrows():
@@ -131,7 +132,7 @@ def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     from stylemix.scoring import style_reference
 
     refs, own = {}, {}
-    for style in ("pixelart", "sketch", "watercolor"):
+    for style in ("flat", "lineart", "openmoji"):
         (tmp_path / style).mkdir()
         build_style(style, tmp_path / style, count=6, seed=0)
         filter_style(style, params.Style(source=str(tmp_path / style), trigger=style), params.Filter(), params.Base(resolution=32),
@@ -164,3 +165,58 @@ def test_a_batch_draws_the_pictures_drawn_one_at_a_time(tmp_path, tiny_model):
                                                                                                  "strengths/w0.5_p2_s0.png")}
     assert np.abs(pictures["p2_s0.png"] - pictures["p2_s3.png"]).mean() > 1  # seeds differ within a batch
     assert np.abs(pictures["p2_s0.png"] - pictures["strengths/w0.5_p2_s0.png"]).mean() > 1  # and strengths between
+
+
+def test_the_ground_truth_equals_a_hand_computation(scorer, tmp_path):
+    """stylemix.ground_truth on a truth folder of two looks x three subjects and three models' pictures:
+    each picture's nearest look (the mean of the looks' real pictures), nearest subject name and cosine
+    to its subject's real picture in each look, written out; the matrix, accuracies and nearness from them."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from stylemix import ground_truth
+
+    looks, subjects = {"red": "red", "blue": "blue"}, ["a cat", "a house", "a tree"]
+    for look, colour in looks.items():
+        (tmp_path / "truth" / look).mkdir(parents=True)
+        for i, subject in enumerate(subjects):
+            solid(colour, 100 + i).save(tmp_path / "truth" / look / f"s{i}.png")
+            (tmp_path / "truth" / look / f"s{i}.txt").write_text(subject + "\n")
+    (tmp_path / "filtered/red").mkdir(parents=True)
+    solid("red", 7).save(tmp_path / "filtered/red/0.png")
+    colours = {"base": ["blue", "red", "blue"], "red": ["red", "red", "blue"], "other": ["green", "green", "green"]}
+    for model, drawn in colours.items():
+        (tmp_path / "images" / model).mkdir(parents=True)
+        for i, (subject, colour) in enumerate(zip(subjects + ["not held out"], drawn + ["red"])):
+            info = PngInfo()
+            info.add_text("base_prompt", subject)
+            solid(colour, 10 * i + len(model)).save(tmp_path / "images" / model / f"p{i}_s0.png", pnginfo=info)
+    truth = ground_truth.load_truth(tmp_path / "truth")
+    assert truth.looks == ["blue", "red"] and truth.captions == subjects
+    scores, embeddings = score_images(scorer, list(colours), ["red"], tmp_path / "images", tmp_path / "filtered")
+    judged = ground_truth.judge(scores, embeddings, truth, scorer)
+    assert len(judged) == 9 and "not held out" not in set(judged["prompt"])
+    real = {look: embed_images(scorer, [Image.open(p).convert("RGB") for p in truth.files[look]]) for look in truth.looks}
+    centroid = {look: torch.nn.functional.normalize(e.mean(0), dim=0) for look, e in real.items()}
+    model, _, tokenizer = scorer
+    with torch.no_grad():
+        names = torch.nn.functional.normalize(model.encode_text(tokenizer(subjects)), dim=-1)
+    for _, row in judged.iterrows():
+        emb = embed_images(scorer, [Image.open(tmp_path / "images" / row["model"] / row["file"]).convert("RGB")])[0]
+        assert row["look_pred"] == max(truth.looks, key=lambda look: float(emb @ centroid[look]))
+        assert row["subject_pred"] == subjects[int((names @ emb).argmax())]
+        k = subjects.index(row["prompt"])
+        for look in truth.looks:
+            assert row[f"truth_sim_{look}"] == pytest.approx(float(emb @ real[look][k]), abs=1e-5)
+    metrics = ground_truth.summarize(judged, truth)
+    for name in colours:
+        rows = judged[judged["model"] == name]
+        assert metrics["style_accuracy"][name] == {look: pytest.approx((rows["look_pred"] == look).mean()) for look in truth.looks}
+        assert metrics["models"][name]["subject_accuracy"]["mean"] == pytest.approx((rows["subject_pred"] == rows["prompt"]).mean())
+    red = metrics["models"]["red"]  # a style whose name is a truth look: judged in it, against the base
+    assert red["look"] == "red" and metrics["models"]["base"]["look"] is None and "nearness" not in metrics["models"]["other"]
+    assert red["style_accuracy"]["mean"] == pytest.approx(metrics["style_accuracy"]["red"]["red"])
+    assert red["style_accuracy_base"] == pytest.approx(metrics["style_accuracy"]["base"]["red"])
+    base_rows = judged[judged["model"] == "base"]
+    assert red["nearness_base"] == pytest.approx(base_rows["truth_sim_red"].mean())
+    assert red["nearness_gain"] == pytest.approx(red["nearness"]["mean"] - red["nearness_base"])
+    assert metrics["chance"] == {"style": 0.5, "subject": pytest.approx(1 / 3)}

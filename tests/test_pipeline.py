@@ -34,8 +34,8 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert len(rows) == 8 and all(r["text"] for r in rows)  # 5 images + gray, rgba, rotated
         summary = json.loads((repo / f"reports/filter/{style}/summary.json").read_text())
         assert summary["kept"] == 8 and summary["rejected"] == 7
-        # Buckets: the watercolors come in three shapes, through encode, train and validate.
-        assert summary["buckets"] == ({"24x40": 2, "32x32": 4, "40x24": 2} if style == "watercolor" else {"32x32": 8})
+        # Buckets: the openmojis come in three shapes, through encode, train and validate.
+        assert summary["buckets"] == ({"24x40": 2, "32x32": 4, "40x24": 2} if style == "openmoji" else {"32x32": 8})
         held, trained = (LatentCache(repo / f"data/latents/{style}/{name}.safetensors") for name in ("heldout", "latents"))
         assert (len(held), len(trained)) == (3, 5)  # validation.split 3
         assert (repo / f"models/lora/{style}/pytorch_lora_weights.safetensors").is_file()
@@ -47,23 +47,28 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert (repo / "reports/plots/validation.png").is_file()
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert list(metrics["models"]) == ["base", "watercolor", "sketch", "mix", "mix2"]
+    assert list(metrics["models"]) == ["base", "openmoji", "lineart", "mix", "mix2"]
     assert metrics["scorer"]["clip_model"] == "local-dir:stylemix/pretrained/tiny-clip" and "demo" in metrics["scorer"]["about"]
+    truth = metrics["ground_truth"]  # the prompt is a held-out subject: judged against its real pictures in every look
+    assert truth["subjects"] == ["rocket", "zebra"] and list(truth["style_accuracy"]) == ["base", "openmoji", "lineart", "mix", "mix2"]
+    assert sorted(truth["looks"]) == sorted(["noto", "twemoji", "fluent", "flat", "lineart", "openmoji"])
+    assert truth["models"]["lineart"]["pictures"] == 2 and {"style_accuracy", "nearness", "nearness_base"} <= set(truth["models"]["lineart"])
     report = (repo / "reports/report.md").read_text()
     assert "**Scorer:** the demo's scorer" in report and "grids/prompt_0.png" in report and "| mix2 |" in report
-    assert "## Did each LoRA learn its style?" in report and "| sketch LoRA |" in report and "plots/validation.png" in report
+    assert "## Did each LoRA learn its style?" in report and "| lineart LoRA |" in report and "plots/validation.png" in report
+    assert "## Drawing subjects no LoRA saw" in report and "grids/truth.png" in report and (repo / "reports/plots/scores/style_accuracy.png").is_file()
     assert sorted(p.name for p in (repo / "reports/grids").iterdir()) == [
-        "overview.png", "prompt_0.png", "strengths.png",  # the merges keep sketch's tokens:
-        "tokens_mix.png", "tokens_mix2.png", "tokens_sketch.png"]
-    assert "grids/tokens_sketch.png" in report and "grids/strengths.png" in report
+        "overview.png", "prompt_0.png", "strengths.png",  # the merges keep lineart's tokens:
+        "tokens_lineart.png", "tokens_mix.png", "tokens_mix2.png", "truth.png"]
+    assert "grids/tokens_lineart.png" in report and "grids/strengths.png" in report
     assert sorted(p.name for p in (repo / "reports/images/mix2/strengths").iterdir()) == ["w0.5_p0_s0.png", "w0.75_p0_s0.png"]
     assert not (repo / "reports/images/base/strengths").exists()
     assert sorted(p.name for p in (repo / "reports/images/mix/tokens").iterdir()) == ["t0_p0_s0.png", "t1_p0_s0.png", "t2_p0_s0.png"]
     mix2 = json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])
     assert mix2["tokens"] == {"<cu_trg>": "close-up", "<ms_trg>": "medium shot", "<fs_trg>": "full shot"}
-    # mix2's schedule cannot be baked: its styles' LoRAs ride along and generate drew them live, sketch at 0.5 in the up blocks.
-    assert mix2["schedule"] == {"watercolor": {"start": 0, "end": 0.5}} and mix2["blocks"]["sketch"]["up_blocks.0.attentions.0"] == 0.5
-    assert sorted(p.name for p in (repo / "models/merged/mix2/components").iterdir()) == ["sketch", "watercolor"]
+    # mix2's schedule cannot be baked: its styles' LoRAs ride along and generate drew them live, lineart at 0.5 in the up blocks.
+    assert mix2["schedule"] == {"openmoji": {"start": 0, "end": 0.5}} and mix2["blocks"]["lineart"]["up_blocks.0.attentions.0"] == 0.5
+    assert sorted(p.name for p in (repo / "models/merged/mix2/components").iterdir()) == ["lineart", "openmoji"]
     for pair, methods in (("ws", ["linear"]), ("ws2", ["linear", "svd"])):
         table = pd.read_csv(repo / f"reports/explore/{pair}/points.csv")
         assert len(table) == 4 * len(methods) and list(table["method"].unique()) == methods
@@ -71,26 +76,26 @@ def test_repro_runs_every_stage_then_nothing(repo):
         plots = sorted(p.name for p in (repo / f"reports/explore/{pair}/plots").iterdir())
         assert plots == sorted(["heatmaps.png", "pareto.png", *[f"{kind}_{m}.png" for kind in ("grid", "bleed") for m in methods]])
         explored = json.loads((repo / f"reports/explore/{pair}/metrics.json").read_text())
-        assert explored["points"] == len(table) and set(explored["alone"]) == {"watercolor", "sketch"}
+        assert explored["points"] == len(table) and set(explored["alone"]) == {"openmoji", "lineart"}
         assert f"(explore/{pair}/plots/pareto.png)" in report and f"(explore/{pair}/plots/grid_{methods[-1]}.png)" in report
     second = sh(repo, "dvc", "repro").stdout
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
 
 def test_trigger_change_never_recaptions(repo):
-    set_params(repo, lambda raw: raw["styles"]["watercolor"].update(trigger="aquastyle"))
+    set_params(repo, lambda raw: raw["styles"]["openmoji"].update(trigger="aquastyle"))
     log = sh(repo, "dvc", "repro").stdout
     # filter re-checks (cheap) and writes the same images, so the caption stage is skipped;
     # the other style is not touched.
-    assert ran(log) >= {"filter@watercolor", "encode@watercolor", "train@watercolor", "generate_style@watercolor"}
-    assert not ran(log) & {"caption@watercolor", "caption@sketch", "encode@sketch", "train@sketch",
-                           "generate_style@sketch", "generate_base"}
+    assert ran(log) >= {"filter@openmoji", "encode@openmoji", "train@openmoji", "generate_style@openmoji"}
+    assert not ran(log) & {"caption@openmoji", "caption@lineart", "encode@lineart", "train@lineart",
+                           "generate_style@lineart", "generate_base"}
     metrics = sh(repo, "dvc", "metrics", "show", "--json").stdout
-    assert "reports/filter/watercolor/summary.json" in metrics and "reports/train/sketch/metrics.json" in metrics
+    assert "reports/filter/openmoji/summary.json" in metrics and "reports/train/lineart/metrics.json" in metrics
 
 
 def test_combo_weight_change_reruns_only_that_combo(repo):
-    set_params(repo, lambda raw: raw["merge"]["combos"]["mix"]["weights"].update(watercolor=0.6, sketch=0.4))
+    set_params(repo, lambda raw: raw["merge"]["combos"]["mix"]["weights"].update(openmoji=0.6, lineart=0.4))
     status = sh(repo, "dvc", "status", "--json").stdout
     # score and report read the list of combinations; generate_combo@mix follows from merge@mix's output.
     assert set(json.loads(status)) == {"merge@mix", "score", "report"}
@@ -105,18 +110,18 @@ def test_explore_grid_change_reruns_only_that_pair_and_a_point_becomes_a_combina
     assert len(pd.read_csv(repo / "reports/explore/ws/points.csv")) == 9
     plot = json.loads(sh(repo, "dvc", "plots", "show", "--json", "reports/explore/ws/points.csv").stdout)
     axes = plot["data"]["reports/explore/ws/points.csv"][0]["content"]["encoding"]  # the plane, by the two similarities
-    assert (axes["x"]["field"], axes["y"]["field"]) == ("sim_watercolor", "sim_sketch")
-    log = run_block(repo, "explore", {"watercolor_sketch": "ws", "0.75,0.75": "0.5,1"})
-    assert "the Pareto front" in log and "merge.combos.inked_watercolor" in log
+    assert (axes["x"]["field"], axes["y"]["field"]) == ("sim_openmoji", "sim_lineart")
+    log = run_block(repo, "explore", {"flat_lineart": "ws", "0.75,0.75": "0.5,1"})
+    assert "the Pareto front" in log and "merge.combos.inked_flat" in log
     sh(repo, "stylemix", "explore", "ws2", "--point", "0.5,0.5", "--method", "svd", "--save", "ws_svd")
     combos = yaml.safe_load((repo / "params.yaml").read_text())["merge"]["combos"]
     # the point as it was drawn: its weights, and the pair's schedule, method, rank and block weights
-    assert combos["inked_watercolor"] == {"weights": {"watercolor": 0.5, "sketch": 1.0}, "schedule": {"watercolor": {"start": 0, "end": 0.5}}}
-    assert combos["ws_svd"] == {"weights": {"sketch": 0.5, "watercolor": 0.5}, "method": "svd", "rank": 4, "blocks": {"sketch": {"up": 0.5}}}
-    assert {"merge@inked_watercolor", "merge@ws_svd"} <= set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    assert combos["inked_flat"] == {"weights": {"openmoji": 0.5, "lineart": 1.0}, "schedule": {"openmoji": {"start": 0, "end": 0.5}}}
+    assert combos["ws_svd"] == {"weights": {"lineart": 0.5, "openmoji": 0.5}, "method": "svd", "rank": 4, "blocks": {"lineart": {"up": 0.5}}}
+    assert {"merge@inked_flat", "merge@ws_svd"} <= set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
     one_style = sh(repo, "stylemix", "explore", "ws", "--point", "0,1", "--save", "nope", check=False)
     assert one_style.returncode == 2 and "one style alone, not a mix" in one_style.stderr
-    set_params(repo, lambda raw: [raw["merge"]["combos"].pop(name) for name in ("inked_watercolor", "ws_svd")])
+    set_params(repo, lambda raw: [raw["merge"]["combos"].pop(name) for name in ("inked_flat", "ws_svd")])
 
 
 def test_exp_run_retrains_and_diffs_per_model(repo):
@@ -131,7 +136,7 @@ def test_exp_run_retrains_and_diffs_per_model(repo):
     metrics = json.loads(sh(repo, "dvc", "metrics", "diff", "--json").stdout)["reports/metrics.json"]
     for model in (*STYLES, "mix", "mix2"):
         assert f"models.{model}.clip_score.mean" in metrics
-        assert f"models.{model}.style_similarity.watercolor.mean" in metrics
+        assert f"models.{model}.style_similarity.openmoji.mean" in metrics
     assert not [key for key in metrics if key.startswith("models.base.")]  # unchanged: same base, seeds, scorer
 
 
@@ -217,14 +222,14 @@ def test_queued_sweep_and_its_heatmaps(queue):
     sh(repo, "bash", "-c", draw)
     table = pd.read_csv(repo / "reports/sweep/sweep.csv")
     assert sorted(zip(table["lora.rank"], table["lora.alpha"])) == [(4, 4), (4, 8), (16, 4), (16, 8)]
-    loss = table[[c for c in table.columns if c.endswith("watercolor/metrics.json:final_loss")]].squeeze()
+    loss = table[[c for c in table.columns if c.endswith("openmoji/metrics.json:final_loss")]].squeeze()
     assert loss.nunique() == 4  # each cell is its own training run
     assert len([c for c in table.columns if c.endswith("clip_score.mean")]) == 5  # base, 2 styles, 2 combos
     heatmap, images = (Image.open(repo / f"reports/sweep/{name}.png") for name in ("heatmaps", "images"))
     assert heatmap.width > 1000 and images.size == (150 + 2 * 128, 34 + 22 + 2 * 128)  # 2 x 2 cells
     # The workspace holds the committed rank 16 / alpha 8 run (the demo's alpha): its image is the (16, 8) cell.
     cell = images.crop((280, 186, 404, 310))  # row rank = 16, column alpha = 8
-    committed = Image.open(repo / "reports/images/watercolor/p0_s0.png").convert("RGB").resize((124, 124), Image.NEAREST)
+    committed = Image.open(repo / f"reports/images/{STYLES[0]}/p0_s0.png").convert("RGB").resize((124, 124), Image.NEAREST)
     assert cell.tobytes() == committed.tobytes()
 
 
@@ -234,7 +239,7 @@ def test_styles_trained_in_parallel_come_back_through_the_run_cache_even_after_t
     repo = queue
     set_params(repo, lambda raw: raw["train"].update(lr=5e-4))
     commit(repo, "lower lr")
-    *queue_lines, start, _status, repro = commands("parallel-styles", {"pixelart": "sketch"})
+    *queue_lines, start, _status, repro = commands("parallel-styles", {"flat": "lineart"})
     names = [name for line in queue_lines for name in enqueue(repo, line)]
     race = {"PYTHONPATH": str(ROOT / "tests/broker_race")}
     start_queue(repo, start, **race)
@@ -247,9 +252,9 @@ def test_styles_trained_in_parallel_come_back_through_the_run_cache_even_after_t
     assert stop_workers(repo) == (list(idle), [])  # the README's `dvc queue stop` ends them all
     result = sh(repo, "bash", "-c", repro)
     log = result.stdout + result.stderr
-    assert not ran(log) & {"train@watercolor", "train@sketch"}
-    assert "Stage 'train@watercolor' is cached - skipping run" in log
-    assert "Stage 'train@sketch' is cached - skipping run" in log
+    assert not ran(log) & {"train@openmoji", "train@lineart"}
+    assert "Stage 'train@openmoji' is cached - skipping run" in log
+    assert "Stage 'train@lineart' is cached - skipping run" in log
 
 
 def test_push_then_pull_in_a_fresh_clone_needs_no_training(repo, tmp_path):
@@ -259,24 +264,24 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_training(repo, tmp_path):
     log = run_block(tmp_path, "pull", {"https://github.com/you/stylemix.git && cd stylemix": f"{repo} {clone} && cd {clone}"})
     assert "Data and pipelines are up to date" in log
     assert ran(sh(clone, "dvc", "repro").stdout) == set()
-    for path in ("models/lora/watercolor/pytorch_lora_weights.safetensors", "models/merged/mix/mix_kohya.safetensors",
+    for path in ("models/lora/openmoji/pytorch_lora_weights.safetensors", "models/merged/mix/mix_kohya.safetensors",
                  "reports/images/mix/p0_s0.png", "reports/metrics.json"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
 
 
 def test_accelerate_launch_then_commit(repo):
-    lora = repo / "models/lora/watercolor/pytorch_lora_weights.safetensors"
+    lora = repo / "models/lora/openmoji/pytorch_lora_weights.safetensors"
     before = lora.read_bytes()
     log = run_block(repo, "accelerate", ACCELERATE_USE_CPU="1")
-    assert "train watercolor: 4 of 4 steps" in log and lora.read_bytes() != before  # 2 processes x batch 2: other batches
-    assert "train@watercolor" not in json.loads(sh(repo, "dvc", "status", "--json").stdout)
-    downstream = {"merge@mix", "merge@mix2", "generate_style@watercolor", "generate_combo@mix", "generate_combo@mix2",
+    assert "train openmoji: 4 of 4 steps" in log and lora.read_bytes() != before  # 2 processes x batch 2: other batches
+    assert "train@openmoji" not in json.loads(sh(repo, "dvc", "status", "--json").stdout)
+    downstream = {"merge@mix", "merge@mix2", "generate_style@openmoji", "generate_combo@mix", "generate_combo@mix2",
                   "explore@ws", "explore@ws2"}
     assert ran(sh(repo, "dvc", "repro").stdout) == downstream | {"validate", "score", "report"}
 
 
 def test_adding_a_style_trains_only_it(repo):
-    run_block(repo, "own-style", {"~/Pictures/ink/*": "data/sample/watercolor/*"})
+    run_block(repo, "own-style", {"~/Pictures/ink/*": "data/sample/openmoji/*"})
     set_params(repo, lambda raw: raw["styles"].update(yaml.safe_load(block("own-style-params"))["styles"]))
     log = run_block(repo, "own-style-repro")
     assert {s for s in ran(log) if s.split("@")[0] in ("filter", "caption", "encode", "train", "generate_style")} == {
@@ -289,14 +294,14 @@ def test_adding_a_style_trains_only_it(repo):
 def test_readme_snippets_for_pictures_and_captions(repo):
     sh(repo, sys.executable, "-c", block("load-lora"))
     sh(repo, sys.executable, "-c", block("load-tokens"))
-    run_block(repo, "draw", {"pixelart=0.4": "sketch=0.4"})
+    run_block(repo, "draw", {"flat=0.4": "lineart=0.4"})
     assert Image.open(repo / "cat.png").text["seed"] == "3"
     assert "inkstyle" not in run_block(repo, "prompts") and "aquastyle" in run_block(repo, "prompts")
 
 
 def test_bad_params_stop_a_stage_with_one_line(repo):
     set_params(repo, lambda raw: raw["filter"].update(laplacian_min=-1))
-    result = sh(repo, sys.executable, "-m", "stages.filter", "watercolor", check=False)
+    result = sh(repo, sys.executable, "-m", "stages.filter", "openmoji", check=False)
     set_params(repo, lambda raw: raw["filter"].update(laplacian_min=100))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

@@ -37,7 +37,7 @@ def tiny_sdxl(tmp_path_factory):
 def make_params(model, source, text_encoder=False, kind="lora") -> params.Params:
     return params.validate({
         "base": {"model": str(model), "resolution": RESOLUTION, "buckets": {"enabled": True, "step": 8}},
-        "styles": {"watercolor": {"source": str(source), "trigger": "wcstyle"}},
+        "styles": {"openmoji": {"source": str(source), "trigger": "omstyle"}},
         "lora": {"rank": 4, "alpha": 8, "targets": TARGETS, "text_encoder": text_encoder, "type": kind},
         "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
                   "validation_prompts": ["a cat"], "caption_dropout": 0.3},
@@ -46,16 +46,16 @@ def make_params(model, source, text_encoder=False, kind="lora") -> params.Params
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_sdxl):
-    """Six watercolors (in three aspect ratios) filtered into buckets, captioned and encoded for tiny-sdxl."""
+    """Six openmojis (in three aspect ratios) filtered into buckets, captioned and encoded for tiny-sdxl."""
     root = tmp_path_factory.mktemp("sdxl")
     (root / "src").mkdir()
-    build_style("watercolor", root / "src", count=6, seed=0)
+    build_style("openmoji", root / "src", count=6, seed=0)
     noise = np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8)
     Image.fromarray(noise).save(root / "src/wide.png")  # not square: a crop SDXL should be told of
     p = make_params(tiny_sdxl, root / "src")
-    filter_style("watercolor", p.styles["watercolor"], params.Filter(), p.base, root / "filtered", root / "reports")
-    caption_style("watercolor", params.Caption(), root / "filtered", root / "captions")
-    encode_style("watercolor", p.styles["watercolor"], p.base, root / "filtered", root / "captions", root / "latents")
+    filter_style("openmoji", p.styles["openmoji"], params.Filter(), p.base, root / "filtered", root / "reports")
+    caption_style("openmoji", params.Caption(), root / "filtered", root / "captions")
+    encode_style("openmoji", p.styles["openmoji"], p.base, root / "filtered", root / "captions", root / "latents")
     return root
 
 
@@ -72,7 +72,7 @@ def test_the_architecture_comes_from_the_model(tiny_sdxl, tiny_model, tmp_path):
 @pytest.mark.parametrize("sdxl", [True, False])
 def test_text_conditioning_is_what_the_pipelines_compute(tiny_sdxl, tiny_model, sdxl):
     pipe = load_pipeline(str(tiny_sdxl if sdxl else tiny_model))
-    texts = ["wcstyle, a cat", "a rocket on a launch pad"]
+    texts = ["omstyle, a cat", "a rocket on a launch pad"]
     with torch.no_grad():
         hidden, pooled = encode_text(text_encoders(pipe), list(tokenize(pipe, texts).values()))
         expected = pipe.encode_prompt(texts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
@@ -84,8 +84,8 @@ def test_text_conditioning_is_what_the_pipelines_compute(tiny_sdxl, tiny_model, 
 
 
 def test_encode_caches_both_encoders_and_the_time_ids_of_each_crop(data):
-    cache = LatentCache(data / "latents/watercolor/latents.safetensors")
-    records = {r["file_name"]: r for r in read_jsonl(data / "filtered/watercolor/index.jsonl")}
+    cache = LatentCache(data / "latents/openmoji/latents.safetensors")
+    records = {r["file_name"]: r for r in read_jsonl(data / "filtered/openmoji/index.jsonl")}
     assert len(cache.buckets) == 3 and sorted(cache.files) == sorted(records)
     ids, start = {}, 0
     for count, group in zip(cache.buckets.values(), cache.groups()):
@@ -116,17 +116,17 @@ def unet_and_text(pipe, cond_ids):
                          ids=["unet", "text-encoder", "loha", "lokr"])
 def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, text_encoder, kind):
     p = make_params(tiny_sdxl, data / "src", text_encoder, kind)
-    trained = train_style("watercolor", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
+    trained = train_style("openmoji", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
                           latents=data / "latents")["pipe"]
-    ids = list(tokenize(trained, ["wcstyle, a cat"] * 2).values())
+    ids = list(tokenize(trained, ["omstyle, a cat"] * 2).values())
     expected, base = unet_and_text(trained, ids), unet_and_text(load_pipeline(str(tiny_sdxl)), ids)
-    folder = tmp_path / "lora/watercolor"
-    kohya = load_file(folder / "watercolor_kohya.safetensors")
+    folder = tmp_path / "lora/openmoji"
+    kohya = load_file(folder / "openmoji_kohya.safetensors")
     unet_keys = [k for k in kohya if k.startswith("lora_unet_")]
     assert all(k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for k in unet_keys)
     assert any("_in_layers_2." in k for k in kohya) and any("_skip_connection." in k for k in kohya)
     assert {k.split("_text_model")[0] for k in kohya if k.startswith("lora_te")} == ({"lora_te1", "lora_te2"} if text_encoder else set())
-    for source in (folder, folder / "watercolor_kohya.safetensors"):  # diffusers layout, then kohya's
+    for source in (folder, folder / "openmoji_kohya.safetensors"):  # diffusers layout, then kohya's
         fresh = StableDiffusionXLPipeline.from_pretrained(str(tiny_sdxl))
         if kind == "lora":
             fresh.load_lora_weights(source)
@@ -135,7 +135,7 @@ def test_sdxl_lora_files_reproduce_the_trained_model(data, tmp_path, tiny_sdxl, 
                 for module, delta in kohya_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
                     fresh.unet.get_submodule(module).weight += delta.reshape(fresh.unet.get_submodule(module).weight.shape)
         else:
-            load_adapter(fresh, folder, "watercolor")  # peft, from the config the file carries
+            load_adapter(fresh, folder, "openmoji")  # peft, from the config the file carries
         got = unet_and_text(fresh, ids)
         for g, e in zip(got, expected):
             assert torch.allclose(g, e, atol=1e-5), source

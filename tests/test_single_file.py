@@ -131,13 +131,13 @@ def test_the_readme_export_block_bakes_the_style_into_a_checkpoint_that_loads_ba
     for line in commands("export"):
         result = subprocess.run(["bash", "-c", line], cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-    assert "load it with base.model: exports/watercolor.safetensors with base.config: exports/watercolor.configs" in result.stdout
+    assert "load it with base.model: exports/openmoji.safetensors with base.config: exports/openmoji.configs" in result.stdout
     monkeypatch.chdir(root)
-    back = load_pipeline(params.Base(model="exports/watercolor.safetensors", config="exports/watercolor.configs"))
+    back = load_pipeline(params.Base(model="exports/openmoji.safetensors", config="exports/openmoji.configs"))
     drawer = Drawer(params.load("base").base)
     to_q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"
     before = drawer.pipe.unet.state_dict()[to_q].clone()
-    drawer.fuse({"watercolor": 1.0})
+    drawer.fuse({"openmoji": 1.0})
     for name in ("unet", "vae", "text_encoder"):
         fused, loaded = getattr(drawer.pipe, name).state_dict(), getattr(back, name).state_dict()
         assert fused.keys() == loaded.keys()

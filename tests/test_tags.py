@@ -109,18 +109,18 @@ def test_a_tagger_that_cannot_load_is_one_line(filtered, tagger, tmp_path):
 
 
 def test_tag_variants_keep_the_first_tags_and_are_seeded_per_image():
-    caption = "pixstyle, red theme, white background, 1girl, smile"
+    caption = "ffstyle, red theme, white background, 1girl, smile"
     cfg = params.Tags(shuffle=True, keep_tokens=1, variants=6)
     variants, emptied = tag_variants(caption, cfg, "a.png")
     assert emptied == 0 and len(variants) == 6
     for v in variants:
         tags = v.split(", ")
-        assert tags[0] == "pixstyle" and sorted(tags[1:]) == sorted(caption.split(", ")[1:])
+        assert tags[0] == "ffstyle" and sorted(tags[1:]) == sorted(caption.split(", ")[1:])
     assert len(set(variants)) > 1  # shuffled
     assert tag_variants(caption, cfg, "a.png")[0] == variants  # seeded: the same every run
     assert tag_variants(caption, cfg, "b.png")[0] != variants  # and per image
     dropped, _ = tag_variants(caption, params.Tags(dropout=0.5, variants=20), "a.png")
-    assert all(v.startswith("pixstyle") for v in dropped) and min(len(v.split(", ")) for v in dropped) < 5
+    assert all(v.startswith("ffstyle") for v in dropped) and min(len(v.split(", ")) for v in dropped) < 5
     assert all(v.split(", ") == [t for t in caption.split(", ") if t in v.split(", ")] for v in dropped)  # no shuffle: order kept
     # Dropout may empty a caption only when nothing is kept in place: that variant keeps every tag.
     empty, emptied = tag_variants("a, b", params.Tags(keep_tokens=0, dropout=0.9, variants=20), "a.png")

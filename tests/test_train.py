@@ -20,14 +20,14 @@ from stylemix.training import open_latents, train_style
 
 RESOLUTION = 32
 # The `bucketed` style: aspect-ratio buckets in steps of 8 px (at 32 px, 40x24 and 24x40 hold the
-# demo's 16:9 and 2:3 watercolors).
+# demo's 16:9 and 2:3 openmojis).
 BUCKETED = {"buckets": {"enabled": True, "step": 8}}
 
 
-def make_params(model, source, name="pixelart", **train) -> params.Params:
-    style = {"trigger": "pixstyle", "resample": "nearest"} if name == "pixelart" else {"trigger": "wcstyle"}
+def make_params(model, source, name="flat", **train) -> params.Params:
+    style = {"trigger": "ffstyle", "resample": "nearest"} if name == "flat" else {"trigger": "omstyle"}
     return params.validate({
-        "base": {"model": str(model), "resolution": RESOLUTION} | (BUCKETED if name == "watercolor" else {}),
+        "base": {"model": str(model), "resolution": RESOLUTION} | (BUCKETED if name == "openmoji" else {}),
         "styles": {name: {"source": str(source)} | style},
         "lora": {"rank": 4, "alpha": 2, "targets": "attn"},
         "train": {"max_steps": 6, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
@@ -47,18 +47,18 @@ def data(tmp_path_factory, tiny_model):
     """Six pixel-art images filtered, captioned and encoded into a temp dir."""
     root = tmp_path_factory.mktemp("train")
     (root / "src").mkdir()
-    build_style("pixelart", root / "src", count=6, seed=0)
-    prepare("pixelart", root, make_params(tiny_model, root / "src"))
+    build_style("flat", root / "src", count=6, seed=0)
+    prepare("flat", root, make_params(tiny_model, root / "src"))
     return root
 
 
 @pytest.fixture(scope="module")
 def bucketed(tmp_path_factory, tiny_model):
-    """Six watercolors (and the three repaired edge cases) in three aspect ratios, filtered into buckets."""
+    """Six openmojis (and the three repaired edge cases) in three aspect ratios, filtered into buckets."""
     root = tmp_path_factory.mktemp("buckets")
     (root / "src").mkdir()
-    build_style("watercolor", root / "src", count=6, seed=0)
-    prepare("watercolor", root, make_params(tiny_model, root / "src", "watercolor"))
+    build_style("openmoji", root / "src", count=6, seed=0)
+    prepare("openmoji", root, make_params(tiny_model, root / "src", "openmoji"))
     return root
 
 
@@ -72,14 +72,14 @@ def weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result["trainables"].items()}
 
 
-def logged_images(run, name="pixelart") -> dict[str, bytes]:
+def logged_images(run, name="flat") -> dict[str, bytes]:
     folder = run / f"logs/{name}/plots/images"
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*.png"))}
 
 
-@pytest.mark.parametrize("name", ["pixelart", "watercolor"], ids=["square", "buckets"])
+@pytest.mark.parametrize("name", ["flat", "openmoji"], ids=["square", "buckets"])
 def test_same_params_same_weights_and_resume_is_bit_exact(request, tmp_path, tiny_model, name):
-    data = request.getfixturevalue("bucketed" if name == "watercolor" else "data")
+    data = request.getfixturevalue("bucketed" if name == "openmoji" else "data")
     p = make_params(tiny_model, data / "src", name, validate_every=2)
     first = weights(train(data, tmp_path, p, run="a"))
     again = weights(train(data, tmp_path, p, run="b"))
@@ -108,7 +108,7 @@ def test_same_params_same_weights_and_resume_is_bit_exact(request, tmp_path, tin
 
 
 def test_images_go_to_buckets_and_each_batch_holds_one(bucketed, tmp_path, tiny_model):
-    cache = open_latents("watercolor", RESOLUTION, bucketed / "latents")
+    cache = open_latents("openmoji", RESOLUTION, bucketed / "latents")
     assert cache.buckets == {"24x40": 2, "32x32": 5, "40x24": 2}  # 2:3, square, 16:9 (2 of 2:3 and the grey one: square)
     for bucket, group in zip(cache.buckets, cache.groups()):
         width, height = map(int, bucket.split("x"))
@@ -139,9 +139,9 @@ def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, tex
     p = make_params(tiny_model, data / "src")
     p = p.model_copy(update={"lora": p.lora.model_copy(update={"text_encoder": text_encoder, "type": kind, "conv_rank": 2})})
     trained = train(data, tmp_path, p)["pipe"]
-    folder = tmp_path / "a/lora/pixelart"
+    folder = tmp_path / "a/lora/flat"
     torch.manual_seed(0)
-    x, t, ids = torch.randn(2, 4, 4, 4), torch.tensor([10, 700]), trained.tokenizer(["pixstyle, a cat"] * 2).input_ids
+    x, t, ids = torch.randn(2, 4, 4, 4), torch.tensor([10, 700]), trained.tokenizer(["ffstyle, a cat"] * 2).input_ids
 
     def outputs(pipe):
         with torch.no_grad():
@@ -150,25 +150,25 @@ def test_saved_lora_reproduces_the_trained_model(data, tmp_path, tiny_model, tex
 
     expected = outputs(trained)
     base = outputs(load_pipeline(str(tiny_model)))
-    for source in (folder, folder / "pixelart_kohya.safetensors"):  # diffusers layout, then kohya's
+    for source in (folder, folder / "flat_kohya.safetensors"):  # diffusers layout, then kohya's
         fresh = load_pipeline(str(tiny_model))
         if kind != "lora" and source.suffix:  # LyCORIS's dora_scale (diffusers drops it), LoHa, LoKr: by the formula
             with torch.no_grad():
                 for module, delta in kohya_deltas(source, fresh, {"unet": list(adapter_deltas(trained)["unet"])})["unet"].items():
                     fresh.unet.get_submodule(module).weight += delta.reshape(fresh.unet.get_submodule(module).weight.shape)
         else:
-            load_adapter(fresh, folder, "pixelart")  # diffusers' load_lora_weights, or peft for LoHa / LoKr
+            load_adapter(fresh, folder, "flat")  # diffusers' load_lora_weights, or peft for LoHa / LoKr
         got = outputs(fresh)
         assert torch.allclose(got[1], expected[1], atol=1e-5), source
         assert torch.allclose(got[0], expected[0], atol=1e-5), source
     if kind in ("loha", "lokr"):  # the model card's own lines load it (peft, since diffusers cannot)
         code = (folder / "README.md").read_text().split("```python\n")[1].split("image = ")[0]
         fresh = load_pipeline(str(tiny_model))
-        exec(code.replace("models/lora/pixelart", str(folder)), {"pipe": fresh})
+        exec(code.replace("models/lora/flat", str(folder)), {"pipe": fresh})
         assert torch.allclose(outputs(fresh)[1], expected[1], atol=1e-5)
     assert (expected[1] - base[1]).abs().max() > 1e-3  # the LoRA changed the model
     assert ((expected[0] - base[0]).abs().max() > 1e-3) == text_encoder
-    assert (folder / "validation.png").is_file() and "pixstyle" in (folder / "README.md").read_text()
+    assert (folder / "validation.png").is_file() and "ffstyle" in (folder / "README.md").read_text()
     assert f"| {kind} |" in (folder / "README.md").read_text()
 
 
@@ -178,7 +178,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(data, tmp_path, 
             next(iter(trainables.values())).data.fill_(float("nan"))
     with pytest.raises(StyleMixError, match=r"loss is nan at step 3 with mixed_precision = no; set train.mixed_precision: no or lower train.lr"):
         train(data, tmp_path, make_params(tiny_model, data / "src"), poison)
-    assert [d.name for d in (tmp_path / "a/ckpt/pixelart").iterdir()] == ["step-000002"]
+    assert [d.name for d in (tmp_path / "a/ckpt/flat").iterdir()] == ["step-000002"]
 
 
 def test_bf16_mixed_precision_keeps_lora_in_float32(data, tmp_path, tiny_model):
@@ -193,7 +193,7 @@ def test_bf16_mixed_precision_keeps_lora_in_float32(data, tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize(("train_edits", "lora_edits", "expected"), [
-    ({"batch_size": 100}, {}, r"style pixelart: 9 images x 1 repeats, fewer than one step's batch .* raise styles.pixelart.repeats"),
+    ({"batch_size": 100}, {}, r"style flat: 9 images x 1 repeats, fewer than one step's batch .* raise styles.flat.repeats"),
     ({"mixed_precision": "fp16"}, {}, r"fp16 needs a CUDA GPU"),
     ({}, {"targets": ["to_z"]}, r"lora.targets: to_z not in the UNet; its layers include: .*to_q"),
 ])
@@ -227,14 +227,14 @@ def test_repeats_show_every_image_that_many_times_an_epoch(data, tmp_path, tiny_
         epoch = [row for step in range(order.per_epoch) for row in order(step, 0)[1]]
         assert sorted(epoch) == sorted(list(range(6)) * repeats)
     p = make_params(tiny_model, data / "src", max_steps=None, epochs=1)
-    p = p.model_copy(update={"styles": {"pixelart": p.styles["pixelart"].model_copy(update={"repeats": 2})}})
+    p = p.model_copy(update={"styles": {"flat": p.styles["flat"].model_copy(update={"repeats": 2})}})
     assert train(data, tmp_path, p)["steps"] == 9  # 9 images x 2 repeats, batch 2
-    assert "| 9 x 2 |" in (tmp_path / "a/lora/pixelart/README.md").read_text()  # the model card says so
+    assert "| 9 x 2 |" in (tmp_path / "a/lora/flat/README.md").read_text()  # the model card says so
 
 
 def test_missing_latents(tmp_path, tiny_model):
-    with pytest.raises(StyleMixError, match=r"run `dvc repro encode@pixelart`"):
-        train_style("pixelart", make_params(tiny_model, tmp_path), latents=tmp_path)
+    with pytest.raises(StyleMixError, match=r"run `dvc repro encode@flat`"):
+        train_style("flat", make_params(tiny_model, tmp_path), latents=tmp_path)
 
 
 def test_per_style_override():
@@ -267,10 +267,10 @@ def launch_two_processes(workdir, latents, p: params.Params, style: str) -> str:
 
 
 def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
-    log = launch_two_processes(tmp_path, data / "latents", make_params(tiny_model, data / "src"), "pixelart")
-    assert log.count("train pixelart: 6 of 6 steps") == 1  # one summary, from the main process
+    log = launch_two_processes(tmp_path, data / "latents", make_params(tiny_model, data / "src"), "flat")
+    assert log.count("train flat: 6 of 6 steps") == 1  # one summary, from the main process
     fresh = load_pipeline(str(tiny_model))
-    fresh.load_lora_weights(tmp_path / "models/lora/pixelart")
+    fresh.load_lora_weights(tmp_path / "models/lora/flat")
     assert fresh.unet.peft_config["default_0"].r == 4
 
 
@@ -280,7 +280,7 @@ def test_training_options_run_together(data, tmp_path, tiny_model):
                "channels_last": False, "caption_dropout": 0.5, "validate_every": 1, "batch_size": 1}
     result = train(data, tmp_path, make_params(tiny_model, data / "src", **options))
     assert result["steps"] == 2 and torch.isfinite(torch.tensor(result["final_loss"]))
-    images = sorted(q.parent.name for q in (tmp_path / "a/logs/pixelart").rglob("validation_0.png"))
+    images = sorted(q.parent.name for q in (tmp_path / "a/logs/flat").rglob("validation_0.png"))
     assert images == ["step-000001", "step-000002"]
 
 

@@ -44,10 +44,10 @@ def test_a1111_value_syntax():
 
 
 def test_grid_cells_and_plot():
-    x, y = Axis("weight:sketch", [0.0, 1.0]), Axis("seed", [3, 4])
+    x, y = Axis("weight:lineart", [0.0, 1.0]), Axis("seed", [3, 4])
     got = cells(x, y)
     assert [(r, c) for r, c, _ in got] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert got[1][2] == {"weights": {"sketch": 1.0}, "seed": 3}
+    assert got[1][2] == {"weights": {"lineart": 1.0}, "seed": 3}
     picture = plot(x, y, [Image.new("RGB", (64, 64), "red")] * 4, [0.1, 0.2, 0.3, 0.4], "t")
     assert picture.size == (150 + 2 * 144, 34 + 22 + 2 * (144 + 16))
     with pytest.raises(StyleMixError, match=f"at most {MAX_CELLS}"):
@@ -58,16 +58,16 @@ def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
     from stylemix.drawing import settings_from_png
 
     d, cfg = drawer
-    base, _ = d.draw("a tabby cat with green eyes", {}, 0, cfg)
-    wc, meta = d.draw("a tabby cat with green eyes", {"watercolor": 1.0, "sketch": 0.0}, 0, cfg)
-    half, _ = d.draw("a tabby cat with green eyes", {"watercolor": 0.5}, 0, cfg)
-    again, _ = d.draw("a tabby cat with green eyes", {}, 0, cfg)
+    base, _ = d.draw("zebra", {}, 0, cfg)
+    wc, meta = d.draw("zebra", {"openmoji": 1.0, "lineart": 0.0}, 0, cfg)
+    half, _ = d.draw("zebra", {"openmoji": 0.5}, 0, cfg)
+    again, _ = d.draw("zebra", {}, 0, cfg)
     assert abs(pixels(wc) - pixels(base)).mean() > abs(pixels(half) - pixels(base)).mean() > 1  # weight 1 moves it further
     assert (pixels(again) == pixels(base)).all()  # a disabled adapter leaves the base untouched
     wc.save(tmp_path / "wc.png", pnginfo=meta)
     s = settings_from_png(tmp_path / "wc.png")
-    assert s["adapters"] == {"watercolor": 1.0} and s["prompt"] == "a tabby cat with green eyes" and s["steps"] == 4
-    assert "wcstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
+    assert s["adapters"] == {"openmoji": 1.0} and s["prompt"] == "zebra" and s["steps"] == 4
+    assert "omstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
 
 
 def test_a_batch_draws_the_pictures_drawn_one_at_a_time_schedules_included(drawer, tmp_path):
@@ -77,7 +77,7 @@ def test_a_batch_draws_the_pictures_drawn_one_at_a_time_schedules_included(drawe
 
     d, cfg = drawer
     prompts, seeds = ["a tabby cat with green eyes", "a rocket on a launch pad", "a cup of coffee"], [0, 1, 2]
-    weights, schedules = {"watercolor": 1.0}, {"watercolor": params.Window(start=0, end=0.5)}
+    weights, schedules = {"openmoji": 1.0}, {"openmoji": params.Window(start=0, end=0.5)}
     alone = [d.draw(prompt, weights, seed, cfg, schedules=schedules)[0] for prompt, seed in zip(prompts, seeds)]
     batched = d.draw_batch(prompts, weights, seeds, cfg.model_copy(update={"batch_size": 2}), schedules=schedules)
     for i, (image, meta) in enumerate(batched):
@@ -93,37 +93,37 @@ def test_the_draw_tabs_block_weights_and_schedules(workspace, monkeypatch, tmp_p
     from stylemix.mixes import save_mix
 
     monkeypatch.chdir(workspace)
-    studio, on = Studio(), {"watercolor": 1.0, "sketch": 0.0}
+    studio, on = Studio(), {"openmoji": 1.0, "lineart": 0.0}
     form = {"prompt": "a tabby cat with green eyes", "negative": "", "seed": 0, "steps": 4, "guidance": 7.5, "size": 64,
             "sampler": "dpmsolver++", "blocks": "", "schedule": ""}
-    base, _ = studio.draw(form | {"prompt": "wcstyle, a tabby cat with green eyes"}, {})  # the text watercolor gets
+    base, _ = studio.draw(form | {"prompt": "omstyle, a tabby cat with green eyes"}, {})  # the text openmoji gets
     plain, _ = studio.draw(form, on)
-    # every attention block of watercolor off (its LoRA has nothing else); sketch is off, so its preset is left out
-    off, _ = studio.draw(form | {"blocks": "watercolor=down:0,mid:0,up:0\nsketch=OUTALL"}, on)
-    half, _ = studio.draw(form | {"schedule": "watercolor=0-0.5"}, on)
+    # every attention block of openmoji off (its LoRA has nothing else); lineart is off, so its preset is left out
+    off, _ = studio.draw(form | {"blocks": "openmoji=down:0,mid:0,up:0\nlineart=OUTALL"}, on)
+    half, _ = studio.draw(form | {"schedule": "openmoji=0-0.5"}, on)
     assert (pixels(off) == pixels(base)).all() and abs(pixels(plain) - pixels(base)).mean() > 1
     assert abs(pixels(half) - pixels(plain)).mean() > 0 and abs(pixels(half) - pixels(base)).mean() > 0
-    with pytest.raises(StyleMixError, match=r"^Schedules 'watercolor=1-0': start 1 must be below end 0$"):
-        studio.draw(form | {"schedule": "watercolor=1-0"}, on)
+    with pytest.raises(StyleMixError, match=r"^Schedules 'openmoji=1-0': start 1 must be below end 0$"):
+        studio.draw(form | {"schedule": "openmoji=1-0"}, on)
     path = tmp_path / "params.yaml"
     path.write_text((workspace / "params.yaml").read_text())
-    extra = {key: as_params(key, specs(form | {"blocks": "watercolor=up:0.5", "schedule": "sketch=0:1,0.8:0"}, key))
+    extra = {key: as_params(key, specs(form | {"blocks": "openmoji=up:0.5", "schedule": "lineart=0:1,0.8:0"}, key))
              for key in ("blocks", "schedule")}
-    save_mix("finer", {"watercolor": 0.5, "sketch": 0.5}, path, extra)  # the Save mix tab's call; the schema checks it
+    save_mix("finer", {"openmoji": 0.5, "lineart": 0.5}, path, extra)  # the Save mix tab's call; the schema checks it
     saved = params.load("merge", path=path).merge.combos["finer"]
-    assert saved.blocks["watercolor"].up == 0.5 and saved.schedule["sketch"] == [(0, 1), (0.8, 0)]
+    assert saved.blocks["openmoji"].up == 0.5 and saved.schedule["lineart"] == [(0, 1), (0.8, 0)]
 
 
 def test_a1111_parameters_read_back(tmp_path):
     from stylemix.drawing import settings_from_png
 
     meta = PngInfo()
-    meta.add_text("parameters", "a cat <lora:watercolor:0.6>, by a window\nNegative prompt: ugly\n"
+    meta.add_text("parameters", "a cat <lora:openmoji:0.6>, by a window\nNegative prompt: ugly\n"
                   "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x768, Model: v1-5")
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png", pnginfo=meta)
     s = settings_from_png(tmp_path / "a.png")
     assert s == {"prompt": "a cat , by a window", "negative_prompt": "ugly", "seed": 42, "steps": 20,
-                 "guidance_scale": 7.0, "size": 512, "adapters": {"watercolor": 0.6}}
+                 "guidance_scale": 7.0, "size": 512, "adapters": {"openmoji": 0.6}}
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     with pytest.raises(StyleMixError, match="plain.png: carries no drawing settings"):
         settings_from_png(tmp_path / "plain.png")
@@ -138,16 +138,16 @@ def test_bad_input_and_a_deleted_lora(drawer, workspace):
     with pytest.raises(StyleMixError, match="prompt is empty"):
         d.draw("  ", {}, 0, cfg)
     with pytest.raises(StyleMixError, match="out of range"):
-        d.draw("a cat", {"sketch": 3.0}, 0, cfg)
-    d.draw("a cat", {"sketch": 1.0}, 0, cfg)
-    shutil.copytree(workspace / "models/lora/sketch", workspace / "sketch.bak")
-    shutil.rmtree(workspace / "models/lora/sketch")
+        d.draw("a cat", {"lineart": 3.0}, 0, cfg)
+    d.draw("a cat", {"lineart": 1.0}, 0, cfg)
+    shutil.copytree(workspace / "models/lora/lineart", workspace / "lineart.bak")
+    shutil.rmtree(workspace / "models/lora/lineart")
     try:
-        with pytest.raises(StyleMixError, match="no trained style or merged combination named 'sketch'.*refresh"):
-            d.draw("a cat", {"sketch": 1.0}, 0, cfg)
-        d.draw("a cat", {"watercolor": 1.0}, 0, cfg)  # the others still draw
+        with pytest.raises(StyleMixError, match="no trained style or merged combination named 'lineart'.*refresh"):
+            d.draw("a cat", {"lineart": 1.0}, 0, cfg)
+        d.draw("a cat", {"openmoji": 1.0}, 0, cfg)  # the others still draw
     finally:
-        shutil.move(workspace / "sketch.bak", workspace / "models/lora/sketch")
+        shutil.move(workspace / "lineart.bak", workspace / "models/lora/lineart")
     with pytest.raises(Cancelled):  # Cancel pressed during the first step stops the drawing at the next
         d.draw("a cat", {}, 0, cfg, on_step=lambda i, n: d.cancel())
 
@@ -159,17 +159,17 @@ def test_save_mix_keeps_comments_and_checks_the_schema(workspace, monkeypatch, t
     path = tmp_path / "params.yaml"
     path.write_text((workspace / "params.yaml").read_text())
     before = path.read_text()
-    assert save_mix("soft", {"watercolor": 0.7, "sketch": 0.3}, path) == {"watercolor": 0.7, "sketch": 0.3}
+    assert save_mix("soft", {"openmoji": 0.7, "lineart": 0.3}, path) == {"openmoji": 0.7, "lineart": 0.3}
     after = path.read_text()
     assert after.startswith(before.split("merge:")[0])  # everything before merge: byte for byte, comments included
-    assert "# The offline demo" in after and "# keep sprites crisp" in after
-    assert params.load("merge", path=path).merge.combos["soft"].weights == {"watercolor": 0.7, "sketch": 0.3}
-    # a linear combination in the mix counts as its styles: 0.5 x (0.5, 0.5) + sketch 0.25
-    assert save_mix("softer", {COMBO: 0.5, "sketch": 0.25}, path) == {"watercolor": 0.25, "sketch": 0.5}
+    assert "# The offline demo" in after and "# held-out subjects, which no style trains on" in after
+    assert params.load("merge", path=path).merge.combos["soft"].weights == {"openmoji": 0.7, "lineart": 0.3}
+    # a linear combination in the mix counts as its styles: 0.5 x (0.5, 0.5) + lineart 0.25
+    assert save_mix("softer", {COMBO: 0.5, "lineart": 0.25}, path) == {"openmoji": 0.25, "lineart": 0.5}
     saved = path.read_text()
-    for name, weights, message in (("soft", {"watercolor": 1, "sketch": 1}, "name is taken"),
-                                   ("Bad Name", {"watercolor": 1, "sketch": 1}, "lowercase"),
-                                   ("one", {"watercolor": 1, "sketch": 0}, "at least two styles")):
+    for name, weights, message in (("soft", {"openmoji": 1, "lineart": 1}, "name is taken"),
+                                   ("Bad Name", {"openmoji": 1, "lineart": 1}, "lowercase"),
+                                   ("one", {"openmoji": 1, "lineart": 0}, "at least two styles")):
         with pytest.raises(StyleMixError, match=message):
             save_mix(name, weights, path)
         assert path.read_text() == saved  # nothing half-written

@@ -99,7 +99,7 @@ def page(browser, server):
 
     page.route("**/*", local_only)
     page.goto(server)
-    box("watercolor", page).wait_for()
+    box("openmoji", page).wait_for()
     yield page
     page.close()
     assert not outside, f"the page asked other hosts: {outside}"
@@ -144,8 +144,8 @@ def toast(page, text: str):
 def test_draw_with_a_weight_then_load_its_settings_back(page, tmp_path):
     prompt = page.get_by_label("Prompt", exact=True)
     prompt.fill("a rocket on a launch pad under a blue sky")
-    box("watercolor", page).check()
-    set_slider(page, f"weight-{slot('watercolor', page)}", 0.6)
+    box("openmoji", page).check()
+    set_slider(page, f"weight-{slot('openmoji', page)}", 0.6)
     set_slider(page, "steps", 20)
     set_slider(page, "size", 96)
     started = time.monotonic()
@@ -156,15 +156,15 @@ def test_draw_with_a_weight_then_load_its_settings_back(page, tmp_path):
     shoot(page, "draw")
     image = png_at(page, "#result")
     recipe = json.loads(image.text["stylemix"])
-    assert recipe["adapters"] == {"watercolor": 0.6} and recipe["steps"] == 20 and image.size == (96, 96)
+    assert recipe["adapters"] == {"openmoji": 0.6} and recipe["steps"] == 20 and image.size == (96, 96)
     assert recipe["prompt"] == "a rocket on a launch pad under a blue sky" and "Steps: 20" in image.text["parameters"]
     image.save(tmp_path / "drawn.png", pnginfo=_text(image))
     prompt.fill("something else")
-    box("watercolor", page).uncheck()
+    box("openmoji", page).uncheck()
     page.locator("#load input[type=file]").set_input_files(tmp_path / "drawn.png")
     expect(prompt).to_have_value("a rocket on a launch pad under a blue sky")
-    expect(box("watercolor", page)).to_be_checked()
-    expect(page.locator(f"#weight-{slot('watercolor', page)} input[type=range]")).to_have_value("0.6")
+    expect(box("openmoji", page)).to_be_checked()
+    expect(page.locator(f"#weight-{slot('openmoji', page)} input[type=range]")).to_have_value("0.6")
 
 
 def _text(image):
@@ -178,7 +178,7 @@ def _text(image):
 
 def test_a_two_by_two_grid_scored_per_cell(page):
     page.get_by_role("tab", name="Grid").click()
-    pick(page, "X axis", "weight:watercolor")
+    pick(page, "X axis", "weight:openmoji")
     page.get_by_label("X values").fill("0, 1")
     pick(page, "Y axis", "seed")
     page.get_by_label("Y values").fill("0-1 [2]")
@@ -190,7 +190,7 @@ def test_a_two_by_two_grid_scored_per_cell(page):
 
 
 def test_compare_the_base_with_a_mix_beside_the_reports(page):
-    box("watercolor", page).check()
+    box("openmoji", page).check()
     page.get_by_role("tab", name="Compare").click()
     page.get_by_role("button", name=re.compile("Compare base and this mix")).click()
     expect(page.locator("#compare-slider img")).to_have_count(2, timeout=DRAW)
@@ -198,19 +198,19 @@ def test_compare_the_base_with_a_mix_beside_the_reports(page):
 
 
 def test_save_a_mix_into_params_yaml(page, workspace):
-    box("watercolor", page).check()
-    box("sketch", page).check()
-    set_slider(page, f"weight-{slot('sketch', page)}", 0.3)
+    box("openmoji", page).check()
+    box("lineart", page).check()
+    set_slider(page, f"weight-{slot('lineart', page)}", 0.3)
     page.get_by_text("Block weights and schedules").click()  # the Draw tab's accordion
-    page.locator("#blocks textarea").fill("sketch=down:0,mid:0")
+    page.locator("#blocks textarea").fill("lineart=down:0,mid:0")
     page.get_by_role("tab", name="Save mix").click()
     page.get_by_label("Combination name").fill("soft_mix")
     page.get_by_role("button", name="Save mix to params.yaml").click()
     expect(page.locator("#save-result")).to_contain_text("soft_mix", timeout=DRAW)
     shoot(page, "save")
     text = (workspace / "params.yaml").read_text()
-    assert yaml.safe_load(text)["merge"]["combos"]["soft_mix"] == {"weights": {"sketch": 0.3, "watercolor": 1.0},
-                                                                   "blocks": {"sketch": {"down": 0.0, "mid": 0.0}}}
+    assert yaml.safe_load(text)["merge"]["combos"]["soft_mix"] == {"weights": {"lineart": 0.3, "openmoji": 1.0},
+                                                                   "blocks": {"lineart": {"down": 0.0, "mid": 0.0}}}
     shown = yaml.safe_load(page.locator("#save-result code.language-yaml").inner_text())
     assert shown["merge"]["combos"]["soft_mix"] == yaml.safe_load(text)["merge"]["combos"]["soft_mix"]  # the page shows what it wrote
     assert "# The offline demo" in text  # comments kept
@@ -226,7 +226,7 @@ def test_bad_input_gets_a_message_on_the_page(page, workspace):
     toast(page, "the prompt is empty")
     page.get_by_label("Prompt", exact=True).fill("a cat")
     page.get_by_role("tab", name="Grid").click()
-    pick(page, "X axis", "weight:watercolor")
+    pick(page, "X axis", "weight:openmoji")
     page.get_by_label("X values").fill("0, 5")
     page.get_by_role("button", name="Draw grid").click()
     toast(page, "out of range")

@@ -20,7 +20,7 @@ from stylemix.paths import heldout_file, latents_file
 from stylemix.training import train_style
 from stylemix.validation import adapters_off, heldout_loss, load_heldout
 
-STYLES = ("watercolor", "pixelart")
+STYLES = ("openmoji", "flat")
 
 
 def make_params(model, root, **train) -> params.Params:
@@ -54,22 +54,22 @@ def files(path) -> list[str]:
 
 
 def test_heldout_images_are_cached_apart_and_the_split_is_seeded(data, tiny_model, tmp_path):
-    trained, held = files(latents_file("pixelart", data / "latents")), files(heldout_file("pixelart", data / "latents"))
+    trained, held = files(latents_file("flat", data / "latents")), files(heldout_file("flat", data / "latents"))
     assert len(held) == 2 and len(trained) == 7 and not set(held) & set(trained)
-    assert len(load_heldout("pixelart", data / "latents")) == 2
+    assert len(load_heldout("flat", data / "latents")) == 2
     p = make_params(tiny_model, data)
-    again = encode_style("pixelart", p.styles["pixelart"], p.base, data / "filtered", data / "captions", tmp_path, heldout=2, seed=0)
-    assert files(heldout_file("pixelart", tmp_path)) == held and len(again) == 7
-    encode_style("pixelart", p.styles["pixelart"], p.base, data / "filtered", data / "captions", tmp_path, heldout=0)
-    assert load_heldout("pixelart", tmp_path) is None and len(files(latents_file("pixelart", tmp_path))) == 9
+    again = encode_style("flat", p.styles["flat"], p.base, data / "filtered", data / "captions", tmp_path, heldout=2, seed=0)
+    assert files(heldout_file("flat", tmp_path)) == held and len(again) == 7
+    encode_style("flat", p.styles["flat"], p.base, data / "filtered", data / "captions", tmp_path, heldout=0)
+    assert load_heldout("flat", tmp_path) is None and len(files(latents_file("flat", tmp_path))) == 9
     with pytest.raises(StyleMixError, match="validation_split = 8 leaves 1 of its 9"):
-        encode_style("pixelart", p.styles["pixelart"], p.base, data / "filtered", data / "captions", tmp_path, heldout=8)
+        encode_style("flat", p.styles["flat"], p.base, data / "filtered", data / "captions", tmp_path, heldout=8)
 
 
 def test_heldout_loss_is_fixed_and_moves_only_with_the_weights(data, tiny_model):
     pipe = load_pipeline(str(tiny_model))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    held = load_heldout("watercolor", data / "latents").groups()
+    held = load_heldout("openmoji", data / "latents").groups()
     first = heldout_loss(pipe.unet, scheduler, held, [100, 500, 900], seed=0)
     assert first == heldout_loss(pipe.unet, scheduler, held, [100, 500, 900], seed=0)
     assert set(first) == {"t100", "t500", "t900", "mean"} and first["t100"] != first["t900"]
@@ -106,7 +106,7 @@ def test_training_reports_heldout_loss_and_the_matrix_agrees(data, tiny_model, t
 
 
 def test_a_lora_that_does_not_move_gains_nothing(data, tiny_model, tmp_path):
-    summary = train_style("pixelart", make_params(tiny_model, data, lr=1e-30, max_steps=2, validate_every=None),
+    summary = train_style("flat", make_params(tiny_model, data, lr=1e-30, max_steps=2, validate_every=None),
                           out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs", latents=data / "latents")
     assert summary["val_loss"] == pytest.approx(summary["val_loss_base"], abs=1e-6)
 
@@ -114,6 +114,6 @@ def test_a_lora_that_does_not_move_gains_nothing(data, tiny_model, tmp_path):
 def test_latents_encoded_at_another_resolution_are_refused(data, tiny_model, tmp_path):
     p = make_params(tiny_model, data)
     p = p.model_copy(update={"base": p.base.model_copy(update={"resolution": 64})})
-    with pytest.raises(StyleMixError, match="encoded at 32 px, not base.resolution = 64; rerun encode@pixelart"):
-        train_style("pixelart", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
+    with pytest.raises(StyleMixError, match="encoded at 32 px, not base.resolution = 64; rerun encode@flat"):
+        train_style("flat", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
                     latents=data / "latents")

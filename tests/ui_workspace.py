@@ -9,8 +9,8 @@ import torch
 
 from tests.conftest import ROOT
 
-STYLES = {"watercolor": "wcstyle", "sketch": "skstyle"}
-COMBO = "watercolor_sketch"
+STYLES = {"openmoji": "omstyle", "lineart": "lastyle"}
+COMBO = "flat_lineart"
 
 
 def make_workspace(root: Path) -> Path:
@@ -35,7 +35,7 @@ def make_workspace(root: Path) -> Path:
                     p.data.normal_(0, 0.3)
             save_lora(root / "models/lora" / name, name, pipe, {"style": name, "trigger": trigger, "base_model": "tiny",
                                                                "resolution": 64, "rank": 4, "alpha": 4})
-        merge_combo(COMBO, params.Combo(weights={"watercolor": 0.5, "sketch": 0.5}))
+        merge_combo(COMBO, params.Combo(weights={"openmoji": 0.5, "lineart": 0.5}))
     finally:
         os.chdir(here)
     return root

@@ -1,12 +1,12 @@
 """Pictures on demand, outside the pipeline: a prompt, any trained styles or combinations with
 weights, a seed, an output path. Settings not given come from params.yaml's `generate`.
 
-    stylemix draw "a cat sitting by a window" watercolor=0.6 pixelart=0.4 --seed 3 -o cat.png
-    stylemix draw --prompts shots.csv sketch=1 --fuse -o storyboard/
-    stylemix draw "a cat" sketch=0.5 cartoon=0.5 --blocks sketch=down:0,mid:0 --schedule cartoon=0-0.6
+    stylemix draw "a cat sitting by a window" openmoji=0.6 flat=0.4 --seed 3 -o cat.png
+    stylemix draw --prompts shots.csv lineart=1 --fuse -o storyboard/
+    stylemix draw "a cat" lineart=0.5 fluent=0.5 --blocks lineart=down:0,mid:0 --schedule fluent=0-0.6
 
 A batch (`--prompts`) is a text file with one prompt per line, or a CSV with a `prompt` column and
-optional `negative`, `seed` and `weights` (`watercolor=0.6 pixelart=0.4`, replacing the command
+optional `negative`, `seed` and `weights` (`openmoji=0.6 flat=0.4`, replacing the command
 line's for that row); it draws into a folder, one PNG per row and index.jsonl, rows with the same
 styles `--batch-size` at a time (default generate.batch_size). `--fuse` bakes the command line's
 LoRAs into the weights once, so each drawing skips the adapters' extra work.
@@ -34,7 +34,7 @@ def parse_lora(spec: str) -> tuple[str, float]:
     try:
         return name, float(weight or 1.0)
     except ValueError:
-        raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. watercolor=0.6") from None
+        raise StyleMixError(f"{spec!r}: write a LoRA as NAME or NAME=WEIGHT, e.g. openmoji=0.6") from None
 
 
 def positive(text: str) -> int:

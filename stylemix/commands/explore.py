@@ -1,9 +1,9 @@
 """A pair's mixing lab (explore@P in dvc.yaml): its Pareto front and best point, and one point saved
 as a combination in params.yaml, so the next `dvc repro` merges, draws and scores it like any other.
 
-    stylemix explore watercolor_sketch                         # the Pareto front, the best point starred
-    stylemix explore watercolor_sketch --save inked_watercolor # the best point -> merge.combos.inked_watercolor
-    stylemix explore watercolor_sketch --save inked_watercolor --point 0.75,0.75 --method linear
+    stylemix explore flat_lineart                         # the Pareto front, the best point starred
+    stylemix explore flat_lineart --save inked_flat # the best point -> merge.combos.inked_flat
+    stylemix explore flat_lineart --save inked_flat --point 0.75,0.75 --method linear
 """
 import argparse
 import json

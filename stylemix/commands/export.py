@@ -2,8 +2,8 @@
 single-file layout (the original SD 1.5 / SDXL names) that A1111, ComfyUI and diffusers'
 `from_single_file` read: for tools that take checkpoints only.
 
-    stylemix export watercolor --fused exports/watercolor.safetensors
-    stylemix export watercolor_pixelart --fused exports/mix.safetensors --weight 0.8 --dtype float32
+    stylemix export openmoji --fused exports/openmoji.safetensors
+    stylemix export flat_openmoji --fused exports/mix.safetensors --weight 0.8 --dtype float32
 
 A model of another shape than SD 1.5 / SDXL (the demo's tiny) gets its configs beside the file,
 OUT.configs/, which `base.config` takes to load it back.

@@ -1,7 +1,7 @@
 """Every caption of a style exactly as training will read it: manual overrides applied, trigger
 word placed by the style's template, and with tag shuffling or dropout on (`tags`), each variant.
 
-    stylemix prompts watercolor
+    stylemix prompts openmoji
 """
 import argparse
 

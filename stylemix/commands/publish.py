@@ -2,8 +2,8 @@
 tokens, sample images from the report and a model card (base model, trigger words, training
 settings, scores, validation loss).
 
-    stylemix publish watercolor --dry-run hub/watercolor     # writes the exact folder, uploads nothing
-    stylemix publish watercolor --repo you/watercolor-lora [--private]
+    stylemix publish openmoji --dry-run hub/openmoji     # writes the exact folder, uploads nothing
+    stylemix publish openmoji --repo you/openmoji-lora [--private]
 """
 import argparse
 import tempfile

@@ -2,7 +2,7 @@
 
     dvc exp run --queue -S lora.rank=4,8,16 -S lora.alpha=4,8,16,32 && dvc queue start
     stylemix sweep                  # after the queue is done: rows lora.rank, columns lora.alpha
-    stylemix sweep --rows train.lr --cols lora.rank --model watercolor --prompt 2 --metric '*final_loss'
+    stylemix sweep --rows train.lr --cols lora.rank --model openmoji --prompt 2 --metric '*final_loss'
 
 The table is `dvc exp show --json`'s, through `dvc.api.exp_show`; each experiment's image comes
 out of the DVC cache at its commit (`dvc.api.open`), so nothing is checked out or regenerated.

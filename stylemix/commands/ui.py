@@ -148,9 +148,9 @@ def build():
                                 rows.append(row)
                         with gr.Accordion("Block weights and schedules", open=False):
                             blocks = gr.Textbox(label="Block weights: NAME=SPEC, one a line", lines=2, elem_id="blocks",
-                                                placeholder="sketch=down:0,mid:0   (groups, an LBW preset OUTALL, or a vector)")
+                                                placeholder="lineart=down:0,mid:0   (groups, an LBW preset OUTALL, or a vector)")
                             schedule = gr.Textbox(label="Schedules: NAME=SPEC, one a line", lines=2, elem_id="schedule",
-                                                  placeholder="cartoon=0-0.6   (on for the first 60% of the steps; or 0:1,0.8:0 points)")
+                                                  placeholder="fluent=0-0.6   (on for the first 60% of the steps; or 0:1,0.8:0 points)")
                         with gr.Row():
                             generate = gr.Button("Generate", variant="primary")
                             cancel = gr.Button("Cancel")
