@@ -47,10 +47,10 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert (repo / "reports/plots/validation.png").is_file()
     assert json.loads((repo / "models/base/source.json").read_text())["kind"] == "tiny"
     metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert list(metrics["models"]) == ["base", "openmoji", "lineart", "mix", "mix2"]
+    assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert metrics["scorer"]["clip_model"] == "local-dir:stylemix/pretrained/tiny-clip" and "demo" in metrics["scorer"]["about"]
     truth = metrics["ground_truth"]  # the prompt is a held-out subject: judged against its real pictures in every look
-    assert truth["subjects"] == ["rocket", "zebra"] and list(truth["style_accuracy"]) == ["base", "openmoji", "lineart", "mix", "mix2"]
+    assert truth["subjects"] == ["rocket", "zebra"] and list(truth["style_accuracy"]) == ["base", *STYLES, "mix", "mix2"]
     assert sorted(truth["looks"]) == sorted(["noto", "twemoji", "fluent", "flat", "lineart", "openmoji"])
     assert truth["models"]["lineart"]["pictures"] == 2 and {"style_accuracy", "nearness", "nearness_base"} <= set(truth["models"]["lineart"])
     report = (repo / "reports/report.md").read_text()
