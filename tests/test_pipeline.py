@@ -61,7 +61,7 @@ def test_repro_runs_every_stage_then_nothing(repo):
         "overview.png", "prompt_0.png", "strengths.png",  # the merges keep lineart's tokens:
         "tokens_lineart.png", "tokens_mix.png", "tokens_mix2.png", "truth.png"]
     assert "grids/tokens_lineart.png" in report and "grids/strengths.png" in report
-    assert sorted(p.name for p in (repo / "reports/images/mix2/strengths").iterdir()) == ["w0.5_p0_s0.png", "w0.75_p0_s0.png"]
+    assert sorted(p.name for p in (repo / "reports/images/mix2/strengths").iterdir()) == ["w0.5_p0_s0.png"]  # generate.strengths: [0.5, 1.0]
     assert not (repo / "reports/images/base/strengths").exists()
     assert sorted(p.name for p in (repo / "reports/images/mix/tokens").iterdir()) == ["t0_p0_s0.png", "t1_p0_s0.png", "t2_p0_s0.png"]
     mix2 = json.loads(safe_open(repo / "models/merged/mix2/pytorch_lora_weights.safetensors", "pt").metadata()["stylemix"])
