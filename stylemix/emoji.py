@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from stylemix.errors import StyleMixError
+from stylemix.images import on_white  # noqa: F401 (callers flatten renders as emoji.on_white, as the filter does)
 
 SETS = Path(__file__).parent / "emoji_sets"
 # look -> (npm package, exact version, what it looks like); the order is the matrix's.
@@ -74,13 +75,6 @@ def render(look: str, subject: str, size: int, zoom: float = 1.0, aspect: float 
     drawn = Image.open(io.BytesIO(bytes(png))).convert("RGBA")
     canvas = Image.new("RGBA", (round(size * aspect), size) if aspect >= 1 else (size, round(size / aspect)), (0, 0, 0, 0))
     canvas.paste(drawn, ((canvas.width - side) // 2, (canvas.height - side) // 2))
-    return canvas
-
-
-def on_white(img: Image.Image) -> Image.Image:
-    """An RGBA picture flattened onto white, as the filter flattens it."""
-    canvas = Image.new("RGB", img.size, "white")
-    canvas.paste(img, mask=img.getchannel("A"))
     return canvas
 
 

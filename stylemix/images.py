@@ -39,10 +39,15 @@ def load_rgb(path: Path) -> Image.Image:
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
-        canvas = Image.new("RGB", im.size, "white")
-        canvas.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
-        return canvas
+        return on_white(im.convert("RGBA"))
     return im.convert("RGB")
+
+
+def on_white(img: Image.Image) -> Image.Image:
+    """An RGBA picture flattened onto white."""
+    canvas = Image.new("RGB", img.size, "white")
+    canvas.paste(img, mask=img.getchannel("A"))
+    return canvas
 
 
 def _scale_to_cover(img: Image.Image, size: tuple[int, int], resample: str) -> Image.Image:
