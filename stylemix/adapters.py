@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from peft import set_peft_model_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from stylemix import lycoris
@@ -23,10 +23,20 @@ MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
 FACTOR_KEY = re.compile(r"^(?P<module>.+?)\.(?:lora|lora_linear_layer)?\.?(?:lora_)?(?P<kind>down|up|A|B)\.weight$")
 
 
+def open_safetensors(path: Path):
+    """safe_open, or one line naming the file when it is no whole safetensors file (cut short by a copy
+    or a full disk, a pickle renamed .safetensors, other bytes). safetensors reads a JSON header and
+    never unpickles, so a hostile file is refused, not run."""
+    try:
+        return safe_open(path, "pt")
+    except SafetensorError as err:
+        raise StyleMixError(f"{path}: not a readable safetensors file ({err}); copy it again or retrain it") from None
+
+
 def file_config(path: Path, component: str = "unet") -> dict:
     """The peft config a diffusers-layout file carries for one component ({} when it has none)."""
-    with safe_open(path, "pt") as f:
-        packed = json.loads(f.metadata().get("lora_adapter_metadata", "{}"))
+    with open_safetensors(path) as f:
+        packed = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
     return {k.removeprefix(component + "."): v for k, v in packed.items() if k.startswith(component + ".")}
 
 
@@ -112,8 +122,8 @@ def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 def read_info(folder: Path) -> dict:
     """The `stylemix` facts stored in a LoRA folder's diffusers file."""
     path = weights_file(folder)
-    with safe_open(path, "pt") as f:
-        return json.loads(f.metadata().get("stylemix", "{}"))
+    with open_safetensors(path) as f:
+        return json.loads((f.metadata() or {}).get("stylemix", "{}"))
 
 
 def read_info_for(folder: Path, pipe) -> dict:

@@ -23,6 +23,7 @@ import torch
 import transformers
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
     DiffusionPipeline,
     EulerDiscreteScheduler,
     PNDMScheduler,
@@ -172,6 +173,14 @@ def load_pipeline(base: Base | str, dtype: str | None = None) -> DiffusionPipeli
         raise _not_found(model, kind, err) from None
     if base.prediction_type:  # v-prediction models whose scheduler config does not say so (many community files)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=base.prediction_type)
+    if base.zero_terminal_snr:
+        if (kind := pipe.scheduler.config.prediction_type) != "v_prediction":
+            raise StyleMixError(f"base.zero_terminal_snr needs a v-prediction model and {model} predicts {kind}, which "
+                                "cannot denoise pure noise; set base.prediction_type: v_prediction if it is a v-model, "
+                                "else base.zero_terminal_snr: false")
+        # DDIM's config carries both keys to the schedulers built from it (training's DDPM, drawing's),
+        # which PNDM's (SD 1.5's own) would drop.
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
     return pipe
 
 

@@ -1,7 +1,7 @@
 """Training checkpoints: everything a killed run needs to go on exactly where it stopped.
 
 A checkpoint is a folder step-NNNNNN/ holding the trainable (LoRA) weights, the optimizer, LR
-scheduler and loss-scaler states, each process's random generator, the loss history and a
+scheduler, loss-scaler and EMA states, each process's random generator, the loss history and a
 fingerprint of the run's settings. It appears only when complete (written aside, then renamed),
 and one whose fingerprint differs from the current run's is never resumed.
 """
@@ -26,7 +26,8 @@ def _steps(folder: Path) -> list[Path]:
 
 
 def save(folder: Path, step: int, accelerator, trainables: dict[str, torch.Tensor], optimizer, scheduler,
-         generator: torch.Generator, history: list[dict], print_: str, keep: int, images: Path | None = None) -> None:
+         generator: torch.Generator, history: list[dict], print_: str, keep: int, images: Path | None = None,
+         ema=None) -> None:
     """Write checkpoint `step` from every process; the main process publishes it and prunes old ones."""
     final, tmp = folder / f"step-{step:06d}", folder / f".step-{step:06d}.tmp"
     if accelerator.is_main_process:
@@ -39,6 +40,8 @@ def save(folder: Path, step: int, accelerator, trainables: dict[str, torch.Tenso
         states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         if accelerator.scaler is not None:
             states["scaler"] = accelerator.scaler.state_dict()
+        if ema is not None:
+            states["ema"] = ema.state_dict()
         torch.save(states, tmp / "states.pt")
         if images is not None and images.is_dir():
             shutil.copytree(images, tmp / IMAGES)
@@ -58,7 +61,7 @@ def latest(folder: Path, print_: str) -> Path | None:
 
 
 def load(path: Path, accelerator, trainables: dict[str, torch.Tensor], optimizer, scheduler,
-         generator: torch.Generator) -> tuple[int, list[dict]]:
+         generator: torch.Generator, ema=None) -> tuple[int, list[dict]]:
     """Restore a checkpoint in place; returns (step, loss history)."""
     weights = load_file(path / "lora.safetensors")
     with torch.no_grad():
@@ -69,6 +72,8 @@ def load(path: Path, accelerator, trainables: dict[str, torch.Tensor], optimizer
     scheduler.load_state_dict(states["scheduler"])
     if "scaler" in states and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(states["scaler"])
+    if ema is not None:
+        ema.load_state_dict(states["ema"])
     generator.set_state(torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())
     return state["step"], state["history"]

@@ -26,6 +26,10 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
                 f'config = json.loads(safe_open(path, "pt").metadata()["lora_adapter_metadata"])\n'
                 f'pipe.unet.add_adapter({config}(**{{k[5:]: v for k, v in config.items() if k.startswith("unet.")}}), "{name}")\n'
                 f'set_peft_model_state_dict(pipe.unet, {{k[5:]: v for k, v in load_file(path).items()}}, "{name}")')
+    args = f" {cfg.optimizer_args}" if cfg.optimizer_args else ""
+    weights = (f"an exponential moving average of the trained weights (decay {cfg.ema.decay:g}"
+               f"{', with warm-up' if cfg.ema.warmup else ''})" if cfg.ema.enabled else "the trained weights as they ended")
+    trained = f"Optimizer {cfg.optimizer}{args}, timesteps {cfg.timesteps.sampling}; the file holds {weights}."
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
@@ -33,6 +37,8 @@ Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 | base model | resolution | images x repeats | type | rank / alpha | targets | text encoder | steps | lr | precision |
 |---|---|---|---|---|---|---|---|---|---|
 | {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.type} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+
+{trained}
 
 ```python
 {load}

@@ -91,6 +91,8 @@ class Base(Section):
     vae: str | None = None  # a VAE to use instead of the model's (hub id or diffusers folder), e.g. an fp16-safe SDXL VAE
     config: str | None = None  # a single-file model's configs: a diffusers folder (weights not needed); null = SD 1.5's or SDXL's
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # null = the model's own; v_prediction for v-models
+    zero_terminal_snr: bool = False  # a v-model trained to reach pure noise (Lin et al. 2023): training and drawing
+                                     # rescale its schedule so, with trailing timesteps; refused on an epsilon model
     buckets: Buckets = Buckets()
 
     @field_validator("model")
@@ -141,6 +143,38 @@ class Sample(Section):
     seed: int = 0
 
 
+class Timesteps(Section):
+    """Which noise levels a training step draws (diffusers' `timestep_bias_*`, SD 3's logit-normal).
+    A style lives mostly at some of them; the weights of the rest stay 1."""
+    sampling: Literal["uniform", "earlier", "later", "range", "logit_normal"] = "uniform"
+    multiplier: Annotated[float, Field(gt=0)] = 2.0  # earlier / later / range: that part is drawn this many times as often
+    portion: Annotated[float, Field(gt=0, lt=1)] = 0.25  # earlier / later: this share of the timesteps, from the low / high end
+    range: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(gt=0)]] = (200, 800)  # range: [begin, end)
+    mean: float = 0.0  # logit_normal: t / T = sigmoid(N(mean, std)); a positive mean leans to the noisy end
+    std: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Timesteps":
+        if self.range[0] >= self.range[1]:
+            raise ValueError(f"range {list(self.range)}: begin must be below end, e.g. [200, 800]")
+        return self
+
+
+class Ema(Section):
+    """An exponential moving average of the LoRA weights (OneTrainer's, SimpleTuner's), kept beside
+    them; the saved LoRA is the average's. diffusers' EMAModel: with warm-up the decay grows from 0
+    toward `decay` as 1 - (1 + step)^-power, so the first, random weights soon leave the average."""
+    enabled: bool = False
+    decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    warmup: bool = True  # false: diffusers' other ramp, (1 + step) / (10 + step)
+    power: Annotated[float, Field(gt=0)] = 2 / 3
+
+
+# pytorch-optimizer's classes by our name (one well-kept collection, not a package each); adamw is torch's.
+OPTIMIZERS = {"prodigy": "Prodigy", "lion": "Lion", "adafactor": "AdaFactor", "came": "CAME",
+              "schedule_free_adamw": "ScheduleFreeAdamW"}
+
+
 class Train(Section):
     epochs: Positive = 10
     max_steps: Positive | None = None  # when set, wins over epochs
@@ -151,13 +185,16 @@ class Train(Section):
     token_lr: Annotated[float, Field(gt=0)] = 5e-4  # the new concept tokens' embeddings (styles.<name>.tokens)
     scheduler: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: Annotated[int, Field(ge=0)] = 0
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # adamw8bit needs bitsandbytes and a GPU
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "lion", "adafactor", "came", "schedule_free_adamw"] = "adamw"
+    optimizer_args: dict[str, float | bool | str | list[float]] = {}  # passed to the optimizer, e.g. {d_coef: 1.0}
     weight_decay: Annotated[float, Field(ge=0)] = 1e-2
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     mixed_precision: Precision = "no"
     min_snr_gamma: Annotated[float, Field(gt=0)] | None = 5.0
     debiased_estimation: bool = False  # kohya's: weight the loss by 1/sqrt(SNR), i.e. toward the noisy timesteps
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
+    timesteps: Timesteps = Timesteps()
+    ema: Ema = Ema()
     caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     random_flip: bool = True
     gradient_checkpointing: bool = False
@@ -169,6 +206,13 @@ class Train(Section):
     validation_prompts: list[str] = ["a cat sitting by a window"]
     validation_steps: Positive = 20  # denoising steps of each validation image
     validate_every: Positive | None = None  # also make validation images every N steps
+
+    @model_validator(mode="after")
+    def _schedule_free_has_no_schedule(self) -> "Train":
+        if self.optimizer == "schedule_free_adamw" and self.scheduler != "constant":
+            raise ValueError(f"optimizer schedule_free_adamw replaces the lr schedule ({self.scheduler}): set "
+                             "train.scheduler: constant (train.warmup_steps becomes the optimizer's own warm-up)")
+        return self
 
 
 def _optional(field) -> object:
@@ -425,6 +469,7 @@ class Generate(Section):
     negative_prompt: str = ""
     steps: Positive = 25
     guidance_scale: Annotated[float, Field(ge=0)] = 7.5
+    guidance_rescale: Annotated[float, Field(ge=0, le=1)] = 0.0  # Lin et al.'s fix for over-exposure: 0.7 with base.zero_terminal_snr
     scheduler: Literal["dpmsolver++", "ddim", "euler"] = "dpmsolver++"
     # Each style and combination also drawn at these LoRA weights (first seed) for the strengths grid;
     # 1.0 is always drawn (the images scored).
@@ -486,7 +531,7 @@ class Params(Section):
         return self
 
 
-def _one_line(err: ValidationError, source: Path) -> str:
+def _one_line(err: ValidationError, source: Path | str) -> str:
     """Pydantic's report, as one line naming each key, its value and what is allowed."""
     parts = []
     for e in err.errors():
@@ -530,8 +575,14 @@ def load(*sections: str, path: Path | str = PARAMS_FILE) -> Params:
 
 def train_for(params: Params, name: str) -> Train:
     """The train section with the style's own overrides applied."""
-    override = style(params, name).train.model_dump(exclude_none=True)
-    return params.train.model_copy(update=override)
+    override = style(params, name).train.model_dump(exclude_unset=True, exclude_none=True)
+    merged = params.train.model_dump()
+    for key, value in override.items():  # a sub-section (timesteps, ema) overrides key by key
+        merged[key] = merged[key] | value if isinstance(getattr(params.train, key), Section) else value
+    try:
+        return Train.model_validate(merged)
+    except ValidationError as err:
+        raise StyleMixError(_one_line(err, f"{PARAMS_FILE}: styles.{name}.train")) from None
 
 
 def validation_split(params: Params, name: str) -> int:

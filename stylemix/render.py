@@ -25,7 +25,8 @@ def render(pipe, texts: list[str], seeds: list[int], cfg: params.Generate, base:
     alone up to float rounding (batched kernels sum in another order). `on_step_end` is diffusers'
     callback_on_step_end (progress, cancel, strength schedules)."""
     images = pipe(texts, negative_prompt=[cfg.negative_prompt] * len(texts) if cfg.negative_prompt else None,
-                  num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=base.resolution,
+                  num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                  guidance_rescale=cfg.guidance_rescale, height=base.resolution,
                   width=base.resolution, generator=[torch.Generator(pipe.device).manual_seed(s) for s in seeds],
                   callback_on_step_end=on_step_end).images
     return [(image, metadata(text, seed, cfg, base, model, base_prompt))

@@ -9,6 +9,7 @@ runs); a rerun after a kill resumes from the newest one made with the same setti
 """
 import contextlib
 import hashlib
+import inspect
 import math
 import shutil
 import time
@@ -21,7 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import cast_training_params, compute_snr
+from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 
 from stylemix import batches, checkpoints, params
 from stylemix.base_model import load_pipeline, pinned_source
@@ -95,6 +96,8 @@ def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) ->
                 "tokens": {"lr": cfg.token_lr, "weight_decay": 0.0}}
     groups = [{"params": [v for k, v in trainables.items() if part(k) == name]} | group for name, group in settings.items()]
     groups = [g for g in groups if g["params"]]
+    if cfg.optimizer in params.OPTIMIZERS:
+        return collection_optimizer(groups, cfg)
     if cfg.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -106,6 +109,30 @@ def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) ->
         print("warning: train.optimizer = adamw8bit needs bitsandbytes and a CUDA GPU; using torch AdamW")
     # Fused AdamW is the known win on CUDA; on the CPU it measured no better or worse (bench/train_step.py).
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+
+
+def collection_optimizer(groups: list[dict], cfg: params.Train) -> torch.optim.Optimizer:
+    """An optimizer of pytorch-optimizer, with train.weight_decay and train.optimizer_args; every
+    argument it is given must be one it names (the collection's classes swallow unknown ones)."""
+    import pytorch_optimizer
+
+    cls = getattr(pytorch_optimizer, params.OPTIMIZERS[cfg.optimizer])
+    known = [k for k, v in inspect.signature(cls).parameters.items() if k != "params" and v.kind != v.VAR_KEYWORD]
+    if unknown := sorted(set(cfg.optimizer_args) - set(known)):
+        raise StyleMixError(f"train.optimizer_args: {cfg.optimizer} takes no {', '.join(unknown)}; "
+                            f"it takes {', '.join(known)}")
+    args = {"weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "adafactor":  # train.lr as given, not Adafactor's relative step size; in this collection
+        args |= {"relative_step": False, "scale_parameter": True}  # scale_parameter=False scales lr by the weights' RMS
+    if cfg.optimizer == "schedule_free_adamw":  # it replaces the schedule, warm-up included (params.Train)
+        args["warmup_steps"] = cfg.warmup_steps
+    args |= {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.optimizer_args.items()}
+    if cfg.optimizer == "prodigy" and cfg.lr < 0.1:
+        print(f"warning: train.optimizer prodigy finds its own step size and expects train.lr near 1.0, not {cfg.lr:g}")
+    try:
+        return cls(groups, **args)
+    except (TypeError, ValueError) as err:
+        raise StyleMixError(f"train.optimizer_args {cfg.optimizer_args} for {cfg.optimizer}: {err}") from None
 
 
 def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int, latents_file: Path) -> str:
@@ -147,6 +174,32 @@ def log_row(live, row: dict) -> None:
             live.log_metric(key, row[key])
 
 
+def timestep_weights(cfg: params.Timesteps, total: int) -> torch.Tensor:
+    """Each timestep's chance under an earlier / later / range bias (diffusers' timestep_bias_*)."""
+    if cfg.sampling == "range":
+        begin, end = cfg.range
+        if end > total:
+            raise StyleMixError(f"train.timesteps.range {list(cfg.range)} goes past the model's {total} timesteps; "
+                                f"end it at {total} or below")
+    else:
+        n = max(1, round(total * cfg.portion))
+        begin, end = (0, n) if cfg.sampling == "earlier" else (total - n, total)
+    weights = torch.ones(total)
+    weights[begin:end] *= cfg.multiplier
+    return weights / weights.sum()
+
+
+def sample_timesteps(cfg: params.Timesteps, total: int, b: int, gen: torch.Generator) -> torch.Tensor:
+    """`b` training timesteps in [0, total) by train.timesteps.sampling, from `gen`."""
+    device = gen.device
+    if cfg.sampling == "uniform":
+        return torch.randint(0, total, (b,), generator=gen, device=device)
+    if cfg.sampling == "logit_normal":  # SD 3's: most draws mid-range, fewer at either end
+        u = torch.sigmoid(cfg.mean + cfg.std * torch.randn(b, generator=gen, device=device))
+        return (u * total).long().clamp(max=total - 1)
+    return torch.multinomial(timestep_weights(cfg, total).to(device), b, replacement=True, generator=gen)
+
+
 def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: torch.Generator,
                    encoders: list | None = None) -> torch.Tensor:
     """Noise a batch's cached latents (LatentCache.rows) at random timesteps and score the UNet's
@@ -165,7 +218,7 @@ def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: t
     noise = torch.randn(latents.shape, generator=gen, device=device)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen, device=device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=gen, device=device)
+    t = sample_timesteps(cfg.timesteps, noise_scheduler.config.num_train_timesteps, b, gen)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     v_pred = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
@@ -216,7 +269,11 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
 
     pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
     optimizer = make_optimizer(trainables, cfg, device)
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    schedule_free = cfg.optimizer == "schedule_free_adamw"  # its warm-up is its own
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=0 if schedule_free else cfg.warmup_steps,
+                              num_training_steps=total)
+    ema = EMAModel(trainables.values(), decay=cfg.ema.decay, use_ema_warmup=cfg.ema.warmup,
+                   power=cfg.ema.power) if cfg.ema.enabled else None
     prepared = accelerator.prepare(*trained, optimizer)
     model, te_models, optimizer = prepared[0], list(prepared[1:-1]) or None, prepared[-1]
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -236,13 +293,15 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     ckpt_dir = ckpt_root / name
     step, history, kept_images = 0, [], None
     if resume := checkpoints.latest(ckpt_dir, run):
-        step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen)
+        step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen, ema)
         kept_images = resume / checkpoints.IMAGES
         accelerator.print(f"train {name}: resuming from {resume}")
     elif accelerator.is_main_process and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # checkpoints of other settings: never resumed
     live = open_live(logs / name, history, kept_images) if accelerator.is_main_process else None
     model.train()
+    if schedule_free:
+        optimizer.train()  # its weights are the interpolation it steps; eval() swaps in the average it returns
     started, first_step = time.perf_counter(), step
     per_step = cfg.batch_size * world * cfg.gradient_accumulation  # images a step
     with progress("images", "loss", "lr", unit="steps", disable=not accelerator.is_main_process) as bar:
@@ -268,6 +327,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema:
+                ema.step(trainables.values())
             step += 1
             history.append({"step": step, "loss": sum(losses) / len(losses), "lr": scheduler.get_last_lr()[0]})
             if validate and cfg.validate_every and step % cfg.validate_every == 0:
@@ -282,10 +343,14 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             bar.update(task, advance=1, images=f"{rate:.1f}/s", loss=f"{history[-1]['loss']:.4f}", lr=f"{history[-1]['lr']:.2e}")
             if step % cfg.checkpoint_every == 0 or step == total:
                 checkpoints.save(ckpt_dir, step, accelerator, trainables, optimizer, scheduler, gen, history, run,
-                                 cfg.keep_checkpoints, Path(live.plots_dir) / "images" if live else None)
+                                 cfg.keep_checkpoints, Path(live.plots_dir) / "images" if live else None, ema)
             if on_step:
                 on_step(step, trainables)
     seconds = time.perf_counter() - started
+    if schedule_free:
+        optimizer.eval()
+    if ema:  # the saved LoRA, and the held-out loss below, are the average's
+        ema.copy_to(trainables.values())
     summary = {"steps": total, "final_loss": history[-1]["loss"],
                "mean_loss_last_10": sum(h["loss"] for h in history[-10:]) / len(history[-10:])}
     if validate:
@@ -303,7 +368,9 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         accelerator.print(f"train {name}: {ran} of {total} steps in {seconds:.1f}s ({ran / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
     accelerator.wait_for_everyone()
-    return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds}
+    state = [v for per_param in optimizer.state.values() for v in per_param.values()] + (ema.shadow_params if ema else [])
+    state_bytes = sum(v.numel() * v.element_size() for v in state if torch.is_tensor(v))  # what the options differ by
+    return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds, "state_bytes": state_bytes}
 
 
 def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int) -> None:
