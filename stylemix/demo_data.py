@@ -16,6 +16,7 @@ from PIL import Image
 
 from stylemix import emoji
 from stylemix.errors import StyleMixError
+from stylemix.images import on_white
 from stylemix.progress import track
 
 # The storyboard idea on emoji: close-up, medium and full shot as zooms of the emoji on its canvas.
@@ -56,7 +57,7 @@ def plant_edge_cases(folder: Path, good: list[Image.Image], extra: list[tuple[Im
                      rng: np.random.Generator) -> None:
     """Files the filter must reject or repair, so every demo run exercises them."""
     for i, img in enumerate(good[:3]):  # blurred copies: rejected by the Laplacian test
-        flat = emoji.on_white(img)
+        flat = on_white(img)
         small = flat.reduce(max(1, max(flat.size) // 128))  # the same blur, at a fraction of a large image's cost
         blurred = cv2.GaussianBlur(np.asarray(small), (0, 0), max(small.size) / 8)
         Image.fromarray(blurred).resize(flat.size, Image.Resampling.BILINEAR).save(folder / f"blurred_{i}.png")
@@ -68,14 +69,14 @@ def plant_edge_cases(folder: Path, good: list[Image.Image], extra: list[tuple[Im
     Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(folder / "tiny.png")
     # Kept after repair: grayscale, transparent and EXIF-rotated files become upright RGB.
     (gray, _), (rgba, _), (upright, _) = extra
-    emoji.on_white(gray).convert("L").save(folder / "gray.png")
+    on_white(gray).convert("L").save(folder / "gray.png")
     alpha = np.asarray(rgba.getchannel("A")).copy()
     alpha[: rgba.size[1] // 6] = 0  # a transparent band on top
     rgba.putalpha(Image.fromarray(alpha))
     rgba.save(folder / "rgba.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation 6: viewers rotate the stored pixels 90 degrees clockwise
-    emoji.on_white(upright).transpose(Image.Transpose.ROTATE_90).save(folder / "rotated.jpg", exif=exif, quality=95)
+    on_white(upright).transpose(Image.Transpose.ROTATE_90).save(folder / "rotated.jpg", exif=exif, quality=95)
     for name, (_, caption) in zip(("gray", "rgba", "rotated"), extra):
         (folder / f"{name}.txt").write_text(caption + "\n")
 
@@ -102,5 +103,5 @@ def build_truth(folder: Path, heldout: list[str], size: int) -> None:
     for look in emoji.LOOKS:
         (folder / look).mkdir(parents=True)
         for subject in heldout:
-            emoji.on_white(emoji.render(look, subject, size)).save(folder / look / f"{subject}.png")
+            on_white(emoji.render(look, subject, size)).save(folder / look / f"{subject}.png")
             (folder / look / f"{subject}.txt").write_text(emoji.words(subject) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from stylemix.errors import StyleMixError
-from stylemix.images import on_white  # noqa: F401 (callers flatten renders as emoji.on_white, as the filter does)
+from stylemix.images import on_white
 
 SETS = Path(__file__).parent / "emoji_sets"
 # look -> (npm package, exact version, what it looks like); the order is the matrix's.

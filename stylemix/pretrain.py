@@ -42,7 +42,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from stylemix import emoji
 from stylemix.base_model import clip_tokenizer
-from stylemix.images import grid
+from stylemix.images import grid, on_white
 from stylemix.outputs import atomic_dir
 from stylemix.paths import PRETRAINED_TINY, PRETRAINED_TINY_CLIP
 
@@ -118,7 +118,7 @@ def train_vae(a, vae: AutoencoderKL, subjects: list[str]) -> None:
 
 def real(look: str, subject: str) -> np.ndarray:
     """The subject in the look as the base learns it: whole, centred, on white."""
-    return np.asarray(emoji.on_white(emoji.render(look, subject, 2 * RES)).resize((RES, RES), Image.Resampling.BOX))
+    return np.asarray(on_white(emoji.render(look, subject, 2 * RES)).resize((RES, RES), Image.Resampling.BOX))
 
 
 @torch.no_grad()

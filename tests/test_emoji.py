@@ -12,7 +12,7 @@ from PIL import Image
 from stylemix import emoji, fetch_emoji
 from stylemix.demo_data import EXTRA, build_style, build_truth, check_heldout, style_subjects
 from stylemix.errors import StyleMixError
-from stylemix.images import image_files
+from stylemix.images import image_files, on_white
 
 
 def test_every_look_holds_the_same_subjects_with_its_source_pinned():
@@ -38,7 +38,7 @@ def test_render_sizes_zooms_and_canvases():
     assert np.asarray(emoji.render("lineart", "zebra", 64, zoom=2.0).getchannel("A")).mean() > alpha.mean()
     assert emoji.render("noto", "zebra", 48, aspect=16 / 9).size == (85, 48)
     assert emoji.render("noto", "zebra", 48, aspect=2 / 3).size == (48, 72)
-    white = np.asarray(emoji.on_white(full))
+    white = np.asarray(on_white(full))
     assert white.shape == (64, 64, 3) and (white[0, 0] == 255).all()
     with pytest.raises(StyleMixError, match="not in .*lineart.json"):
         emoji.render("lineart", "no-such-thing", 64)
