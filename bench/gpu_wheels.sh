@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the wheels bench/gpu_train.py needs on the GPU machine (bench/gpu_wheels.txt) into .whl/,
-# for Python 3.12 on x86-64 Linux, and keep .whl/ out of git. Then the README's device call runs it.
+# for Python 3.12 on x86-64 Linux, and keep .whl/ out of git. Then the device call in docs/gpus.md runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from more_itertools import chunked
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -86,8 +87,7 @@ def judge(p: params.Params, style: str, trigger: str, loras: dict[str, Path], sc
             pipe.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name=name)
             pipe.set_adapters([name])
         pictures = []
-        for i in range(0, len(jobs), p.generate.batch_size):
-            chunk = jobs[i : i + p.generate.batch_size]
+        for chunk in chunked(jobs, p.generate.batch_size):
             texts = [f"{trigger}, {prompt}" if folder else prompt for prompt, _ in chunk]
             pictures += [image for image, _ in render(pipe, texts, [s for _, s in chunk], p.generate, p.base, name,
                                                       [q for q, _ in chunk])]

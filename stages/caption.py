@@ -10,6 +10,8 @@ captions (stylemix/prompts.py), so editing them never reruns BLIP.
 import sys
 from pathlib import Path
 
+from more_itertools import chunked
+
 from stylemix import params
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import read_jsonl, write_jsonl
@@ -47,8 +49,7 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
     texts = []
     with progress(unit="images") as bar, torch.inference_mode():
         task = bar.add_task(f"{cfg.backend} captions", total=len(names))
-        for start in range(0, len(names), cfg.batch_size):
-            batch = names[start : start + cfg.batch_size]
+        for batch in chunked(names, cfg.batch_size):
             images = [Image.open(folder / n).convert("RGB") for n in batch]
             inputs = processor(images=images, return_tensors="pt").to(device, dtype)
             out = model.generate(**inputs, max_new_tokens=cfg.max_new_tokens)

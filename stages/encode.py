@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from more_itertools import chunked
 from PIL import Image
 
 from stylemix import buckets, gpu, latent_cache, params
@@ -51,8 +52,7 @@ def encode_images(vae, folder: Path, names: list[str], sizes: list[tuple[int, in
         task = bar.add_task(label, total=len(names))
         for size in sorted(set(sizes)):
             rows = [i for i, s in enumerate(sizes) if s == size]
-            for start in range(0, len(rows), BATCH):
-                chunk = rows[start : start + BATCH]
+            for chunk in chunked(rows, BATCH):
                 batch = pixels(folder, [names[i] for i in chunk], size).to(device, vae.dtype)
                 for suffix, x in (("", batch), ("_flipped", batch.flip(-1))):
                     posterior = vae.encode(x).latent_dist
@@ -115,7 +115,7 @@ def encode_captions(pipe, captions: list[str], names: list[str], device) -> dict
         print(f"warning: {len(too_long)} caption(s) exceed {limit} tokens and are cut: {', '.join(too_long[:3])}")
     ids = tokenize(pipe, captions + [""])
     encoders = [te.to(device) for te in text_encoders(pipe)]
-    chunks = [encode_text(encoders, [x[i : i + BATCH].to(device) for x in ids.values()]) for i in range(0, len(captions) + 1, BATCH)]
+    chunks = [encode_text(encoders, [x.to(device) for x in chunk]) for chunk in zip(*(x.split(BATCH) for x in ids.values()))]
     outputs = {"text_hidden": torch.cat([h for h, _ in chunks]).float().cpu()} | ids
     if chunks[0][1] is not None:
         outputs["text_pooled"] = torch.cat([p for _, p in chunks]).float().cpu()

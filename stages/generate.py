@@ -13,6 +13,8 @@ import sys
 from itertools import groupby
 from pathlib import Path
 
+from more_itertools import chunked
+
 from stylemix import gpu, params, schedules
 from stylemix.adapters import load_adapter, load_order, read_info, read_info_for
 from stylemix.base_model import load_pipeline
@@ -21,7 +23,7 @@ from stylemix.outputs import atomic_dir
 from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
 from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, batches, render
+from stylemix.render import SCHEDULERS, render
 from stylemix.tokens import load_tokens, unload_tokens
 
 
@@ -72,7 +74,7 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
         task = bar.add_task(f"generate {model}", total=len(jobs))
         # A batch draws at one strength (the LoRA's scale is the model's, not an image's).
         for strength, same in groupby(jobs, key=lambda job: job[5]):
-            for batch in batches(list(same), cfg.batch_size):
+            for batch in chunked(same, cfg.batch_size):
                 paths, prompts, base_prompts, seeds, tokens_of, _ = zip(*batch)
                 texts = [triggered(prompt, words) if loras else prompt for prompt in prompts]
                 callback = mix.scaled(strength).apply(pipe) if mix else None

@@ -12,6 +12,7 @@ from stylemix.outputs import atomic_dir, atomic_write
 from stylemix.ground_truth import load_truth
 from stylemix.paths import (FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, TRUTH,
                             VALIDATION, image_name)
+from stylemix.score_table import interval, scores_table
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:
@@ -113,19 +114,10 @@ def loss_plot(styles: list[str], path: Path, logs: Path = TRAIN_LOGS) -> None:
     plt.close(fig)
 
 
-def fmt(stat: dict) -> str:
-    return f"{stat['mean']:.4f} [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]"
-
-
-def metrics_table(metrics: dict, styles: list[str], combos: dict[str, params.Combo]) -> str:
-    head = "| model | CLIP score [95% CI] | " + " | ".join(f"style similarity: {s}" for s in styles) + " | gain over base |"
-    lines = [head, "|" + "---|" * (3 + len(styles))]
-    for model, m in metrics["models"].items():
-        own = {model} if model in styles else set(combos[model].weights) if model in combos else set()
-        cells = [(f"**{fmt(m['style_similarity'][s])}**" if s in own else fmt(m["style_similarity"][s])) for s in styles]
-        gain = f"{m['style_gain_over_base']:+.4f}" if "style_gain_over_base" in m else ""
-        lines.append(f"| {model} | {fmt(m['clip_score'])} | " + " | ".join(cells) + f" | {gain} |")
-    return "\n".join(lines)
+def metrics_table(metrics: dict, combos: dict[str, params.Combo]) -> str:
+    """The scores table, each model's own styles in bold (a combination's: its components)."""
+    own = {model: set(combos[model].weights) if model in combos else {model} for model in metrics["models"]}
+    return scores_table(metrics, own).to_markdown(index=False, disable_numparse=True)  # "+0.1000" stays as written
 
 
 def validation_table(validation: dict) -> str:
@@ -156,11 +148,11 @@ def ground_truth_section(metrics: dict) -> list[str]:
     per_model = ["| model | pictures | style accuracy [95% CI] | base in that look | subject accuracy [95% CI] | "
                  "nearness to the real picture [95% CI] | base's nearness |", "|---|---|---|---|---|---|---|"]
     for model, m in truth["models"].items():
-        style = fmt(m["style_accuracy"]) if "style_accuracy" in m else ""
-        near = fmt(m["nearness"]) if "nearness" in m else ""
+        style = interval(m["style_accuracy"]) if "style_accuracy" in m else ""
+        near = interval(m["nearness"]) if "nearness" in m else ""
         base_style = f"{m['style_accuracy_base']:.2f}" if "style_accuracy_base" in m else ""
         base_near = f"{m['nearness_base']:.4f}" if "nearness_base" in m else ""
-        per_model.append(f"| {model} | {m['pictures']} | {style} | {base_style} | {fmt(m['subject_accuracy'])} | {near} | {base_near} |")
+        per_model.append(f"| {model} | {m['pictures']} | {style} | {base_style} | {interval(m['subject_accuracy'])} | {near} | {base_near} |")
     chance = truth["chance"]
     return ["## Drawing subjects no LoRA saw (ground truth)\n",
             f"The held-out subjects ({', '.join(truth['subjects'])}) are in no style's training pictures; their real "
@@ -236,7 +228,7 @@ def main() -> None:
         f"{', '.join(map(str, validation['timesteps']))} and fixed noise): every style's LoRA and the base on every "
         "style's held-out images. A LoRA that learned its style is lowest in its own column.\n",
         validation_table(validation) + "\n", "![validation matrix](plots/validation.png)\n",
-        "## Scores\n", metrics_table(metrics, styles, combos) + "\n",
+        "## Scores\n", metrics_table(metrics, combos) + "\n",
         "![CLIP score](plots/scores/clip_score.png)\n",
         *[f"![style similarity to {s}](plots/scores/style_similarity_{s}.png)\n" for s in styles],
         "## Comparison grids\n", "Rows: models (base, each style, each combination); same prompts and seeds in every row.\n",

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from more_itertools import chunked
 from peft.tuners.lycoris_utils import LycorisLayer
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
@@ -24,7 +25,7 @@ from stylemix.errors import StyleMixError
 from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS
 from stylemix.paths import LORAS, MERGED
 from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, batches, render
+from stylemix.render import SCHEDULERS, render
 from stylemix.schedules import Mix, dump as dump_schedules
 from stylemix.tokens import load_tokens, unload_tokens
 
@@ -201,7 +202,7 @@ class Drawer:
                 words |= infos[name].get("triggers") or {name: infos[name]["trigger"]}
             label, step = mix_label(active), self._step(cfg.steps, on_step)
             self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
-            for batch in batches(list(zip(prompts, seeds, strict=True)), cfg.batch_size):
+            for batch in chunked(list(zip(prompts, seeds, strict=True)), cfg.batch_size):
                 texts = [triggered(prompt, {"triggers": words}) if words else prompt for prompt, _ in batch]
                 callback = mix.apply(self.pipe, step) if live else step  # each batch from its schedules' first step
                 drawn += render(self.pipe, texts, [seed for _, seed in batch], cfg, base, label, [p for p, _ in batch], callback)

@@ -543,7 +543,7 @@ def _one_line(err: ValidationError, source: Path | str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             shown = "" if isinstance(e["input"], dict) else f" = {e['input']!r}"
-            parts.append(f"{key}{shown}: {msg}")
+            parts.append(f"{key}{shown}: {msg}" if key else msg)  # a check across sections names its keys itself
     return f"{source}: " + "; ".join(parts)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from more_itertools import chunked
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -127,7 +128,7 @@ def encode_bank(vae: AutoencoderKL, subjects: list[str]):
     scaling factor that gives the latents unit spread, as SD's 0.18215 does for its VAE."""
     x = to_tensor([real(look, s) for s in subjects for look in BASE_LOOKS])
     labels = torch.arange(len(subjects)).repeat_interleave(len(BASE_LOOKS))
-    posteriors = [vae.encode(x[i : i + 64]).latent_dist for i in range(0, len(x), 64)]
+    posteriors = [vae.encode(chunk).latent_dist for chunk in x.split(64)]
     mean, std = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
     scale = float(1.0 / (mean + std * torch.randn_like(std)).std())
     print(f"bank: {len(x)} pictures, latents {tuple(mean.shape[1:])}, scaling_factor {scale:.4f}", flush=True)
@@ -141,7 +142,7 @@ def encode_styles(vae: AutoencoderKL, subjects: list[str], views: int, seed: int
     looks = [look for look in emoji.LOOKS if look not in BASE_LOOKS]
     x = to_tensor([emoji.random_view(look, s, RES, rng) for s in subjects if s not in emoji.HELDOUT
                    for look in looks for _ in range(views)])
-    posteriors = [vae.encode(x[i : i + 64]).latent_dist for i in range(0, len(x), 64)]
+    posteriors = [vae.encode(chunk).latent_dist for chunk in x.split(64)]
     print(f"styles: {len(x)} uncaptioned views of the {len(looks)} LoRA looks", flush=True)
     return torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
 
@@ -201,7 +202,7 @@ class SubjectWatch:
         from stylemix.scoring import embed_images
 
         prompts = [emoji.words(s) for s in self.subjects]
-        pictures = [im for i in range(0, len(prompts), 25) for im in draw(pipe, prompts[i : i + 25], [0] * len(prompts[i : i + 25]))]
+        pictures = [im for chunk in chunked(prompts, 25) for im in draw(pipe, chunk, [0] * len(chunk))]
         hits = (embed_images(self.scorer, pictures) @ self.names.T).argmax(-1) == torch.arange(len(prompts))
         return float(hits.float().mean())
 

@@ -13,11 +13,6 @@ SCHEDULERS = {
 }
 
 
-def batches(items: list, size: int) -> list[list]:
-    """`items` in runs of at most `size` (generate.batch_size), in order."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
 def render(pipe, texts: list[str], seeds: list[int], cfg: params.Generate, base: params.Base, model: str,
            base_prompts: list[str], on_step_end=None) -> list[tuple]:
     """One image per text and seed, drawn in one batch, each with PNG text metadata (its prompt, seed,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from more_itertools import chunked
 from PIL import Image
 
 from stylemix import gpu, params
@@ -40,8 +41,7 @@ def load_scorer(cfg: params.Score):
 def embed_images(scorer, images: list[Image.Image], batch: int = 32) -> torch.Tensor:
     model, preprocess, _ = scorer
     device = next(model.parameters()).device
-    out = [model.encode_image(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float()
-           for i in range(0, len(images), batch)]
+    out = [model.encode_image(torch.stack([preprocess(im) for im in chunk]).to(device)).float() for chunk in chunked(images, batch)]
     return torch.nn.functional.normalize(torch.cat(out), dim=-1).cpu()
 
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from more_itertools import chunked
 from PIL import Image
 
 from stylemix import params
@@ -85,8 +86,7 @@ def tag_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[st
     texts, only_excluded = [], []
     with progress(unit="images") as bar:
         task = bar.add_task("tag captions", total=len(names))
-        for start in range(0, len(names), cfg.batch_size):
-            batch = names[start : start + cfg.batch_size]
+        for batch in chunked(names, cfg.batch_size):
             pixels = np.stack([tagger_input(Image.open(folder / n), size) for n in batch])
             probs = session.run(None, {spec.name: pixels})[0]
             if probs.shape[-1] != len(tag_names):

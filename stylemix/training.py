@@ -160,6 +160,7 @@ def open_live(folder: Path, history: list[dict], images: Path | None = None):
         live = Live(str(folder), save_dvc_exp=False, dvcyaml=None)
     except SCMError as err:  # dvclive reads HEAD and fails in a git repo without commits
         raise StyleMixError(f"dvclive cannot log in this git repo ({err}): make a first commit") from None
+    (Path(live.plots_dir) / "images").mkdir(parents=True, exist_ok=True)  # a declared DVC plot, images or none
     for row in history:
         log_row(live, row)
     for image in sorted(images.rglob("*.png")) if images else []:

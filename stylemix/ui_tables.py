@@ -8,21 +8,16 @@ import yaml
 
 from stylemix.adapters import read_info
 from stylemix.paths import PARAMS_FILE, REPORTS
+from stylemix.score_table import scores_table
 
 METRICS = REPORTS / "metrics.json"
 
 
 def metrics_table(path: Path = METRICS) -> pd.DataFrame:
-    """One row per model: CLIP score with its 95% interval, gain over base, similarity per style."""
+    """The report's scores table: one row per model."""
     if not path.is_file():
         return pd.DataFrame({"note": [f"no {path} yet: `dvc repro` writes it"]})
-    rows = []
-    for model, m in json.loads(path.read_text())["models"].items():
-        clip = m["clip_score"]
-        row = {"model": model, "clip_score": f"{clip['mean']:.3f} [{clip['ci_low']:.3f}, {clip['ci_high']:.3f}]",
-               "style_gain_over_base": round(m["style_gain_over_base"], 3) if "style_gain_over_base" in m else None}
-        rows.append(row | {f"sim_{s}": round(v["mean"], 3) for s, v in m["style_similarity"].items()})
-    return pd.DataFrame(rows)
+    return scores_table(json.loads(path.read_text()))
 
 
 def flat_keys(tree: dict, prefix: str = "") -> set[str]:

@@ -220,3 +220,25 @@ def test_the_ground_truth_equals_a_hand_computation(scorer, tmp_path):
     assert red["nearness_base"] == pytest.approx(base_rows["truth_sim_red"].mean())
     assert red["nearness_gain"] == pytest.approx(red["nearness"]["mean"] - red["nearness_base"])
     assert metrics["chance"] == {"style": 0.5, "subject": pytest.approx(1 / 3)}
+
+
+def test_the_report_and_the_ui_show_one_scores_table(tmp_path):
+    """stylemix.score_table is the one formatter: the UI's table is the report's, without the bold."""
+    from stages.report import metrics_table as report_table
+    from stylemix.ui_tables import metrics_table as ui_table
+
+    stat = lambda mean: {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01}  # noqa: E731
+    metrics = {"models": {"base": {"clip_score": stat(0.3), "style_similarity": {"a": stat(0.5), "b": stat(0.4)}},
+                          "a": {"clip_score": stat(0.2), "style_similarity": {"a": stat(0.7), "b": stat(0.45)}, "style_gain_over_base": 0.2},
+                          "ab": {"clip_score": stat(0.25), "style_similarity": {"a": stat(0.6), "b": stat(0.5)}, "style_gain_over_base": 0.1}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    ui = ui_table(tmp_path / "metrics.json")
+    assert list(ui.columns) == ["model", "CLIP score [95% CI]", "style similarity: a", "style similarity: b", "gain over base"]
+    assert ui.values.tolist() == [["base", "0.3000 [0.290, 0.310]", "0.5000 [0.490, 0.510]", "0.4000 [0.390, 0.410]", ""],
+                                  ["a", "0.2000 [0.190, 0.210]", "0.7000 [0.690, 0.710]", "0.4500 [0.440, 0.460]", "+0.2000"],
+                                  ["ab", "0.2500 [0.240, 0.260]", "0.6000 [0.590, 0.610]", "0.5000 [0.490, 0.510]", "+0.1000"]]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in report_table(metrics, {"ab": params.Combo(weights={"a": 0.5, "b": 0.5})}).splitlines()]
+    assert rows[0] == list(ui.columns) and len(rows) == 5  # header, rule, three models
+    bold = [[cell.startswith("**") for cell in row[2:4]] for row in rows[2:]]
+    assert bold == [[False, False], [True, False], [True, True]]  # own style; a combination's components
+    assert [[cell.strip("*") for cell in row] for row in rows[2:]] == ui.values.tolist()

@@ -69,3 +69,21 @@ def test_no_stage_loads_gradio():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_every_style_and_combination_is_in_the_model_registry():
+    """dvc.yaml's `artifacts:` (read by DVC itself, interpolation resolved) names every style LoRA and
+    combination of params.yaml, at the folder its stage writes, labelled with its base, type and rank."""
+    import yaml
+    from dvc.repo import Repo
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    declared = Repo(str(ROOT)).artifacts.read()["dvc.yaml"]
+    expected = {s: f"models/lora/{s}" for s in raw["styles"]} | {c: f"models/merged/{c}" for c in raw["merge"]["combos"]}
+    assert {name: a.path for name, a in declared.items()} == expected
+    for name, artifact in declared.items():
+        assert artifact.type == "model" and artifact.desc and f"base-{raw['base']['model']}" in artifact.labels, (name, artifact)
+        styles = raw["merge"]["combos"][name]["weights"] if name in raw["merge"]["combos"] else [name]
+        assert {f"style-{s}" for s in styles} <= set(artifact.labels), (name, artifact.labels)
+        if name in raw["styles"]:
+            assert {f"type-{raw['lora']['type']}", f"rank-{raw['lora']['rank']}"} <= set(artifact.labels), (name, artifact.labels)

@@ -42,6 +42,9 @@ def test_repro_runs_every_stage_then_nothing(repo):
         assert (repo / f"models/lora/{style}/{style}_kohya.safetensors").is_file()
         train = json.loads((repo / f"reports/train/{style}/metrics.json").read_text())
         assert train["steps"] == 4 and {"val_loss", "val_loss_base", "val_loss_by_timestep"} <= set(train)
+        # dvclive's validation images are a declared DVC plot, its folder there even when no step logged one
+        outs = {o["path"] for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"][f"train@{style}"]["outs"]}
+        assert f"reports/train/{style}/plots/images" in outs and (repo / f"reports/train/{style}/plots/images").is_dir()
     validation = json.loads((repo / "reports/validation.json").read_text())
     assert list(validation["loss"]) == ["base", *STYLES] and list(validation["own_style_best"]) == list(STYLES)
     assert (repo / "reports/plots/validation.png").is_file()
@@ -267,6 +270,21 @@ def test_push_then_pull_in_a_fresh_clone_needs_no_training(repo, tmp_path):
     for path in ("models/lora/openmoji/pytorch_lora_weights.safetensors", "models/merged/mix/mix_kohya.safetensors",
                  "reports/images/mix/p0_s0.png", "reports/metrics.json"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+
+
+def test_a_registered_lora_comes_out_of_the_model_registry_and_loads(repo, tmp_path):
+    """The README's registry lines: `gto register` tags the committed LoRA (after the push test's commit),
+    `dvc artifacts get` fetches it into an empty folder by name, and diffusers loads it."""
+    from diffusers import StableDiffusionPipeline
+
+    run_block(repo, "registry", {"https://github.com/you/stylemix.git": str(repo), "openmoji-lora": str(tmp_path / "got")})
+    assert "openmoji@v0.0.1" in sh(repo, "git", "tag").stdout
+    got, trained = tmp_path / "got", repo / "models/lora/openmoji"
+    assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in trained.iterdir())
+    assert (got / "pytorch_lora_weights.safetensors").read_bytes() == (trained / "pytorch_lora_weights.safetensors").read_bytes()
+    pipe = StableDiffusionPipeline.from_pretrained(repo / "models/base")
+    pipe.load_lora_weights(str(got), adapter_name="openmoji")
+    assert pipe.get_list_adapters()["unet"] == ["openmoji"]
 
 
 def test_accelerate_launch_then_commit(repo):

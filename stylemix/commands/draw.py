@@ -21,12 +21,13 @@ import csv
 from itertools import groupby
 from pathlib import Path
 
+from more_itertools import chunked
+
 from stylemix import params
 from stylemix.drawing import Drawer, mix_label, parse_spec
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_dir, write_jsonl
 from stylemix.progress import track
-from stylemix.render import batches
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -73,7 +74,7 @@ def drawn_rows(drawer: Drawer, rows: list[dict], cfg: params.Generate, blocks: d
     """(row, image, metadata) for each row in order: consecutive rows with the same styles and negative
     prompt drawn together, `generate.batch_size` at a time."""
     for _, same in groupby(rows, key=lambda row: (sorted(row["weights"].items()), row["negative"])):
-        for batch in batches(list(same), cfg.batch_size):
+        for batch in chunked(same, cfg.batch_size):
             first = batch[0]
             own = cfg if first["negative"] is None else cfg.model_copy(update={"negative_prompt": first["negative"]})
             drawn = drawer.draw_batch([row["prompt"] for row in batch], first["weights"], [row["seed"] for row in batch], own,
