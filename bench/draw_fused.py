@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stylemix import params  # noqa: E402
+from stylemix.drawing.drawer import Drawer, adapters  # noqa: E402
 from stylemix.gpu import default_device  # noqa: E402
-from stylemix.drawing import Drawer, adapters  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "draw_fused.json"
 

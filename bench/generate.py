@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stages.generate import generate_model, lora_folder  # noqa: E402
 from stylemix import params  # noqa: E402
-from stylemix.base_model import load_pipeline  # noqa: E402
 from stylemix.gpu import default_device  # noqa: E402
+from stylemix.models.base_model import load_pipeline  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "generate.json"
 

@@ -10,7 +10,7 @@ reference setting), bf16 mixed precision. Per model and batch size, seconds per 
 memory of:
 - floor:     UNet forward + backward + optimizer step on a batch already on the GPU, same LoRA, same
              precision, channels_last and fused AdamW as ours (plain_floor: without those two);
-- ours:      stylemix.training.train_style, the real code path of train@S, from latents cached by
+- ours:      stylemix.training.loop.train_style, the real code path of train@S, from latents cached by
              encode@S (the demo's images), timed between its steps; and ours with gradient
              checkpointing, with torch.compile, with 8-bit AdamW (when bitsandbytes is there);
 - reference: diffusers' train_text_to_image_lora.py loop: the VAE and the text encoder run on every
@@ -41,11 +41,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from stages.caption import caption_style  # noqa: E402
 from stages.encode import encode_style, pixels  # noqa: E402
 from stages.filter import filter_style  # noqa: E402
-from stylemix import params, training  # noqa: E402
-from stylemix.base_model import build_tiny, clip_tokenizer  # noqa: E402
-from stylemix.conditioning import unet_kwargs  # noqa: E402
-from stylemix.demo_data import build_style  # noqa: E402
-from stylemix.single_file import CONFIGS  # noqa: E402
+from stylemix import params  # noqa: E402
+from stylemix.data.conditioning import unet_kwargs  # noqa: E402
+from stylemix.demo.sample import build_style  # noqa: E402
+from stylemix.models.base_model import build_tiny, clip_tokenizer  # noqa: E402
+from stylemix.models.single_file import CONFIGS  # noqa: E402
+from stylemix.training import loop  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -111,7 +112,7 @@ def peak_gib(cuda: bool) -> float | None:
 def unet_with_lora(p: params.Params, device, channels_last: bool = True):
     """The models exactly as train@S prepares them (frozen bf16 base, float32 LoRA), in train mode."""
     cfg = p.train.model_copy(update={"channels_last": channels_last})
-    pipe, _, _ = training.prepare_models(p, cfg, device, "style", {})
+    pipe, _, _ = loop.prepare_models(p, cfg, device, "style", {})
     pipe.unet.train()
     return pipe
 
@@ -171,7 +172,7 @@ def ours(p: params.Params, work: Path, run: str, cuda: bool, **train) -> dict:
         peaks.append(peak_gib(cuda))  # during training only: saving the LoRA draws validation images
     AcceleratorState._reset_state(True)
     peak_reset(cuda)
-    training.train_style("style", cfg, on_step, out=work / run / "lora", ckpt_root=work / run / "ckpt",
+    loop.train_style("style", cfg, on_step, out=work / run / "lora", ckpt_root=work / run / "ckpt",
                          logs=work / run / "logs", latents=work / "latents")
     gaps = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # the first steps compile and warm the allocator
     return {"s": statistics.median(gaps), "peak_gib": peaks[-1]}
@@ -263,7 +264,7 @@ def main() -> None:
         import dvclive  # noqa: F401
         logging = "dvclive"
     except ImportError:
-        training.open_live = lambda folder, history, images=None: NullLive()
+        loop.open_live = lambda folder, history, images=None: NullLive()
         logging = "none: dvclive is not installed here, so train_style logged nothing"
     out = args.out or RESULTS / ("gpu_train_tiny.json" if args.tiny else "gpu_train.json")
     report = {"setup": {

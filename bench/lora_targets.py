@@ -12,7 +12,7 @@ run's base model or default:
     python bench/lora_targets.py --out bench/results/lora_types.json dora loha lokr   # some, and the default
 
 The block candidates are the tiny model's decoder attentions, up_blocks.0 (4x4 latents) to
-up_blocks.2 (16x16); the `style` and `content` presets name up_blocks.1's (stylemix.lora_files.block_preset).
+up_blocks.2 (16x16); the `style` and `content` presets name up_blocks.1's (stylemix.adapters.lora_files.block_preset).
 """
 import argparse
 import json
@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stylemix import params, scoring  # noqa: E402
-from stylemix.base_model import load_pipeline  # noqa: E402
-from stylemix.drawing import Drawer  # noqa: E402
-from stylemix.lora_files import WEIGHTS, block_layers, block_preset  # noqa: E402
+from stylemix import params  # noqa: E402
+from stylemix.adapters.lora_files import WEIGHTS, block_layers, block_preset  # noqa: E402
+from stylemix.drawing.drawer import Drawer  # noqa: E402
+from stylemix.evaluation import scoring  # noqa: E402
+from stylemix.models.base_model import load_pipeline  # noqa: E402
 from stylemix.paths import FILTERED  # noqa: E402
-from stylemix.training import train_style  # noqa: E402
+from stylemix.training.loop import train_style  # noqa: E402
 
 STYLES = ["openmoji", "lineart"]
 VARIANTS = {  # name -> lora params over the demo's; a block name: every `all` layer of that attention

@@ -31,7 +31,7 @@ def reset_peak() -> None:
 
 
 def one_step(precision: str, batch: int, checkpointing: bool, rank: int = 32, resolution: int = 512) -> dict:
-    """Mirrors stylemix.training.prepare_models and one optimizer step, on SD 1.5-sized modules."""
+    """Mirrors stylemix.training.loop.prepare_models and one optimizer step, on SD 1.5-sized modules."""
     import torch
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
@@ -40,8 +40,8 @@ def one_step(precision: str, batch: int, checkpointing: bool, rank: int = 32, re
 
     sys.path.insert(0, str(ROOT))
     from stylemix import params
-    from stylemix.lora_files import add_lora
-    from stylemix.training import DTYPES
+    from stylemix.adapters.lora_files import add_lora
+    from stylemix.training.loop import DTYPES
 
     after_imports = status_gb("VmRSS")
     torch.manual_seed(0)

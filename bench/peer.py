@@ -5,7 +5,7 @@ base (models/base), the same pictures (the style's filtered images that train@S 
 captions (trigger word included), for the same steps, batch, rank and alpha, resolution, learning rate
 and schedule, seed, min-SNR gamma and noise offset, on the peer's layers (attention only). Then
 each draws the held-out subjects (generate.prompts x seeds) and the ground truth judges them
-(stylemix.ground_truth). Written: wall time of each (from the first model load to the LoRA file),
+(stylemix.evaluation.ground_truth). Written: wall time of each (from the first model load to the LoRA file),
 style accuracy in the style's look, subject accuracy and nearness to the real pictures; and stylemix's
 own default targets beside them.
 
@@ -32,15 +32,16 @@ from more_itertools import chunked
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stylemix import ground_truth, params, scoring  # noqa: E402
-from stylemix.base_model import load_pipeline  # noqa: E402
-from stylemix.latent_cache import LatentCache  # noqa: E402
-from stylemix.lora_files import WEIGHTS  # noqa: E402
-from stylemix.paths import BASE_DIR, FILTERED, TRUTH, latents_file  # noqa: E402
-from stylemix.prompts import training_captions  # noqa: E402
-from stylemix.render import SCHEDULERS, render  # noqa: E402
-from stylemix.training import train_style  # noqa: E402
 from stages.encode import encode_style  # noqa: E402
+from stylemix import params  # noqa: E402
+from stylemix.adapters.lora_files import WEIGHTS  # noqa: E402
+from stylemix.data.latent_cache import LatentCache  # noqa: E402
+from stylemix.data.prompts import training_captions  # noqa: E402
+from stylemix.drawing.render import SCHEDULERS, render  # noqa: E402
+from stylemix.evaluation import ground_truth, scoring  # noqa: E402
+from stylemix.models.base_model import load_pipeline  # noqa: E402
+from stylemix.paths import BASE_DIR, FILTERED, TRUTH, latents_file  # noqa: E402
+from stylemix.training.loop import train_style  # noqa: E402
 
 EXAMPLE = Path("examples/text_to_image/train_text_to_image_lora.py")
 OUT = Path(__file__).parent / "results" / "peer.json"

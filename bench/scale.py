@@ -75,7 +75,7 @@ def phase(name: str, work: Path) -> dict:
     from stages.encode import encode_style
     from stages.filter import filter_style
     from stylemix import params
-    from stylemix.training import train_style
+    from stylemix.training.loop import train_style
 
     p = settings(work, work / "tiny")
     style = p.styles["big"]
@@ -106,7 +106,7 @@ def phase(name: str, work: Path) -> dict:
 
 
 def run_size(count: int, root: Path) -> dict:
-    from stylemix.base_model import copy_pretrained_tiny
+    from stylemix.models.base_model import copy_pretrained_tiny
 
     work = root / str(count)
     make_style(work / "src", count)

@@ -1,7 +1,7 @@
 """Benchmark: what each training option does to a style LoRA, judged by the emoji demo's ground truth.
 Trains two demo styles on two train seeds with each option over the demo's params (the workspace's
 encoded data: run `make repro` first), draws the held-out subjects (generate.prompts x seeds, at
-strength 1) and judges the pictures as the score stage does (stylemix.ground_truth):
+strength 1) and judges the pictures as the score stage does (stylemix.evaluation.ground_truth):
 
 - style_accuracy:   share of the pictures the demo scorer puts in the style's own look, among six;
 - subject_accuracy: share put on the right subject among the 12 held-out names;
@@ -32,10 +32,11 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from stylemix import ground_truth, params, scoring  # noqa: E402
-from stylemix.drawing import Drawer  # noqa: E402
+from stylemix import params  # noqa: E402
+from stylemix.drawing.drawer import Drawer  # noqa: E402
+from stylemix.evaluation import ground_truth, scoring  # noqa: E402
 from stylemix.paths import TRUTH  # noqa: E402
-from stylemix.training import train_style  # noqa: E402
+from stylemix.training.loop import train_style  # noqa: E402
 
 STYLES = ["lineart", "fluent"]
 OPTIONS = {  # name -> train params over the demo's (train.lr 2e-3, cosine, AdamW)

@@ -6,7 +6,7 @@ tiny model, images (the demo's openmoji style at 128 px) and batch; results are 
 
 - floor: UNet forward + backward + AdamW step on a batch already in memory, with the same LoRA,
          memory format and optimizer as ours (plain: without channels_last and fused AdamW).
-- ours:  stylemix.training.train_style's loop (data indexing, posterior sampling, noise, min-SNR loss,
+- ours:  stylemix.training.loop.train_style's loop (data indexing, posterior sampling, noise, min-SNR loss,
          accelerate backward, clipping, optimizer + LR scheduler, dvclive logging, progress bar).
 - naive: the floor plus running the VAE encoder and the text encoder on the batch every step.
 Also: what a fused AdamW, channels_last and torch.compile each give over the plain floor.
@@ -31,10 +31,10 @@ from stages.caption import caption_style  # noqa: E402
 from stages.encode import encode_style, pixels  # noqa: E402
 from stages.filter import filter_style  # noqa: E402
 from stylemix import params  # noqa: E402
-from stylemix.base_model import build_tiny, load_pipeline  # noqa: E402
-from stylemix.demo_data import build_style  # noqa: E402
-from stylemix.lora_files import add_lora  # noqa: E402
-from stylemix.training import diffusion_loss, train_style  # noqa: E402
+from stylemix.adapters.lora_files import add_lora  # noqa: E402
+from stylemix.demo.sample import build_style  # noqa: E402
+from stylemix.models.base_model import build_tiny, load_pipeline  # noqa: E402
+from stylemix.training.loop import diffusion_loss, train_style  # noqa: E402
 
 RESOLUTION, BATCH, WARMUP, STEPS, ROUNDS = 128, 4, 5, 30, 5
 OUT = Path(__file__).parent / "results" / "train_step.json"

@@ -5,8 +5,8 @@ so every stage that depends on models/base reruns when the weights behind the na
 from pathlib import Path
 
 from stylemix import params
-from stylemix.base_model import build_tiny, copy_pretrained_tiny, identity
 from stylemix.errors import run_stage
+from stylemix.models.base_model import build_tiny, copy_pretrained_tiny, identity
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import BASE_DIR
 

@@ -2,10 +2,10 @@
 
 Backends: `sidecar` (the .txt beside each image, kohya's convention), `blip` / `blip2` (an
 image-to-text model from caption.model, batched, on the GPU when there is one), `tags`
-(comma-separated tags from a WD14 ONNX tagger, caption.tagger; stylemix.tagger). The output,
+(comma-separated tags from a WD14 ONNX tagger, caption.tagger; stylemix.data.tagger). The output,
 data/captions/<style>/metadata.jsonl, follows the Hugging Face imagefolder convention
 (`file_name`, `text`). Manual overrides and the trigger word are applied where training reads
-captions (stylemix/prompts.py), so editing them never reruns BLIP.
+captions (stylemix/data/prompts.py), so editing them never reruns BLIP.
 """
 import sys
 from pathlib import Path
@@ -13,11 +13,11 @@ from pathlib import Path
 from more_itertools import chunked
 
 from stylemix import params
+from stylemix.data.tagger import tag_captions
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.outputs import read_jsonl, write_jsonl
 from stylemix.paths import CAPTIONS, FILTERED
 from stylemix.progress import progress
-from stylemix.tagger import tag_captions
 
 
 def sidecar_captions(folder: Path, names: list[str]) -> list[str]:

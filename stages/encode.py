@@ -6,9 +6,9 @@ training caption (trigger word applied, a style's new tokens as their own ids): 
 and for SDXL the pooled embedding and the time ids of its original size, crop and bucket. The empty
 caption's too, for caption dropout. With tag shuffling or dropout (`tags`), also each caption's
 seeded variants (`variants_` keys, one row per variant) for training to read one an epoch.
-Images are encoded and stored by aspect-ratio bucket (stylemix.latent_cache). Training samples
+Images are encoded and stored by aspect-ratio bucket (stylemix.data.latent_cache). Training samples
 latents from the stored posterior, as if it had run the VAE itself.
-The style's held-out images (stylemix.validation) go to their own file, which training never reads.
+The style's held-out images (stylemix.training.validation) go to their own file, which training never reads.
 """
 import sys
 from pathlib import Path
@@ -18,17 +18,18 @@ import torch
 from more_itertools import chunked
 from PIL import Image
 
-from stylemix import buckets, gpu, latent_cache, params
-from stylemix.base_model import SDXL, architecture, load_pipeline
-from stylemix.conditioning import VARIANTS, encode_text, text_encoders, time_ids, tokenize
+from stylemix import gpu, params
+from stylemix.adapters.tokens import add_tokens
+from stylemix.data import buckets, latent_cache
+from stylemix.data.conditioning import VARIANTS, encode_text, text_encoders, time_ids, tokenize
+from stylemix.data.latent_cache import LatentCache
+from stylemix.data.prompts import tag_variants, training_captions
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.latent_cache import LatentCache
+from stylemix.models.base_model import SDXL, architecture, load_pipeline
 from stylemix.outputs import atomic_dir, read_jsonl
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.progress import progress
-from stylemix.prompts import tag_variants, training_captions
-from stylemix.tokens import add_tokens
-from stylemix.validation import HELDOUT_KEYS, heldout_indices
+from stylemix.training.validation import HELDOUT_KEYS, heldout_indices
 
 BATCH = 8
 

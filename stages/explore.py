@@ -1,4 +1,4 @@
-"""explore@P: the mixing lab for one pair of styles (stylemix.exploring). Every point of the pair's
+"""explore@P: the mixing lab for one pair of styles (stylemix.mixing.exploring). Every point of the pair's
 weight plane drawn and scored into reports/explore/<pair>/: points.csv (one row per point),
 metrics.json (the best point, the base and each style alone: DVC metrics), and plots/: a heatmap per
 score over the plane, the Pareto front of the two style similarities, and image grids over the plane."""
@@ -10,14 +10,14 @@ import pandas as pd
 import torch
 
 from stylemix import params
-from stylemix.drawing import Drawer
+from stylemix.drawing.drawer import Drawer
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.exploring import drawn_as, draw_plane, image_scores, point_table
+from stylemix.evaluation.plots import heatmaps
+from stylemix.evaluation.scoring import load_scorer, style_reference
 from stylemix.images import grid
+from stylemix.mixing.exploring import draw_plane, drawn_as, image_scores, point_table
 from stylemix.outputs import atomic_dir, atomic_write, write_json
 from stylemix.paths import EXPLORE, FILTERED, LORAS
-from stylemix.plots import heatmaps
-from stylemix.scoring import load_scorer, style_reference
 
 MARKERS = {"linear": "o", "svd": "s", "ties": "^", "dare_linear": "v", "dare_ties": "D"}
 

@@ -2,7 +2,7 @@
 
 Per image, in order: decodable, big enough, sharp enough (variance of the Laplacian), not a
 near-duplicate (perceptual hash) of one already kept. Kept images are written as PNG with their
-sidecar caption, each at the size of its aspect-ratio bucket (stylemix.buckets; the square when
+sidecar caption, each at the size of its aspect-ratio bucket (stylemix.data.buckets; the square when
 `base.buckets` is off); the filter's verdict on every file and the bucket histogram land in
 reports/filter/<style>/.
 """
@@ -17,12 +17,13 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from stylemix import buckets, params
+from stylemix import params
+from stylemix.data import buckets
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.evaluation.plots import bars
 from stylemix.images import UnreadableImage, contact_sheet, image_files, laplacian_variance, load_rgb, resize_crop
 from stylemix.outputs import atomic_dir, write_json, write_jsonl
 from stylemix.paths import FILTER_REPORTS, FILTERED
-from stylemix.plots import bars
 from stylemix.progress import track
 
 THUMBNAIL = 160  # px: a rejected image's tile on the contact sheet

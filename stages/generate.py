@@ -15,16 +15,17 @@ from pathlib import Path
 
 from more_itertools import chunked
 
-from stylemix import gpu, params, schedules
-from stylemix.adapters import load_adapter, load_order, read_info, read_info_for
-from stylemix.base_model import load_pipeline
+from stylemix import gpu, params
+from stylemix.adapters import schedules
+from stylemix.adapters.loading import load_adapter, load_order, read_info, read_info_for
+from stylemix.adapters.tokens import load_tokens, unload_tokens
+from stylemix.data.prompts import triggered
+from stylemix.drawing.render import SCHEDULERS, render
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.models.base_model import load_pipeline
 from stylemix.outputs import atomic_dir
 from stylemix.paths import COMPONENTS, IMAGES, LORAS, MERGED, STRENGTH_IMAGES, TOKEN_IMAGES, image_name, strength_image_name, token_image_name
 from stylemix.progress import progress
-from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, render
-from stylemix.tokens import load_tokens, unload_tokens
 
 
 def lora_folder(kind: str, name: str) -> Path | None:

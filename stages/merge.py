@@ -1,11 +1,11 @@
-"""merge@C: combine style LoRAs, with weights, into one standalone LoRA (stylemix.merging), each file
-loaded back into the base model and checked layer by layer (stylemix.load_check)."""
+"""merge@C: combine style LoRAs, with weights, into one standalone LoRA (stylemix.mixing.merging), each file
+loaded back into the base model and checked layer by layer (stylemix.adapters.load_check)."""
 import sys
 
 from stylemix import params
-from stylemix.base_model import load_pipeline
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.merging import merge_combo
+from stylemix.mixing.merging import merge_combo
+from stylemix.models.base_model import load_pipeline
 from stylemix.paths import MERGED
 
 

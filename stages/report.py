@@ -7,12 +7,11 @@ from PIL import Image
 
 from stylemix import params
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.evaluation.ground_truth import load_truth
+from stylemix.evaluation.score_table import interval, scores_table
 from stylemix.images import grid, image_files
 from stylemix.outputs import atomic_dir, atomic_write
-from stylemix.ground_truth import load_truth
-from stylemix.paths import (FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, TRUTH,
-                            VALIDATION, image_name)
-from stylemix.score_table import interval, scores_table
+from stylemix.paths import FILTER_REPORTS, GRIDS, IMAGES, REPORTS, STRENGTH_IMAGES, TOKEN_IMAGES, TRAIN_LOGS, TRUTH, VALIDATION, image_name
 
 
 def comparison_grids(models: list[str], out: Path, images: Path = IMAGES) -> list[tuple[str, str]]:

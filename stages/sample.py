@@ -1,7 +1,7 @@
-"""sample: build the offline demo dataset from the committed emoji sets (stylemix.demo_data): one folder
+"""sample: build the offline demo dataset from the committed emoji sets (stylemix.demo.sample): one folder
 per style, each its own subjects, and the ground truth, every held-out subject in every look."""
 from stylemix import params
-from stylemix.demo_data import build_style, build_truth, check_heldout
+from stylemix.demo.sample import build_style, build_truth, check_heldout
 from stylemix.errors import run_stage
 from stylemix.outputs import atomic_dir
 from stylemix.paths import SAMPLE, TRUTH

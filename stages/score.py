@@ -1,18 +1,19 @@
 """score: CLIP score and style similarity of every generated image, per model, and where a generated
 prompt is a held-out subject of the truth folder, the ground truth's style accuracy, subject accuracy
-and nearness (stylemix.ground_truth), into DVC metrics, with a bar chart per metric and the model x
+and nearness (stylemix.evaluation.ground_truth), into DVC metrics, with a bar chart per metric and the model x
 look matrix."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stylemix import ground_truth, params
+from stylemix import params
 from stylemix.errors import run_stage
+from stylemix.evaluation import ground_truth
+from stylemix.evaluation.plots import heatmaps
+from stylemix.evaluation.scoring import load_scorer, score_images, summarize
 from stylemix.outputs import atomic_dir, atomic_write, write_json
 from stylemix.paths import REPORTS, SCORE_PLOTS, TRUTH
-from stylemix.plots import heatmaps
-from stylemix.scoring import load_scorer, score_images, summarize
 
 
 def bar_chart(metrics: dict, key: str, path: Path, style: str | None = None) -> None:

@@ -1,11 +1,11 @@
 """train@S: one LoRA per style on the frozen base model, from the latents encode@S cached
-(stylemix.training). `accelerate launch --num_processes N -m stages.train STYLE` runs it on
+(stylemix.training.loop). `accelerate launch --num_processes N -m stages.train STYLE` runs it on
 several GPUs (or CPU processes)."""
 import sys
 
 from stylemix import gpu, params
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.training import train_style
+from stylemix.training.loop import train_style
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """validate: the cross-style matrix, the evidence that each LoRA learned *its* style. The base model
 and every style's LoRA on every style's held-out images (never trained on), scored by the denoising
-loss at fixed timesteps with fixed noise (stylemix.validation): in a style's column, its own LoRA
+loss at fixed timesteps with fixed noise (stylemix.training.validation): in a style's column, its own LoRA
 should be lowest, and below the base."""
 import io
 
@@ -8,15 +8,15 @@ import numpy as np
 from diffusers import DDPMScheduler
 
 from stylemix import gpu, params
-from stylemix.adapters import load_adapter, read_info_for
-from stylemix.base_model import load_pipeline
-from stylemix.conditioning import text_encoders, tokenize
+from stylemix.adapters.loading import load_adapter, read_info_for
+from stylemix.adapters.tokens import load_tokens, unload_tokens
+from stylemix.data.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.models.base_model import load_pipeline
 from stylemix.outputs import atomic_write, write_json
 from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT
 from stylemix.progress import progress
-from stylemix.tokens import load_tokens, unload_tokens
-from stylemix.validation import heldout_loss, load_heldout
+from stylemix.training.validation import heldout_loss, load_heldout
 
 
 def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS, loras=LORAS) -> dict:

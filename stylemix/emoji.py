@@ -1,5 +1,5 @@
 """The demo's art: six published emoji sets that draw the same subjects in six looks, committed in
-stylemix/emoji_sets/ (one IconifyJSON file a look, the subset `python -m stylemix.fetch_emoji` took
+stylemix/emoji_sets/ (one IconifyJSON file a look, the subset `python -m stylemix.demo.fetch_emoji` took
 from the npm packages, with each set's licence) and rendered here with resvg at any size.
 
 The SVG text is kept rather than rendered pictures: one file serves the CPU demo at 64 px and a
@@ -26,7 +26,7 @@ LOOKS = {
     "openmoji": ("@iconify-json/openmoji", "1.2.29", "OpenMoji: thin black outlines, pastel fills"),
 }
 # The demo's held-out subjects (params.yaml's sample.heldout): no LoRA trains on them, and the base
-# never sees them in a LoRA's look (stylemix.pretrain), so their real pictures are the ground truth.
+# never sees them in a LoRA's look (stylemix.demo.pretrain), so their real pictures are the ground truth.
 HELDOUT = ("zebra", "rocket", "octopus", "red-apple", "pizza", "teapot", "turtle", "tent", "crab", "banana", "frog", "taxi")
 
 
@@ -37,7 +37,7 @@ def icon_set(look: str) -> dict:
     if look not in LOOKS:
         raise StyleMixError(f"unknown emoji look {look!r}; the demo's looks are: {', '.join(LOOKS)}")
     if not path.is_file():
-        raise StyleMixError(f"{path} missing: restore it from git, or run `python -m stylemix.fetch_emoji` (needs npm)")
+        raise StyleMixError(f"{path} missing: restore it from git, or run `python -m stylemix.demo.fetch_emoji` (needs npm)")
     return json.loads(path.read_text())
 
 

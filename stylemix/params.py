@@ -38,7 +38,7 @@ TARGET_PRESETS = {
     "cross_attn_qv": ["attn2.to_q", "attn2.to_v"],
     "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
 }
-# Presets by block (B-LoRA): every `all` layer of one decoder attention (stylemix.lora_files.block_preset):
+# Presets by block (B-LoRA): every `all` layer of one decoder attention (stylemix.adapters.lora_files.block_preset):
 # SDXL's up_blocks.0.attentions.1 holds style, .0 content; on SD 1.5's shape up_blocks.2's (measured).
 BLOCK_PRESETS = {"style": 1, "content": 0}
 Positive = Annotated[int, Field(gt=0)]
@@ -134,7 +134,7 @@ class Base(Section):
 
 
 class Sample(Section):
-    """The demo's data (stylemix.demo_data): emoji looks as style folders, each its own subjects, and
+    """The demo's data (stylemix.demo.sample): emoji looks as style folders, each its own subjects, and
     subjects held out of every style, whose pictures in every look are the ground truth."""
     styles: list[Literal[tuple(LOOKS)]]
     images_per_style: Annotated[int, Field(ge=3)] = 40
@@ -320,8 +320,8 @@ def by_shape(**branches):
 
 
 class Lora(Section):
-    # dora: LoRA plus a trained magnitude per output channel (stylemix.dora); loha, lokr: LyCORIS's
-    # Hadamard and Kronecker products (stylemix.lycoris)
+    # dora: LoRA plus a trained magnitude per output channel (stylemix.adapters.dora); loha, lokr: LyCORIS's
+    # Hadamard and Kronecker products (stylemix.adapters.lycoris)
     type: Literal["lora", "dora", "loha", "lokr"] = "lora"
     rank: Positive = 4
     alpha: Annotated[float, Field(gt=0)] = 4.0
@@ -351,7 +351,7 @@ BlockWeight = by_shape(scalar=float, dict=dict[Annotated[str, Field(pattern=r"^b
 
 
 class BlockGroups(Section):
-    """A style's multiplier per group of UNet blocks and for the text encoder(s) (stylemix.block_weights)."""
+    """A style's multiplier per group of UNet blocks and for the text encoder(s) (stylemix.adapters.block_weights)."""
     text_encoder: float = 1.0
     down: BlockWeight = 1.0
     mid: float = 1.0

@@ -5,7 +5,7 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 
 SAMPLE = Path("data/sample")  # sample: the demo's style folders
-TRUTH = Path("data/truth")  # sample: every held-out subject in every look (stylemix.ground_truth)
+TRUTH = Path("data/truth")  # sample: every held-out subject in every look (stylemix.evaluation.ground_truth)
 FILTERED = Path("data/filtered")  # filter@S: data/filtered/<style>/ with index.jsonl
 CAPTIONS = Path("data/captions")  # caption@S: data/captions/<style>/metadata.jsonl
 LATENTS = Path("data/latents")  # encode@S: data/latents/<style>/latents.safetensors
@@ -13,8 +13,8 @@ LATENTS_FILE = "latents.safetensors"
 HELDOUT_FILE = "heldout.safetensors"  # the style's held-out images, never trained on
 
 BASE_DIR = Path("models/base")  # base: `tiny` itself, and source.json for any model
-PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; made by python -m stylemix.pretrain
-PRETRAINED_TINY_CLIP = Path(__file__).parent / "pretrained" / "tiny-clip"  # committed; python -m stylemix.pretrain_clip
+PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; made by python -m stylemix.demo.pretrain
+PRETRAINED_TINY_CLIP = Path(__file__).parent / "pretrained" / "tiny-clip"  # committed; python -m stylemix.demo.pretrain_clip
 LORAS = Path("models/lora")  # train@S: models/lora/<style>/
 MERGED = Path("models/merged")  # merge@C: models/merged/<combo>/
 COMPONENTS = "components"  # in a scheduled combination's folder: its styles' LoRAs, drawn live

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny SD model, built once per session into a temp dir."""
-    from stylemix.base_model import build_tiny
+    from stylemix.models.base_model import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny") / "model")
 

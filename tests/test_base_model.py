@@ -9,10 +9,10 @@ import open_clip
 import pytest
 import torch
 
-from stylemix.base_model import build_tiny, clip_tokenizer, copy_pretrained_tiny, identity, load_pipeline
+from stylemix.drawing.render import SCHEDULERS
 from stylemix.errors import StyleMixError
+from stylemix.models.base_model import build_tiny, clip_tokenizer, copy_pretrained_tiny, identity, load_pipeline
 from stylemix.paths import PRETRAINED_TINY
-from stylemix.render import SCHEDULERS
 from tests.conftest import ROOT
 from tests.readme import commands
 
@@ -74,8 +74,8 @@ def test_the_pretrained_tiny_draws_each_heldout_subject_by_name(tmp_path):
     1 in 12). The held-out subjects are the ones no style LoRA trains on, so this is what the ground
     truth's base row starts from."""
     from stylemix import params
+    from stylemix.evaluation.scoring import embed_images, embed_texts, load_scorer
     from stylemix.paths import PRETRAINED_TINY_CLIP
-    from stylemix.scoring import embed_images, embed_texts, load_scorer
 
     p = params.load("generate", path=ROOT / "params.yaml")
     pipe = load_pipeline(str(copy_pretrained_tiny(tmp_path / "tiny")))

@@ -1,7 +1,8 @@
 """Aspect-ratio buckets: kohya's sizes, the nearest bucket of an image, and the crop beyond them."""
 import pytest
 
-from stylemix import buckets, params
+from stylemix import params
+from stylemix.data import buckets
 
 
 def base(resolution: int, **cfg) -> params.Base:

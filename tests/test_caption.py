@@ -3,9 +3,9 @@ from PIL import Image
 
 from stages.caption import caption_style
 from stylemix import params
+from stylemix.data.prompts import training_captions, with_trigger
 from stylemix.errors import StyleMixError
 from stylemix.outputs import read_jsonl, write_jsonl
-from stylemix.prompts import training_captions, with_trigger
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from stylemix import emoji, params
+from stylemix.evaluation.scoring import describe, embed_images, embed_texts, load_scorer
 from stylemix.paths import PRETRAINED_TINY_CLIP
-from stylemix.scoring import describe, embed_images, embed_texts, load_scorer
 from tests.conftest import ROOT
 from tests.readme import commands
 

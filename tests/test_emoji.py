@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylemix import emoji, fetch_emoji
-from stylemix.demo_data import EXTRA, build_style, build_truth, check_heldout, style_subjects
+from stylemix import emoji
+from stylemix.demo import fetch_emoji
+from stylemix.demo.sample import EXTRA, build_style, build_truth, check_heldout, style_subjects
 from stylemix.errors import StyleMixError
 from stylemix.images import image_files, on_white
 
@@ -116,7 +117,7 @@ def test_the_readme_fetch_command_runs_the_script(tmp_path, monkeypatch):
 
     line, = commands("fetch-emoji")
     words = shlex.split(line.split("#")[0])
-    assert words[:3] == ["python", "-m", "stylemix.fetch_emoji"]
+    assert words[:3] == ["python", "-m", "stylemix.demo.fetch_emoji"]
     body = {"body": '<path d="M0 0h32v32H0z"/>'}
     tarballs = {look: fake_package(tmp_path, look, {"zebra": body, "rocket": body},
                                    {"Animals & Nature": ["zebra", "rocket"]} if look == fetch_emoji.CATEGORIES_FROM else None)

@@ -1,4 +1,4 @@
-"""The mixing lab's arithmetic (stylemix.exploring) on made-up scores, where the right answer is
+"""The mixing lab's arithmetic (stylemix.mixing.exploring) on made-up scores, where the right answer is
 known, and its params. The stage itself runs in the e2e pipeline tests (tests/test_pipeline.py)."""
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from stylemix import params
 from stylemix.errors import StyleMixError
-from stylemix.exploring import BASE, drawn_as, pareto, point_table, to_draw
+from stylemix.mixing.exploring import BASE, drawn_as, pareto, point_table, to_draw
 
 PAIR = params.ExplorePair(styles=["ink", "paint"], weights=[0, 0.5, 1])
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from stages.filter import filter_style
 from stylemix import params
-from stylemix.demo_data import build_style
+from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
 from stylemix.outputs import read_jsonl
 

@@ -10,9 +10,9 @@ from PIL import Image
 from stages.generate import generate_model
 from stages.report import strength_grid
 from stylemix import params
-from stylemix.base_model import load_pipeline
-from stylemix.prompts import triggered
-from stylemix.scoring import bootstrap, embed_images, score_images, summarize
+from stylemix.data.prompts import triggered
+from stylemix.evaluation.scoring import bootstrap, embed_images, score_images, summarize
+from stylemix.models.base_model import load_pipeline
 from tests.test_merge import random_lora
 
 GEN = params.Generate(prompts=["a cat", "a house"], seeds=[0, 3], steps=2, negative_prompt="blurry")
@@ -76,13 +76,13 @@ def scorer(tmp_path_factory):
     config.write_text(json.dumps({"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
                                   "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}))
     open_clip.add_model_config(config)
-    from stylemix.scoring import load_scorer
+    from stylemix.evaluation.scoring import load_scorer
 
     return load_scorer(params.Score(clip_model="tiny-clip"))
 
 
 def test_an_untrained_scorer_is_the_same_network_every_run(scorer):
-    from stylemix.scoring import load_scorer
+    from stylemix.evaluation.scoring import load_scorer
 
     torch.manual_seed(123)  # whatever ran before
     again = load_scorer(params.Score(clip_model="tiny-clip"))[0].state_dict()
@@ -128,8 +128,8 @@ def test_bootstrap_interval():
 
 def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     from stages.filter import filter_style
-    from stylemix.demo_data import build_style
-    from stylemix.scoring import style_reference
+    from stylemix.demo.sample import build_style
+    from stylemix.evaluation.scoring import style_reference
 
     refs, own = {}, {}
     for style in ("flat", "lineart", "openmoji"):
@@ -168,12 +168,12 @@ def test_a_batch_draws_the_pictures_drawn_one_at_a_time(tmp_path, tiny_model):
 
 
 def test_the_ground_truth_equals_a_hand_computation(scorer, tmp_path):
-    """stylemix.ground_truth on a truth folder of two looks x three subjects and three models' pictures:
+    """stylemix.evaluation.ground_truth on a truth folder of two looks x three subjects and three models' pictures:
     each picture's nearest look (the mean of the looks' real pictures), nearest subject name and cosine
     to its subject's real picture in each look, written out; the matrix, accuracies and nearness from them."""
     from PIL.PngImagePlugin import PngInfo
 
-    from stylemix import ground_truth
+    from stylemix.evaluation import ground_truth
 
     looks, subjects = {"red": "red", "blue": "blue"}, ["a cat", "a house", "a tree"]
     for look, colour in looks.items():
@@ -223,9 +223,9 @@ def test_the_ground_truth_equals_a_hand_computation(scorer, tmp_path):
 
 
 def test_the_report_and_the_ui_show_one_scores_table(tmp_path):
-    """stylemix.score_table is the one formatter: the UI's table is the report's, without the bold."""
+    """stylemix.evaluation.score_table is the one formatter: the UI's table is the report's, without the bold."""
     from stages.report import metrics_table as report_table
-    from stylemix.ui_tables import metrics_table as ui_table
+    from stylemix.commands.ui_tables import metrics_table as ui_table
 
     stat = lambda mean: {"mean": mean, "ci_low": mean - 0.01, "ci_high": mean + 0.01}  # noqa: E731
     metrics = {"models": {"base": {"clip_score": stat(0.3), "style_similarity": {"a": stat(0.5), "b": stat(0.4)}},

@@ -1,4 +1,5 @@
-"""The package layout: imports only go down, and the `stylemix` command answers for every subcommand."""
+"""The package layout: imports only go down (stages over the library, the library's packages over
+each other), the `stylemix` command answers for every subcommand, and the model registry is complete."""
 import ast
 import os
 import re
@@ -33,6 +34,41 @@ def test_the_library_never_imports_a_stage_and_no_stage_imports_another():
         assert not sideways, f"{path.relative_to(ROOT)} imports {sideways}: move what stages share into stylemix/"
 
 
+LAYERS = ["data", "models", "adapters", "training", "drawing", "evaluation", "mixing", "demo", "commands"]
+
+
+def layer(module: str) -> int | None:
+    """A stylemix module's place: -1 for the core (the top-level modules), its package's index in
+    LAYERS, None if it is not the library's."""
+    parts = module.split(".")
+    if parts[0] != "stylemix" or len(parts) == 1:
+        return None
+    return LAYERS.index(parts[1]) if parts[1] in LAYERS else -1
+
+
+def upward_imports(path: Path, module: str) -> list[str]:
+    """The stylemix modules that `module` (the file at `path`) imports from above its level: for the core,
+    any package; for a package, a later one."""
+    own = layer(module)
+    return sorted(n for n in imported(path) if (to := layer(n)) is not None and (to > own if own >= 0 else to >= 0))
+
+
+def test_imports_between_the_librarys_packages_only_go_down():
+    """The core imports only the core; each package of LAYERS only the core and the packages before it;
+    each package's docstring says which."""
+    assert {p.name for p in LIBRARY.iterdir() if (p / "__init__.py").is_file()} == set(LAYERS)
+    for path in LIBRARY.rglob("*.py"):
+        if path.parent == LIBRARY and path.stem in ("cli", "__main__"):
+            continue  # the command's entry point: it loads commands/ by name
+        up = upward_imports(path, ".".join(path.relative_to(ROOT).with_suffix("").parts))
+        assert not up, f"{path.relative_to(ROOT)} imports {up}: imports go down only ({' < '.join(['core', *LAYERS])})"
+    for i, package in enumerate(LAYERS):
+        doc = (LIBRARY / package / "__init__.py").read_text()
+        below = re.search(r"Imports go down only: the core \(stylemix's top-level modules\)(.*?)\.\"\"\"", doc, re.S)
+        assert below, f"stylemix/{package}/__init__.py does not say what it may import"
+        assert re.findall(r"(\w+)/", below[1]) == LAYERS[:i], (package, below[1])
+
+
 def test_stages_holds_exactly_what_dvc_yaml_runs():
     run = set(re.findall(r"python -m stages\.(\w+)", (ROOT / "dvc.yaml").read_text()))
     assert {p.stem for p in STAGES.glob("*.py")} - {"__init__"} == run
@@ -42,6 +78,11 @@ def test_the_import_check_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from stages.train import main\nimport stages.merge\nfrom stages import report\n")
     assert {"stages.train", "stages.merge", "stages.report"} <= imported(bad)
+    bad.write_text("from stylemix import gpu, params\nfrom stylemix.data import buckets\nfrom stylemix.mixing.merging import merge_combo\n")
+    assert upward_imports(bad, "stylemix.adapters.x") == ["stylemix.mixing.merging", "stylemix.mixing.merging.merge_combo"]
+    assert upward_imports(bad, "stylemix.params") == ["stylemix.data", "stylemix.data.buckets", "stylemix.mixing.merging",
+                                                      "stylemix.mixing.merging.merge_combo"]
+    assert upward_imports(bad, "stylemix.commands.x") == []
 
 
 def test_stylemix_help_lists_every_command_and_each_has_its_own_help():

@@ -8,12 +8,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from stylemix import params
-from stylemix.adapters import load_adapter
-from stylemix.base_model import build_tiny, load_pipeline
-from stylemix import merging
+from stylemix.adapters.load_check import adapter_deltas, check_lora_files, kohya_deltas
+from stylemix.adapters.loading import load_adapter
+from stylemix.adapters.lora_files import WEIGHTS, add_lora, block_preset, save_lora
 from stylemix.errors import StyleMixError
-from stylemix.load_check import adapter_deltas, check_lora_files, kohya_deltas
-from stylemix.lora_files import WEIGHTS, add_lora, block_preset, save_lora
+from stylemix.mixing import merging
+from stylemix.models.base_model import build_tiny, load_pipeline
 from tests.test_merge import random_lora
 
 KOHYA = "ink_kohya.safetensors"
@@ -261,11 +261,11 @@ def test_every_type_draws_live_and_fused_as_its_weighted_update(tmp_path, tiny_m
     """A LoRA, a LoHa (with LoCon convolutions) and a LoKr drawn together as the drawer draws (each loaded
     by load_adapter, weighted by set_adapters) put exactly the weighted sum of their updates on the base
     model; fused into the weights, the same."""
-    from stylemix import lycoris
-    from stylemix.drawing import Drawer
-    from stylemix.adapters import load_factors, lycoris_layers, weights_file
-    from stylemix.lora_files import module_alpha, module_rank, update
-    from stylemix.schedules import Mix
+    from stylemix.adapters import lycoris
+    from stylemix.adapters.loading import load_factors, lycoris_layers, weights_file
+    from stylemix.adapters.lora_files import module_alpha, module_rank, update
+    from stylemix.adapters.schedules import Mix
+    from stylemix.drawing.drawer import Drawer
 
     for name, kind, seed in (("ink", "lora", 1), ("hada", "loha", 2), ("kron", "lokr", 3)):
         (tmp_path / name).mkdir()

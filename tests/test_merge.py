@@ -2,13 +2,14 @@
 import pytest
 import torch
 
-from stylemix import block_weights, params
-from stylemix.adapters import load_factors
-from stylemix.base_model import load_pipeline
+from stylemix import params
+from stylemix.adapters import block_weights
+from stylemix.adapters.loading import load_factors
+from stylemix.adapters.lora_files import add_lora, save_lora
+from stylemix.adapters.schedules import Mix
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import add_lora, save_lora
-from stylemix.merging import combo_multipliers, merge_combo
-from stylemix.schedules import Mix
+from stylemix.mixing.merging import combo_multipliers, merge_combo
+from stylemix.models.base_model import load_pipeline
 from tests.conftest import ROOT
 
 
@@ -100,9 +101,9 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
     """A DoRA style (its update rescales the base weight's rows: not low-rank) with a plain one: the
     merge adds the full updates W' - W; at a rank that holds them (the tiny model's layers are at
     most 64 wide) it is exact, and the files pass the load check. linear says it merges by svd."""
-    from stylemix.dora import delta as dora_delta
-    from stylemix.lora_files import update
-    from stylemix.adapters import load_magnitudes
+    from stylemix.adapters.dora import delta as dora_delta
+    from stylemix.adapters.loading import load_magnitudes
+    from stylemix.adapters.lora_files import update
 
     random_lora(tiny_model, loras / "wash", rank=2, alpha=2, text_encoder=False, seed=3, type="dora", conv_rank=2)
     base, weights = load_pipeline(str(tiny_model)), {"ink": 0.6, "wash": 0.5}
@@ -128,10 +129,10 @@ def test_a_dora_merges_by_its_full_update(loras, tmp_path, tiny_model, capsys, m
 @pytest.mark.parametrize("method", ["linear", "svd"])
 def test_loha_and_lokr_merge_by_their_full_updates(loras, tmp_path, tiny_model, capsys, method):
     """A LoHa (with LoCon convolutions) and a LoKr with a plain LoRA: the merge adds their full products
-    (stylemix.lycoris), exact at a rank that holds them; the result is a LoRA that passes the load check."""
-    from stylemix import lycoris
-    from stylemix.adapters import lycoris_layers, weights_file
-    from stylemix.lora_files import module_alpha, module_rank
+    (stylemix.adapters.lycoris), exact at a rank that holds them; the result is a LoRA that passes the load check."""
+    from stylemix.adapters import lycoris
+    from stylemix.adapters.loading import lycoris_layers, weights_file
+    from stylemix.adapters.lora_files import module_alpha, module_rank
 
     random_lora(tiny_model, loras / "hada", rank=2, alpha=1, text_encoder=False, seed=4, type="loha", conv_rank=2)
     random_lora(tiny_model, loras / "kron", rank=2, alpha=4, text_encoder=False, seed=5, type="lokr")

@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 
-from stylemix.latent_cache import LatentCache
-from stylemix.queue import workers
+from stylemix.commands.queue import workers
+from stylemix.data.latent_cache import LatentCache
 from tests.conftest import ROOT
 from tests.e2e import ENV, EVERY_STAGE, STYLES, commit, make_repo, ran, reduce, run_block, set_params, sh
 from tests.readme import block, commands

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 from huggingface_hub import ModelCard
 
+from stylemix.commands.publishing import build, card, upload
 from stylemix.errors import StyleMixError
-from stylemix.publishing import build, card, upload
 from tests.e2e import ENV
 from tests.readme import commands
 from tests.ui_workspace import COMBO, make_workspace
@@ -49,7 +49,7 @@ def test_a_combination_card_names_its_components_and_a_hub_base(workspace, monke
     monkeypatch.chdir(workspace)
     c = card(COMBO, workspace / "models/merged" / COMBO, [])
     assert c.data.instance_prompt == "omstyle, lastyle" and "openmoji x 0.5, lineart x 0.5" in c.text
-    monkeypatch.setattr("stylemix.publishing.read_info", lambda folder: {"trigger": "x", "base_model": "runwayml/stable-diffusion-v1-5"})
+    monkeypatch.setattr("stylemix.commands.publishing.read_info", lambda folder: {"trigger": "x", "base_model": "runwayml/stable-diffusion-v1-5"})
     assert card("openmoji", workspace / "models/lora/openmoji", []).data.base_model == "runwayml/stable-diffusion-v1-5"
 
 

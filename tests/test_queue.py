@@ -1,4 +1,4 @@
-"""stylemix.queue.workers: which of a repo's DVC queue workers still run (the e2e tests use it to find
+"""stylemix.commands.queue.workers: which of a repo's DVC queue workers still run (the e2e tests use it to find
 a worker left idle by the broker race, and `stylemix sweep` to remind the user of it)."""
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from stylemix.queue import WORKERS, workers
+from stylemix.commands.queue import WORKERS, workers
 
 
 def test_only_running_queue_workers_count(tmp_path):

@@ -1,8 +1,8 @@
 """Every code block in the README and docs/ is either run by a test (sh, python), validated (yaml) or
 marked as plain text, so the documents cannot drift from the code. The e2e blocks run in
 test_pipeline.py. The README stays a short front door, and every link between the documents lands."""
-import itertools
 import argparse
+import itertools
 import re
 import shlex
 import shutil
@@ -14,7 +14,7 @@ import yaml
 
 from stylemix import params
 from stylemix.commands.sweep import add_arguments
-from stylemix.plots import heatmaps
+from stylemix.evaluation.plots import heatmaps
 from tests.conftest import ROOT
 from tests.readme import README, block, commands, documents, fences
 

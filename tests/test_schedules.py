@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from stylemix import params
-from stylemix.base_model import load_pipeline
-from stylemix.render import SCHEDULERS
-from stylemix.schedules import Mix, factor
+from stylemix.adapters.schedules import Mix, factor
+from stylemix.drawing.render import SCHEDULERS
+from stylemix.models.base_model import load_pipeline
 from tests.test_merge import random_lora
 
 

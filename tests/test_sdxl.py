@@ -11,18 +11,18 @@ from stages.caption import caption_style
 from stages.encode import encode_style
 from stages.filter import filter_style
 from stylemix import params
-from stylemix.adapters import load_adapter, load_factors, read_info_for
-from stylemix.base_model import SD15, SDXL, architecture, build_tiny, load_pipeline
-from stylemix.conditioning import encode_text, text_encoders, tokenize
-from stylemix.demo_data import build_style
+from stylemix.adapters.load_check import adapter_deltas, kohya_deltas
+from stylemix.adapters.loading import load_adapter, load_factors, read_info_for
+from stylemix.adapters.lora_files import add_lora, save_lora
+from stylemix.data.conditioning import encode_text, text_encoders, tokenize
+from stylemix.data.latent_cache import LatentCache
+from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
-from stylemix.latent_cache import LatentCache
-from stylemix.load_check import adapter_deltas, kohya_deltas
-from stylemix.lora_files import add_lora, save_lora
-from stylemix.merging import merge_combo
+from stylemix.mixing.merging import merge_combo
+from stylemix.models.base_model import SD15, SDXL, architecture, build_tiny, load_pipeline
+from stylemix.models.single_file import architecture_of, file_keys
 from stylemix.outputs import read_jsonl
-from stylemix.single_file import architecture_of, file_keys
-from stylemix.training import train_style
+from stylemix.training.loop import train_style
 
 RESOLUTION = 32
 # Attention and resnet layers: every kind of layer the kohya SDXL (sgm) names cover.

@@ -17,9 +17,10 @@ from diffusers.loaders.single_file_utils import (
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from stylemix import params, single_file
-from stylemix.base_model import build_tiny, load_pipeline
+from stylemix import params
 from stylemix.errors import StyleMixError
+from stylemix.models import single_file
+from stylemix.models.base_model import build_tiny, load_pipeline
 from tests.e2e import ENV
 from tests.readme import commands
 from tests.ui_workspace import make_workspace
@@ -125,7 +126,7 @@ def test_base_config_must_be_a_diffusers_folder(tmp_path):
 def test_the_readme_export_block_bakes_the_style_into_a_checkpoint_that_loads_back(tmp_path, monkeypatch):
     """`stylemix export --fused`: the file holds the base with the LoRA fused at weight 1 (in float16),
     and the configs beside it load it back (the tiny is not SD 1.5's shape)."""
-    from stylemix.drawing import Drawer
+    from stylemix.drawing.drawer import Drawer
 
     root = make_workspace(tmp_path)
     for line in commands("export"):

@@ -15,14 +15,14 @@ from safetensors import safe_open
 from stages.caption import caption_style
 from stages.encode import encode_captions, encode_style
 from stylemix import params
-from stylemix.base_model import load_pipeline
-from stylemix.conditioning import VARIANTS
+from stylemix.data.conditioning import VARIANTS
+from stylemix.data.prompts import tag_variants
 from stylemix.errors import StyleMixError
+from stylemix.models.base_model import load_pipeline
 from stylemix.outputs import write_jsonl
 from stylemix.paths import LATENTS_FILE
-from stylemix.prompts import tag_variants
-from stylemix.training import open_latents, train_style
-from stylemix.validation import load_heldout
+from stylemix.training.loop import open_latents, train_style
+from stylemix.training.validation import load_heldout
 from tests.conftest import ROOT
 from tests.readme import block
 

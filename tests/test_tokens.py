@@ -11,14 +11,14 @@ from stages.filter import filter_style
 from stages.generate import generate_model
 from stages.report import token_grids
 from stylemix import params
-from stylemix.adapters import read_info
-from stylemix.base_model import build_tiny, load_pipeline
-from stylemix.conditioning import text_encoders, tokenizers
-from stylemix.demo_data import FRAMINGS, build_style
+from stylemix.adapters.loading import read_info
+from stylemix.adapters.tokens import load_tokens
+from stylemix.data.conditioning import text_encoders, tokenizers
+from stylemix.demo.sample import FRAMINGS, build_style
 from stylemix.errors import StyleMixError
-from stylemix.merging import merge_combo
-from stylemix.tokens import load_tokens
-from stylemix.training import train_style
+from stylemix.mixing.merging import merge_combo
+from stylemix.models.base_model import build_tiny, load_pipeline
+from stylemix.training.loop import train_style
 from tests.test_merge import random_lora
 from tests.test_train import launch_two_processes, prepare
 
@@ -130,7 +130,7 @@ def test_generation_draws_each_token_and_the_report_grids_them(trained, tiny_mod
 def test_the_drawer_keeps_a_styles_tokens_loaded_only_while_it_draws_that_style(trained, tiny_model):
     """Loading tokens rebuilds the tokenizer, so the drawer keeps them between drawings of the same
     styles; a drawing without the style has them gone, one with it again has them back."""
-    from stylemix.drawing import Drawer
+    from stylemix.drawing.drawer import Drawer
 
     root, _ = trained
     drawer = Drawer(params.Base(model=str(tiny_model), resolution=RESOLUTION), roots=(root / "lora",))
@@ -181,7 +181,7 @@ def test_bad_tokens_are_one_clear_line(tokens, expected):
 
 
 def test_a_token_the_base_model_knows_is_refused(tiny_model):
-    from stylemix.tokens import add_tokens
+    from stylemix.adapters.tokens import add_tokens
 
     pipe = load_pipeline(str(tiny_model))
     pipe.tokenizer.add_tokens(["<cu_trg>"])

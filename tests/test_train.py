@@ -10,13 +10,13 @@ from stages.caption import caption_style
 from stages.encode import encode_style
 from stages.filter import filter_style
 from stylemix import params
-from stylemix.adapters import load_adapter
-from stylemix.base_model import load_pipeline
-from stylemix.batches import Batches
-from stylemix.demo_data import build_style
+from stylemix.adapters.load_check import adapter_deltas, kohya_deltas
+from stylemix.adapters.loading import load_adapter
+from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
-from stylemix.load_check import adapter_deltas, kohya_deltas
-from stylemix.training import open_latents, train_style
+from stylemix.models.base_model import load_pipeline
+from stylemix.training.batches import Batches
+from stylemix.training.loop import open_latents, train_style
 
 RESOLUTION = 32
 # The `bucketed` style: aspect-ratio buckets in steps of 8 px (at 32 px, 40x24 and 24x40 hold the
@@ -291,7 +291,7 @@ def test_debiased_estimation_weights_each_sample_by_one_over_root_snr():
 
     from diffusers import DDPMScheduler
 
-    from stylemix.training import diffusion_loss
+    from stylemix.training.loop import diffusion_loss
 
     scheduler = DDPMScheduler(num_train_timesteps=2, beta_start=0.1, beta_end=0.2, beta_schedule="linear")
     latents = {"mean": torch.randn(1, 4, 8, 8), "std": torch.zeros(1, 4, 8, 8)}

@@ -9,10 +9,10 @@ import torch
 from diffusers import DDPMScheduler
 
 from stylemix import params
-from stylemix.base_model import load_pipeline
+from stylemix.drawing.render import SCHEDULERS, render
 from stylemix.errors import StyleMixError
-from stylemix.render import SCHEDULERS, render
-from stylemix.training import make_optimizer, sample_timesteps
+from stylemix.models.base_model import load_pipeline
+from stylemix.training.loop import make_optimizer, sample_timesteps
 from tests.test_train import data, make_params, train, weights  # noqa: F401 (data: the fixture)
 
 DRAWS = 40_000

@@ -6,8 +6,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from stylemix import params
+from stylemix.drawing.xy_grid import MAX_CELLS, Axis, cells, parse_values, plot
 from stylemix.errors import StyleMixError
-from stylemix.xy_grid import MAX_CELLS, Axis, cells, parse_values, plot
 from tests.ui_workspace import COMBO, make_workspace
 
 
@@ -18,7 +18,7 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture
 def drawer(workspace, monkeypatch):
-    from stylemix.drawing import Drawer
+    from stylemix.drawing.drawer import Drawer
 
     monkeypatch.chdir(workspace)
     p = params.load("base", "generate")
@@ -55,7 +55,7 @@ def test_grid_cells_and_plot():
 
 
 def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
-    from stylemix.drawing import settings_from_png
+    from stylemix.drawing.drawer import settings_from_png
 
     d, cfg = drawer
     base, _ = d.draw("zebra", {}, 0, cfg)
@@ -90,7 +90,7 @@ def test_a_batch_draws_the_pictures_drawn_one_at_a_time_schedules_included(drawe
 
 def test_the_draw_tabs_block_weights_and_schedules(workspace, monkeypatch, tmp_path):
     from stylemix.commands.ui import Studio, as_params, specs
-    from stylemix.mixes import save_mix
+    from stylemix.mixing.mixes import save_mix
 
     monkeypatch.chdir(workspace)
     studio, on = Studio(), {"openmoji": 1.0, "lineart": 0.0}
@@ -115,7 +115,7 @@ def test_the_draw_tabs_block_weights_and_schedules(workspace, monkeypatch, tmp_p
 
 
 def test_a1111_parameters_read_back(tmp_path):
-    from stylemix.drawing import settings_from_png
+    from stylemix.drawing.drawer import settings_from_png
 
     meta = PngInfo()
     meta.add_text("parameters", "a cat <lora:openmoji:0.6>, by a window\nNegative prompt: ugly\n"
@@ -132,7 +132,7 @@ def test_a1111_parameters_read_back(tmp_path):
 def test_bad_input_and_a_deleted_lora(drawer, workspace):
     import shutil
 
-    from stylemix.drawing import Cancelled
+    from stylemix.drawing.drawer import Cancelled
 
     d, cfg = drawer
     with pytest.raises(StyleMixError, match="prompt is empty"):
@@ -153,7 +153,7 @@ def test_bad_input_and_a_deleted_lora(drawer, workspace):
 
 
 def test_save_mix_keeps_comments_and_checks_the_schema(workspace, monkeypatch, tmp_path):
-    from stylemix.mixes import save_mix
+    from stylemix.mixing.mixes import save_mix
 
     monkeypatch.chdir(workspace)
     path = tmp_path / "params.yaml"

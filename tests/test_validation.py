@@ -12,13 +12,13 @@ from stages.encode import encode_style
 from stages.filter import filter_style
 from stages.validate import loss_matrix, summarize
 from stylemix import params
-from stylemix.base_model import load_pipeline
-from stylemix.demo_data import build_style
+from stylemix.adapters.lora_files import add_lora
+from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import add_lora
+from stylemix.models.base_model import load_pipeline
 from stylemix.paths import heldout_file, latents_file
-from stylemix.training import train_style
-from stylemix.validation import adapters_off, heldout_loss, load_heldout
+from stylemix.training.loop import train_style
+from stylemix.training.validation import adapters_off, heldout_loss, load_heldout
 
 STYLES = ("openmoji", "flat")
 

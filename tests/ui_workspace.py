@@ -15,9 +15,9 @@ COMBO = "flat_lineart"
 
 def make_workspace(root: Path) -> Path:
     from stylemix import params
-    from stylemix.base_model import copy_pretrained_tiny, load_pipeline
-    from stylemix.lora_files import add_lora, save_lora
-    from stylemix.merging import merge_combo
+    from stylemix.adapters.lora_files import add_lora, save_lora
+    from stylemix.mixing.merging import merge_combo
+    from stylemix.models.base_model import copy_pretrained_tiny, load_pipeline
 
     shutil.copy(ROOT / "params.yaml", root / "params.yaml")
     (root / "stylemix").mkdir()

@@ -11,9 +11,9 @@ line's for that row); it draws into a folder, one PNG per row and index.jsonl, r
 styles `--batch-size` at a time (default generate.batch_size). `--fuse` bakes the command line's
 LoRAs into the weights once, so each drawing skips the adapters' extra work.
 
-`--blocks NAME=SPEC` gives a LoRA a weight per UNet block (stylemix.block_weights): an LBW preset
+`--blocks NAME=SPEC` gives a LoRA a weight per UNet block (stylemix.adapters.block_weights): an LBW preset
 (OUTALL), an LBW vector (1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1) or groups (text_encoder:1,down:0,mid:0,up:1).
-`--schedule NAME=SPEC` changes its strength over the denoising steps (stylemix.schedules): a window
+`--schedule NAME=SPEC` changes its strength over the denoising steps (stylemix.adapters.schedules): a window
 START-END (0-0.6: on for the first 60% of the steps) or FRACTION:MULTIPLIER points (0:1,0.5:1,0.8:0).
 """
 import argparse
@@ -24,7 +24,7 @@ from pathlib import Path
 from more_itertools import chunked
 
 from stylemix import params
-from stylemix.drawing import Drawer, mix_label, parse_spec
+from stylemix.drawing.drawer import Drawer, mix_label, parse_spec
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_dir, write_jsonl
 from stylemix.progress import track

@@ -15,8 +15,8 @@ from rich.table import Table
 
 from stylemix import params
 from stylemix.errors import StyleMixError
-from stylemix.exploring import plane
-from stylemix.mixes import save_mix
+from stylemix.mixing.exploring import plane
+from stylemix.mixing.mixes import save_mix
 from stylemix.paths import EXPLORE, PARAMS_FILE
 
 

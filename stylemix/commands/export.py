@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from stylemix import single_file
-    from stylemix.base_model import DTYPES, architecture
-    from stylemix.drawing import Drawer, find_adapter
+    from stylemix.drawing.drawer import Drawer, find_adapter
+    from stylemix.models import single_file
+    from stylemix.models.base_model import DTYPES, architecture
     from stylemix.outputs import atomic_dir
 
     out = args.fused
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> None:
     info = drawer.infos([args.name])[args.name]  # loads it; fuse() then bakes it in
     drawer.fuse({args.name: args.weight})
     arch = architecture(drawer.pipe)
-    metadata = {"format": "pt", "stylemix.fused": f"{args.name}={args.weight:g}", "stylemix.base_model": base.model,
+    metadata = {"format": "pt", "stylemix.fused": f"{args.name}={args.weight:g}", "stylemix.models.base_model": base.model,
                 "stylemix.architecture": arch}
     load = f"base.model: {out}"
     configs = out.with_suffix(".configs")

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from stylemix import params
-from stylemix.prompts import tag_variants, training_captions
+from stylemix.data.prompts import tag_variants, training_captions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from stylemix.drawing import find_adapter
+from stylemix.commands.publishing import build, upload
+from stylemix.drawing.drawer import find_adapter
 from stylemix.errors import StyleMixError
-from stylemix.publishing import build, upload
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,12 +18,12 @@ import pandas as pd
 from PIL import Image
 
 from stylemix import params
+from stylemix.commands.queue import workers
 from stylemix.errors import StyleMixError
+from stylemix.evaluation.plots import heatmaps, label
 from stylemix.images import grid
 from stylemix.outputs import atomic_dir
 from stylemix.paths import IMAGES, SWEEP, image_name
-from stylemix.plots import heatmaps, label
-from stylemix.queue import workers
 
 DEFAULT_METRICS = ("*models.*.clip_score.mean", "*models.*.style_gain_over_base", "*train/*/metrics.json:final_loss")
 

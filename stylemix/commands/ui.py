@@ -21,13 +21,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from stylemix import params  # noqa: E402
-from stylemix.drawing import WEIGHT_RANGE, Drawer, adapters, mix_label, parse_spec, settings_from_png  # noqa: E402
+from stylemix.adapters.schedules import dump as dump_schedules  # noqa: E402
+from stylemix.commands.ui_tables import experiments_table, metrics_table, tokens_of  # noqa: E402
+from stylemix.drawing.drawer import WEIGHT_RANGE, Drawer, adapters, mix_label, parse_spec, settings_from_png  # noqa: E402
+from stylemix.drawing.render import SCHEDULERS  # noqa: E402
 from stylemix.errors import StyleMixError  # noqa: E402
 from stylemix.outputs import atomic_write  # noqa: E402
 from stylemix.paths import GRIDS, LORAS, UI_OUT  # noqa: E402
-from stylemix.render import SCHEDULERS  # noqa: E402
-from stylemix.schedules import dump as dump_schedules  # noqa: E402
-from stylemix.ui_tables import experiments_table, metrics_table, tokens_of  # noqa: E402
 
 SLOTS = 16  # weight sliders on the page; styles and combinations beyond this are not offered
 # Small drawings (the demo's 64 px) fill their frame with their pixels visible, not a thumbnail.
@@ -61,7 +61,7 @@ class Studio:
         return image, meta
 
     def clip_score(self, image, prompt: str) -> float:
-        from stylemix.scoring import embed_images, embed_texts, load_scorer
+        from stylemix.evaluation.scoring import embed_images, embed_texts, load_scorer
 
         if self.scorer is None:
             self.scorer = load_scorer(params.load("score").score)
@@ -243,7 +243,7 @@ def build():
 
         @friendly
         def on_grid(progress=gr.Progress(), *values):
-            from stylemix.xy_grid import Axis, cells, parse_values, plot
+            from stylemix.drawing.xy_grid import Axis, cells, parse_values, plot
 
             (xk, xv, yk, yv), (form, weights) = values[:4], unpack(values[4:])
             x, y = Axis(xk or "", parse_values(xk, xv)), Axis(yk or "", parse_values(yk, yv))
@@ -282,7 +282,7 @@ def build():
 
         @friendly
         def on_save(name, *values):
-            from stylemix.mixes import save_mix
+            from stylemix.mixing.mixes import save_mix
 
             form, weights = unpack(values)
             extra = {key: as_params(key, {n: v for n, v in specs(form, key).items() if weights.get(n)}) for key in SPEC_FIELDS}

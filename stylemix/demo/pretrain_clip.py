@@ -2,8 +2,8 @@
 its six looks, so the score stage's numbers (CLIP score, style similarity, the ground truth's style
 and subject accuracy) mean something within the demo.
 
-    python -m stylemix.pretrain_clip --out /tmp/tiny-clip  # ~15 min on 2 CPU cores
-    python -m stylemix.pretrain_clip                      # writes stylemix/pretrained/tiny-clip/
+    python -m stylemix.demo.pretrain_clip --out /tmp/tiny-clip  # ~15 min on 2 CPU cores
+    python -m stylemix.demo.pretrain_clip                      # writes stylemix/pretrained/tiny-clip/
 
 Trained on the real pictures only (every committed subject in every look, stylemix.emoji), never on
 generated ones. Each batch holds a set of subjects in all six looks; each picture's caption names its
@@ -40,7 +40,7 @@ MODEL_CFG = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
 ABOUT = ("the demo's scorer: trained on the real pictures of the demo's emoji subjects in its six looks only, never on "
-         "generated ones (python -m stylemix.pretrain_clip); use score.clip_pretrained: openai or a LAION model for "
+         "generated ones (python -m stylemix.demo.pretrain_clip); use score.clip_pretrained: openai or a LAION model for "
          "real numbers")
 
 
@@ -144,7 +144,7 @@ def check(model, seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stylemix.pretrain_clip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stylemix.demo.pretrain_clip", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PRETRAINED_TINY_CLIP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-pair", type=int, default=6, help="views of each (subject, look) pair")

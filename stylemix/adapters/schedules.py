@@ -1,4 +1,4 @@
-"""Adapter weights while an image is drawn: per block (stylemix.block_weights) and over the
+"""Adapter weights while an image is drawn: per block (stylemix.adapters.block_weights) and over the
 denoising steps (strength schedules, as loractl and ComfyUI's hooks do it).
 
 A schedule (params.Schedule) multiplies a style's weight at each step: a window {start, end} is 1
@@ -15,7 +15,8 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.lycoris_utils import LycorisLayer
 from pydantic import TypeAdapter
 
-from stylemix import block_weights, params
+from stylemix import params
+from stylemix.adapters import block_weights
 
 
 def factor(schedule: params.Schedule | None, fraction: float) -> float:

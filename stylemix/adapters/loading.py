@@ -1,5 +1,5 @@
 """Reading LoRA folders back, and loading them into a pipeline: every drawing stage, the drawer and
-the load check come here. stylemix.lora_files writes what this reads.
+the load check come here. stylemix.adapters.lora_files writes what this reads.
 
 `load_adapter` is the one way an adapter enters a pipeline: diffusers' `load_lora_weights` for LoRA
 and DoRA files, peft from the file's own config for LoHa and LoKr, which diffusers cannot read.
@@ -13,10 +13,10 @@ from peft import set_peft_model_state_dict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from stylemix import lycoris
-from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix.adapters import lycoris
+from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
+from stylemix.models.base_model import PIPELINES, SD15, SDXL, architecture
 
 MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
 # The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.

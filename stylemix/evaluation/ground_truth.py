@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from stylemix.errors import StyleMixError
+from stylemix.evaluation.scoring import bootstrap, embed_images, embed_texts
 from stylemix.images import image_files
-from stylemix.scoring import bootstrap, embed_images, embed_texts
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from stylemix import params
-from stylemix.adapters import read_info
+from stylemix.adapters.loading import read_info
 from stylemix.errors import StyleMixError
 from stylemix.outputs import atomic_write
 from stylemix.paths import MERGED, PARAMS_FILE

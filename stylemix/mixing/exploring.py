@@ -1,13 +1,13 @@
 """The mixing lab (explore@P): a pair of styles over a plane of weights, drawn and scored.
 
 Every point of a pair's plane (each weight of the first style with each weight of the second, for
-each method) draws the same prompts and seeds on one loaded pipeline (stylemix.drawing): `linear`
+each method) draws the same prompts and seeds on one loaded pipeline (stylemix.drawing.drawer): `linear`
 by switching the styles' adapters (set_adapters, the model merge@C's linear file is), any other
-method by merging the point (stylemix.merging) into a scratch folder and loading that. A point's
+method by merging the point (stylemix.mixing.merging) into a scratch folder and loading that. A point's
 prompts carry the trigger words of the styles it draws, as a person would type them (the base's
 none, so the plane's edges are the report's own pictures of each style); the bleed prompts none.
 
-Scores per point (stylemix.scoring's embeddings): similarity to each style, CLIP score to the prompt
+Scores per point (stylemix.evaluation.scoring's embeddings): similarity to each style, CLIP score to the prompt
 (content kept), and bleed: how far the mix moves an untriggered picture from the base's (1 - the
 cosine of their embeddings, mean over the bleed prompts). The (0, 0) point is the base for every
 method, and a point with one weight 0 that style alone (nothing to merge); each style alone at
@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from stylemix import params
-from stylemix.drawing import Drawer
-from stylemix.merging import merge_combo
+from stylemix.drawing.drawer import Drawer
+from stylemix.evaluation.scoring import embed_images, embed_texts
+from stylemix.mixing.merging import merge_combo
 from stylemix.progress import progress
-from stylemix.scoring import embed_images, embed_texts
 
 Point = tuple[str, float, float]  # (method, weight of the first style, weight of the second)
 BASE: Point = ("base", 0.0, 0.0)

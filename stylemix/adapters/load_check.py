@@ -8,9 +8,9 @@ by more than float rounding stops the stage, naming the file and the layer.
 
 What diffusers cannot load as written is read by our reference implementations of the formulas, as
 A1111 and ComfyUI apply them, against the pipeline's base weights, and every tensor in it must be
-used: a DoRA's kohya file (diffusers drops its `dora_scale` keys and loads a plain LoRA; stylemix.dora)
-and LoHa / LoKr kohya files (stylemix.lycoris). Their diffusers-layout files load through peft
-(stylemix.adapters.load_adapter).
+used: a DoRA's kohya file (diffusers drops its `dora_scale` keys and loads a plain LoRA; stylemix.adapters.dora)
+and LoHa / LoKr kohya files (stylemix.adapters.lycoris). Their diffusers-layout files load through peft
+(stylemix.adapters.loading.load_adapter).
 """
 import warnings
 from pathlib import Path
@@ -21,18 +21,18 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemix import dora, lycoris
-from stylemix.adapters import load_adapter
-from stylemix.base_model import architecture
+from stylemix.adapters import dora, lycoris
+from stylemix.adapters.loading import load_adapter
+from stylemix.adapters.lora_files import kohya_name, update
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import kohya_name, update
+from stylemix.models.base_model import architecture
 
 CHECK = "stylemix_load_check"
 
 
 def layer_delta(module: LoraLayer | LycorisLayer, adapter: str) -> torch.Tensor:
     """The update one adapter puts on a peft layer, W' - W in float32, flattened to 2-D (conv kernels
-    too): scale * B A, a DoRA's (stylemix.dora), or a LoHa's / LoKr's (peft's own product)."""
+    too): scale * B A, a DoRA's (stylemix.adapters.dora), or a LoHa's / LoKr's (peft's own product)."""
     if isinstance(module, LycorisLayer):
         return module.get_delta_weight(adapter).float().flatten(1)
     lowrank = update(module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])

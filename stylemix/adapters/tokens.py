@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stylemix.conditioning import text_encoders, tokenizers
+from stylemix.data.conditioning import text_encoders, tokenizers
 from stylemix.errors import StyleMixError
 from stylemix.outputs import save_safetensors
 

@@ -18,16 +18,18 @@ from peft.tuners.lycoris_utils import LycorisLayer
 from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 
-from stylemix import block_weights, gpu, params
-from stylemix.adapters import folder_type, load_adapter, load_order, read_info_for, weights_file
-from stylemix.base_model import load_pipeline
+from stylemix import gpu, params
+from stylemix.adapters import block_weights
+from stylemix.adapters.loading import folder_type, load_adapter, load_order, read_info_for, weights_file
+from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS
+from stylemix.adapters.schedules import Mix
+from stylemix.adapters.schedules import dump as dump_schedules
+from stylemix.adapters.tokens import load_tokens, unload_tokens
+from stylemix.data.prompts import triggered
+from stylemix.drawing.render import SCHEDULERS, render
 from stylemix.errors import StyleMixError
-from stylemix.lora_files import LYCORIS_CONFIGS, WEIGHTS
+from stylemix.models.base_model import load_pipeline
 from stylemix.paths import LORAS, MERGED
-from stylemix.prompts import triggered
-from stylemix.render import SCHEDULERS, render
-from stylemix.schedules import Mix, dump as dump_schedules
-from stylemix.tokens import load_tokens, unload_tokens
 
 WEIGHT_RANGE = (-1.0, 2.0)  # A1111's sliders allow negative weights (a style subtracted) and some overdrive
 
@@ -140,7 +142,7 @@ class Drawer:
         self.stop.set()
 
     def multipliers(self, blocks: dict | None, active: dict[str, float]) -> dict[str, dict[str, float]]:
-        """Each named adapter's block multipliers (stylemix.block_weights) on this pipeline's UNet."""
+        """Each named adapter's block multipliers (stylemix.adapters.block_weights) on this pipeline's UNet."""
         if unknown := sorted(set(blocks or {}) - set(active)):
             raise StyleMixError(f"block weights for {', '.join(unknown)}, which is not drawn: give it a weight too")
         return block_weights.resolve(blocks or {}, self.pipe.unet.config, "blocks of {name}")

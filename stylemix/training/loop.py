@@ -1,8 +1,8 @@
 """Training one LoRA per style on the frozen base model, from the latents encode@S cached (train@S).
 
 Runs through accelerate, so the stage works in one process or several (GPUs or CPU processes).
-Reads the cache memory-mapped, one batch's rows a step (stylemix.latent_cache), each batch from one
-aspect-ratio bucket (stylemix.batches). Deterministic: the data order of each epoch and every
+Reads the cache memory-mapped, one batch's rows a step (stylemix.data.latent_cache), each batch from one
+aspect-ratio bucket (stylemix.training.batches). Deterministic: the data order of each epoch and every
 random draw come from the seed, so a resumed run equals an unbroken one.
 Checkpoints land in models/checkpoints/<style>/ (git-ignored, outside DVC, so they survive between
 runs); a rerun after a kill resumes from the newest one made with the same settings.
@@ -24,22 +24,23 @@ from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 
-from stylemix import batches, checkpoints, params
-from stylemix.base_model import load_pipeline, pinned_source
-from stylemix.batches import Batches
-from stylemix.conditioning import IDS, encode_text, text_encoders, unet_kwargs
+from stylemix import params
+from stylemix.adapters.load_check import adapter_deltas, check_lora_files
+from stylemix.adapters.lora_files import WEIGHTS, add_lora, kohya_file, save_lora
+from stylemix.adapters.tokens import add_tokens, save_tokens
+from stylemix.data.conditioning import IDS, encode_text, text_encoders, unet_kwargs
+from stylemix.data.latent_cache import LatentCache
+from stylemix.data.prompts import with_trigger
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
-from stylemix.latent_cache import LatentCache
-from stylemix.load_check import adapter_deltas, check_lora_files
-from stylemix.lora_files import WEIGHTS, add_lora, kohya_file, save_lora
-from stylemix.model_card import model_card
+from stylemix.models.base_model import load_pipeline, pinned_source
 from stylemix.outputs import atomic_dir, atomic_write
 from stylemix.paths import CHECKPOINTS, LATENTS, LORAS, TRAIN_LOGS, latents_file
 from stylemix.progress import progress
-from stylemix.prompts import with_trigger
-from stylemix.tokens import add_tokens, save_tokens
-from stylemix.validation import adapters_off, heldout_loss, load_heldout
+from stylemix.training import batches, checkpoints
+from stylemix.training.batches import Batches
+from stylemix.training.model_card import model_card
+from stylemix.training.validation import adapters_off, heldout_loss, load_heldout
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -19,7 +19,7 @@ from stylemix.errors import StyleMixError
 from stylemix.outputs import save_safetensors
 
 SD15, SDXL = "sd15", "sdxl"
-CONFIGS = {arch: Path(__file__).parent / "configs" / arch for arch in (SD15, SDXL)}
+CONFIGS = {arch: Path(__file__).parents[1] / "configs" / arch for arch in (SD15, SDXL)}
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP = {SD15: "cond_stage_model.transformer.", SDXL: "conditioner.embedders.0.transformer."}  # transformers' CLIP
 OPENCLIP = "conditioner.embedders.1.model."  # SDXL's second text encoder, in open_clip's names

@@ -1,8 +1,8 @@
 """Pretrain the demo's `tiny` Stable Diffusion on the base looks of the committed emoji sets (Noto and
 Twemoji, stylemix.emoji), so that "zebra" draws a zebra, and the style LoRAs have something to restyle.
 
-    python -m stylemix.pretrain --out /tmp/tiny  # ~60 min on 2 CPU cores; compare its samples.png first
-    python -m stylemix.pretrain                  # writes stylemix/pretrained/tiny/ (what the base stage copies)
+    python -m stylemix.demo.pretrain --out /tmp/tiny  # ~60 min on 2 CPU cores; compare its samples.png first
+    python -m stylemix.demo.pretrain                  # writes stylemix/pretrained/tiny/ (what the base stage copies)
 
 Seeded; the pipeline never runs it (`make repro` copies the committed result), and it reads nothing
 the pipeline writes. Three phases:
@@ -19,7 +19,7 @@ the pipeline writes. Three phases:
    prompt); with a CLIP text encoder (hidden 32, the real CLIP BPE) trained with it on the
    subjects' names ("alarm clock"), half of them behind one or two made-up words (as trigger words
    will be), 10% dropped for classifier-free guidance; EMA weights. While it trains, the demo scorer
-   (stylemix/pretrained/tiny-clip, made first by python -m stylemix.pretrain_clip) reads what it draws
+   (stylemix/pretrained/tiny-clip, made first by python -m stylemix.demo.pretrain_clip) reads what it draws
    of every subject: its subject accuracy among all the names.
 The result is an ordinary StableDiffusionPipeline folder stored in float16 (the tokenizer is not
 stored: the base stage derives it from open_clip's BPE), and samples.png beside it: per subject,
@@ -42,8 +42,8 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stylemix import emoji
-from stylemix.base_model import clip_tokenizer
 from stylemix.images import grid, on_white
+from stylemix.models.base_model import clip_tokenizer
 from stylemix.outputs import atomic_dir
 from stylemix.paths import PRETRAINED_TINY, PRETRAINED_TINY_CLIP
 
@@ -192,14 +192,14 @@ class SubjectWatch:
 
     def __init__(self, subjects: list[str]):
         from stylemix import params
-        from stylemix.scoring import embed_texts, load_scorer
+        from stylemix.evaluation.scoring import embed_texts, load_scorer
 
         self.subjects = subjects
         self.scorer = load_scorer(params.Score(clip_model=f"local-dir:{PRETRAINED_TINY_CLIP}"))
         self.names = embed_texts(self.scorer, [emoji.words(s) for s in subjects])
 
     def __call__(self, pipe) -> float:
-        from stylemix.scoring import embed_images
+        from stylemix.evaluation.scoring import embed_images
 
         prompts = [emoji.words(s) for s in self.subjects]
         pictures = [im for chunk in chunked(prompts, 25) for im in draw(pipe, chunk, [0] * len(chunk))]
@@ -268,7 +268,7 @@ def samples(pipe, subjects: list[str]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stylemix.pretrain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stylemix.demo.pretrain", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PRETRAINED_TINY)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)

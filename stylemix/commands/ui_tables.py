@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stylemix.adapters import read_info
+from stylemix.adapters.loading import read_info
+from stylemix.evaluation.score_table import scores_table
 from stylemix.paths import PARAMS_FILE, REPORTS
-from stylemix.score_table import scores_table
 
 METRICS = REPORTS / "metrics.json"
 

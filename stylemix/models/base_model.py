@@ -7,7 +7,7 @@ file's keys tell which it is, and the stages ask the loaded model (`architecture
 `tiny` is a small Stable Diffusion that has learned to draw the demo's emoji subjects by name in two
 looks, Noto's and Twemoji's (UNet, a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise
 schedule): pretrained by
-`python -m stylemix.pretrain` and committed in stylemix/pretrained/tiny/, copied by the base stage.
+`python -m stylemix.demo.pretrain` and committed in stylemix/pretrained/tiny/, copied by the base stage.
 `tiny-sdxl` is SDXL's shape in small (two text encoders, pooled text and time-id conditioning),
 built from configs with a fixed seed, untrained; `build_tiny` builds SD 1.5's the same way for
 fast tests. All are ordinary diffusers folders, so the demo and the tests go through exactly the
@@ -34,11 +34,11 @@ from diffusers import (
 from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from stylemix import single_file
 from stylemix.errors import StyleMixError
+from stylemix.models import single_file
+from stylemix.models.single_file import SD15, SDXL  # the two architectures; every stage reads which from the model itself
 from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
-from stylemix.single_file import SD15, SDXL  # the two architectures; every stage reads which from the model itself
 
 # Our own progress bars and messages say what happens; the libraries' would repeat it.
 diffusers.utils.logging.set_verbosity_error()

@@ -1,7 +1,7 @@
 """Fetch the demo's six emoji sets from the npm registry and commit the subset the demo uses.
 
-    python -m stylemix.fetch_emoji            # needs npm and the registry; writes stylemix/emoji_sets/
-    python -m stylemix.fetch_emoji --from DIR # the same from tarballs `npm pack` already put in DIR
+    python -m stylemix.demo.fetch_emoji            # needs npm and the registry; writes stylemix/emoji_sets/
+    python -m stylemix.demo.fetch_emoji --from DIR # the same from tarballs `npm pack` already put in DIR
 
 A developer runs it once; `make repro` and `make test` read the committed files and never need npm.
 Each package is fetched by name and exact version with `npm pack`, which checks the tarball against
@@ -99,7 +99,7 @@ def subset(look: str, package: dict[str, dict], names: list[str]) -> dict:
 
 def attribution(sets: dict[str, dict], count: int) -> str:
     lines = ["# The demo's emoji", "",
-             f"{count} subjects from six published emoji sets, fetched by `python -m stylemix.fetch_emoji` from the npm "
+             f"{count} subjects from six published emoji sets, fetched by `python -m stylemix.demo.fetch_emoji` from the npm "
              "registry (the Iconify packages below, which repackage each project's SVG files unchanged). Each file "
              "here is a subset of its package's `icons.json`. The pictures the demo renders from them, and what is "
              "trained on those pictures, carry the same licences and credits.", "",
@@ -114,7 +114,7 @@ def attribution(sets: dict[str, dict], count: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m stylemix.fetch_emoji", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stylemix.demo.fetch_emoji", description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, help="a folder with the tarballs (npm pack's file names)")
     parser.add_argument("--subjects", type=int, default=200, help="how many subjects to keep")
     parser.add_argument("--seed", type=int, default=0)

@@ -8,11 +8,11 @@ Every LoRA stylemix writes is a folder with
   with diffusers' module names and `lora_te_*` for SD 1.5; for SDXL `lora_unet_*` with the
   original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`; a DoRA's magnitude
   as LyCORIS's `dora_scale` (diffusers drops that key from kohya files: its users take the other);
-  LoHa and LoKr as LyCORIS writes them (`hada_w1_a` ..., `lokr_w1` ...; stylemix.lycoris);
+  LoHa and LoKr as LyCORIS writes them (`hada_w1_a` ..., `lokr_w1` ...; stylemix.adapters.lycoris);
 - README.md: a model card.
 A LoHa or LoKr folder's diffusers-layout file holds peft's tensors and config the same way, but
-diffusers' loader reads neither type: stylemix.adapters.load_adapter puts it on the UNet through peft.
-Reading folders back (facts, factors, types) is stylemix.adapters'.
+diffusers' loader reads neither type: stylemix.adapters.loading.load_adapter puts it on the UNet through peft.
+Reading folders back (facts, factors, types) is stylemix.adapters.loading'.
 Never pickle.
 """
 import json
@@ -26,9 +26,10 @@ from peft.utils.other import get_pattern_key
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stylemix import dora, lycoris, params
-from stylemix.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix import params
+from stylemix.adapters import dora, lycoris
 from stylemix.errors import StyleMixError
+from stylemix.models.base_model import PIPELINES, SD15, SDXL, architecture
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -183,8 +184,8 @@ def to_kohya(state: dict[str, torch.Tensor], config: dict, name=lambda module: m
     factors (down: r x in x kh x kw, up: out x r x 1 x 1). Every layer is written at lora_alpha, a
     layer of another alpha (LoCon's convolutions) with the ratio folded into lora_up: the same update
     in every loader, where diffusers' kohya loader misreads an attention layer's own alpha whenever
-    it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.dora);
-    LoHa and LoKr layers keep their tensors and their own alpha (stylemix.lycoris)."""
+    it is not the file's most common one. A DoRA's magnitude becomes `dora_scale` (stylemix.adapters.dora);
+    LoHa and LoKr layers keep their tensors and their own alpha (stylemix.adapters.lycoris)."""
     if adapter_type(config) in LYCORIS_CONFIGS:
         out = {}
         for module, tensors in lycoris.by_layer(state).items():

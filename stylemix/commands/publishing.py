@@ -12,7 +12,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 
-from stylemix.adapters import read_info
+from stylemix.adapters.loading import read_info
 from stylemix.errors import StyleMixError
 from stylemix.params import model_kind
 from stylemix.paths import IMAGES, REPORTS, VALIDATION

@@ -7,14 +7,14 @@ Per adapted layer each style i adds dW_i = (alpha_i / r_i) B_i A_i. The methods:
 - ties, dare_linear, dare_ties: peft's task-arithmetic merges of the dW_i, with `density`
   (DARE draws its random mask from `seed`), then brought back to `rank` by SVD.
 A DoRA style (lora.type: dora) adds its full update W' - W, computed from the base weights
-(stylemix.dora), and a LoHa or LoKr style its product of factors (stylemix.lycoris): neither is
+(stylemix.adapters.dora), and a LoHa or LoKr style its product of factors (stylemix.adapters.lycoris): neither is
 low-rank, so `linear` cannot be exact with one, and such a merge is svd at linear's rank (each layer
 at the sum of its styles' ranks), which the merge says as it runs. Either way the result is a LoRA.
 With `blocks`, a style's weight differs per UNet attention block and for the text encoder
-(stylemix.block_weights): w_i above becomes w_i * m_i(layer), baked into the merged file.
+(stylemix.adapters.block_weights): w_i above becomes w_i * m_i(layer), baked into the merged file.
 New concept tokens of the components come along unchanged. A strength schedule over the denoising
 steps cannot be baked into weights: a combination with one also keeps its styles' LoRAs in
-components/, which generate@C draws live (stylemix.schedules); its merged file is the mix unscheduled.
+components/, which generate@C draws live (stylemix.adapters.schedules); its merged file is the mix unscheduled.
 """
 import shutil
 from pathlib import Path
@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 from peft.utils import merge_utils
 
-from stylemix import block_weights, dora, lycoris, params, schedules
-from stylemix.adapters import folder_type, load_factors, load_magnitudes, lycoris_layers, read_info, weights_file
+from stylemix import params
+from stylemix.adapters import block_weights, dora, lycoris, schedules
+from stylemix.adapters.load_check import base_weight, check_lora_files, factor_deltas
+from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes, lycoris_layers, read_info, weights_file
+from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config, update
+from stylemix.adapters.tokens import copy_token
 from stylemix.errors import StyleMixError
-from stylemix.load_check import base_weight, check_lora_files, factor_deltas
-from stylemix.lora_files import (LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config,
-                                 update)
+from stylemix.models.single_file import SD15
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
-from stylemix.single_file import SD15
-from stylemix.tokens import copy_token
 
 
 def _factors_of(delta: torch.Tensor, rank: int, like_a: torch.Tensor, like_b: torch.Tensor):
@@ -81,7 +81,7 @@ def merge(components: list[tuple[dict, float, dict | None]], combo: params.Combo
 def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path = MERGED, base_dir: Path = BASE_DIR,
                 check_with=None) -> dict:
     """Merge, write models/merged/<name>/, and (with a pipeline of the base model) load both files back
-    into it and require the merged update on every layer (stylemix.load_check) before the folder is in place."""
+    into it and require the merged update on every layer (stylemix.adapters.load_check) before the folder is in place."""
     infos = {style: read_info(loras / style) for style in combo.weights}
     archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
     if len(set(archs.values())) > 1:

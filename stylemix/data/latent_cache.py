@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from stylemix.conditioning import VARIANTS
+from stylemix.data.conditioning import VARIANTS
 from stylemix.outputs import save_safetensors
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stylemix.conditioning import IDS, encode_text, unet_kwargs
+from stylemix.data.conditioning import IDS, encode_text, unet_kwargs
+from stylemix.data.latent_cache import LatentCache
 from stylemix.errors import StyleMixError
-from stylemix.latent_cache import LatentCache
 from stylemix.paths import LATENTS, heldout_file
 
 # What encode@S keeps of a held-out image: no mirror image, no tag variants (scored on its plain caption).

@@ -12,7 +12,7 @@ import torch
 
 def delta(weight: torch.Tensor, update: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
     """W' - W for base weight W (any layout peft and LyCORIS use), the factors' update s B A
-    (stylemix.lora_files.update), and magnitude m (peft's (out,) or (1, out, 1, 1), LyCORIS's
+    (stylemix.adapters.lora_files.update), and magnitude m (peft's (out,) or (1, out, 1, 1), LyCORIS's
     (out, 1[, 1, 1])): 2-D (out, in [* kh * kw])."""
     w = weight.float().flatten(1)
     merged = w + update

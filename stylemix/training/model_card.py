@@ -1,7 +1,7 @@
 """The README.md written beside each trained LoRA: trigger word, tokens, settings, how to load it."""
 from stylemix import params
-from stylemix.prompts import with_trigger
-from stylemix.tokens import a1111_file, diffusers_file
+from stylemix.adapters.tokens import a1111_file, diffusers_file
+from stylemix.data.prompts import with_trigger
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
