@@ -1,4 +1,5 @@
 """Outputs are byte-identical for identical contents, so DVC skips what depends on them."""
+import os
 import subprocess
 import sys
 
@@ -26,3 +27,19 @@ def test_safetensors_with_metadata_are_byte_identical_across_processes(tmp_path)
     assert torch.equal(tensors["b"], torch.arange(6.0).reshape(2, 3)) and tensors["a"].dtype == torch.float16
     with safe_open(paths[0], "pt") as f:
         assert f.metadata() == {k: str(i) for i, k in enumerate("qwertyuiopasdfgh")}
+
+
+def test_a_lora_is_the_same_bytes_in_every_process(tmp_path, tiny_model):
+    """peft's target_modules is a set, ordered by each process's string hashes: the same LoRA saved by
+    processes with other hash seeds is the same file in both layouts (else every stage after train@S
+    would rerun on a fresh clone)."""
+    save = ("import sys, pathlib\nfrom tests.test_merge import random_lora\n"
+            "folder = pathlib.Path(sys.argv[2]); folder.mkdir()\n"
+            "random_lora(pathlib.Path(sys.argv[1]), folder, rank=2, alpha=2, text_encoder=True, seed=0)\n")
+    folders = [tmp_path / f"ink{seed}" / "ink" for seed in (1, 2, 3)]
+    for seed, folder in zip((1, 2, 3), folders):
+        folder.parent.mkdir()
+        subprocess.run([sys.executable, "-c", save, str(tiny_model), str(folder)], cwd=ROOT, check=True, timeout=300,
+                       env=os.environ | {"PYTHONHASHSEED": str(seed)})
+    for name in ("pytorch_lora_weights.safetensors", "ink_kohya.safetensors"):
+        assert len({(folder / name).read_bytes() for folder in folders}) == 1, name

@@ -173,3 +173,22 @@ def test_save_mix_keeps_comments_and_checks_the_schema(workspace, monkeypatch, t
         with pytest.raises(StyleMixError, match=message):
             save_mix(name, weights, path)
         assert path.read_text() == saved  # nothing half-written
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True)])
+def test_listening_beyond_this_machine_is_warned_about(monkeypatch, capsys, host, warned):
+    """`stylemix ui --host 0.0.0.0` says, before it serves, that anyone on the network can draw."""
+    import argparse
+
+    from stylemix.commands import ui
+
+    def stop():
+        raise StyleMixError("stopped before serving")
+
+    monkeypatch.setattr(ui, "build", stop)
+    parser = argparse.ArgumentParser()
+    ui.add_arguments(parser)
+    with pytest.raises(StyleMixError, match="stopped before serving"):
+        ui.run(parser.parse_args(["--host", host]))
+    out = capsys.readouterr().out
+    assert ("anyone who can reach this machine on port 7860" in out) is warned, out

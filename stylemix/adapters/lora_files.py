@@ -221,6 +221,11 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...,
     "text_encoder_2": ...}); info["architecture"] says which pipeline's layout."""
     arch = info["architecture"]
+    # peft keeps target_modules as a set, which diffusers writes in the process's string-hash order:
+    # sorted, the same LoRA is the same bytes in every run (and DVC reruns nothing after it).
+    states = {component: (state, config | ({"target_modules": sorted(config["target_modules"])}
+                                            if isinstance(config.get("target_modules"), (set, frozenset)) else {}))
+              for component, (state, config) in states.items()}
     PIPELINES[arch].save_lora_weights(folder, **{
         key: value for component, (state, config) in states.items()
         # peft's own key names (`lora_A` / `lora_B`): diffusers' older names exist for attention

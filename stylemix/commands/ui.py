@@ -29,13 +29,15 @@ from stylemix.errors import StyleMixError  # noqa: E402
 from stylemix.outputs import atomic_write  # noqa: E402
 from stylemix.paths import GRIDS, LORAS, UI_OUT  # noqa: E402
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # --host values only this machine can reach
 SLOTS = 16  # weight sliders on the page; styles and combinations beyond this are not offered
 # Small drawings (the demo's 64 px) fill their frame with their pixels visible, not a thumbnail.
 CSS = "#result img, #compare-slider img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only; "
+                        "0.0.0.0: every network it is on, with no login)")
     parser.add_argument("--port", type=int, default=7860)
 
 
@@ -299,6 +301,9 @@ def build():
 def run(args: argparse.Namespace) -> None:
     import gradio as gr
 
+    if args.host not in LOCAL_HOSTS:
+        print(f"warning: stylemix ui listens on {args.host}: anyone who can reach this machine on port {args.port} "
+              "can draw with your models and save mixes into params.yaml (there is no login)", flush=True)
     app = build()  # reads params.yaml first: a bad one stops here, with one line
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     app.queue(default_concurrency_limit=1)
