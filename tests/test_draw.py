@@ -122,7 +122,8 @@ def test_bad_block_weights_and_schedules_are_one_line(workspace, monkeypatch, fl
 @pytest.mark.parametrize("damage", ["truncated", "pickle"])
 def test_a_broken_lora_file_is_one_line_naming_it(workspace, damage):
     """A LoRA folder whose file was cut short (an interrupted copy, a full disk) or is a pickle renamed
-    .safetensors: `stylemix draw` says which file and what to do, with no traceback, and unpickles nothing."""
+    .safetensors: `stylemix draw`, `export` and `publish` say which file and what to do, with no traceback,
+    write nothing, and unpickle nothing."""
     import pickle
     import shutil
 
@@ -134,10 +135,12 @@ def test_a_broken_lora_file_is_one_line_naming_it(workspace, damage):
             path.write_bytes(path.read_bytes()[:1000])
         else:
             path.write_bytes(pickle.dumps({"lora": [1.0] * 100}))
-        result = subprocess.run(["stylemix", "draw", "a cat", "broken=1", "--steps", "2", "-o", "broken.png"], cwd=workspace,
-                                env=ENV, capture_output=True, text=True, timeout=600)
-        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-        assert f"{path.relative_to(workspace)}: not a readable safetensors file" in result.stderr, result.stderr
-        assert not (workspace / "broken.png").exists()
+        for command, output in ((["draw", "a cat", "broken=1", "--steps", "2", "-o", "broken.png"], "broken.png"),
+                                (["export", "broken", "--fused", "broken.safetensors"], "broken.safetensors"),
+                                (["publish", "broken", "--dry-run", "hub/broken"], "hub/broken")):
+            result = subprocess.run(["stylemix", *command], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
+            assert result.returncode != 0 and "Traceback" not in result.stderr, (command, result.stderr)
+            assert f"{path.relative_to(workspace)}: not a readable safetensors file" in result.stderr, (command, result.stderr)
+            assert not (workspace / output).exists(), command
     finally:
         shutil.rmtree(broken)

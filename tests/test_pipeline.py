@@ -17,7 +17,7 @@ from safetensors import safe_open
 from stylemix.commands.queue import workers
 from stylemix.data.latent_cache import LatentCache
 from tests.conftest import ROOT
-from tests.e2e import ENV, EVERY_STAGE, STYLES, commit, make_repo, ran, reduce, run_block, set_params, sh
+from tests.e2e import ENV, EVERY_STAGE, STYLES, TIMEOUT, commit, make_repo, ran, reduce, run_block, set_params, sh
 from tests.readme import block, commands
 
 
@@ -85,9 +85,26 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert ran(second) == set() and "Data and pipelines are up to date" in second
 
 
-def test_trigger_change_never_recaptions(repo):
+def test_trigger_change_never_recaptions_and_a_second_run_meanwhile_is_refused(repo):
     set_params(repo, lambda raw: raw["styles"]["openmoji"].update(trigger="aquastyle"))
-    log = sh(repo, "dvc", "repro").stdout
+    with subprocess.Popen(["dvc", "repro"], cwd=repo, env=ENV | {"PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as first:
+        try:
+            log = ""
+            for line in iter(first.stdout.readline, ""):
+                log += line
+                if line.startswith("Running stage"):  # it holds the lock on that stage's paths
+                    break
+            # A second `dvc repro` in the same workspace meanwhile: refused by DVC's locks (the paths a running
+            # stage writes, or the repo's own while the first records a stage), touching nothing
+            second = sh(repo, "dvc", "repro", check=False, timeout=300)
+            assert second.returncode != 0 and ("is busy, it is being blocked by" in second.stderr
+                                               or "Unable to acquire lock" in second.stderr), second.stderr
+            log += first.stdout.read()
+            assert first.wait(timeout=TIMEOUT) == 0, log
+        finally:
+            if first.poll() is None:
+                first.kill()
     # filter re-checks (cheap) and writes the same images, so the caption stage is skipped;
     # the other style is not touched.
     assert ran(log) >= {"filter@openmoji", "encode@openmoji", "train@openmoji", "generate_style@openmoji"}

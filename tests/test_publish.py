@@ -73,3 +73,35 @@ def test_the_readme_publish_block(workspace):
         result = subprocess.run(["bash", "-c", line], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
     assert (workspace / "hub/openmoji/README.md").is_file()
+
+
+def test_the_hub_token_reaches_no_file_log_card_or_params(workspace, monkeypatch, tmp_path, capsys):
+    """publish takes the token where huggingface_hub looks (HF_TOKEN, `huggingface-cli login`), never from
+    params.yaml, which refuses a key for one: with a token set, what is uploaded, what is printed and the
+    workspace's models, reports and params hold no trace of it."""
+    import argparse
+
+    from stylemix import params
+    from stylemix.commands import publish
+
+    token = "hf_" + "Zq7sEcReT" * 4
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.chdir(workspace)
+    uploaded = {}
+    monkeypatch.setattr("huggingface_hub.HfApi.create_repo", lambda self, repo, **kw: f"https://hf.co/{repo}")
+    monkeypatch.setattr("huggingface_hub.HfApi.upload_folder", lambda self, folder_path, **kw: uploaded.update(
+        {p.relative_to(folder_path).as_posix(): p.read_bytes() for p in folder_path.rglob("*") if p.is_file()}))
+    parser = argparse.ArgumentParser()
+    publish.add_arguments(parser)
+    publish.run(parser.parse_args(["openmoji", "--repo", "me/openmoji"]))
+    assert "README.md" in uploaded and "pytorch_lora_weights.safetensors" in uploaded
+    assert not [name for name, data in uploaded.items() if token.encode() in data]
+    out = capsys.readouterr()
+    assert token not in out.out + out.err
+    assert not [p for root in ("models", "reports", "params.yaml") for p in [workspace / root, *(workspace / root).rglob("*")]
+                if p.is_file() and token.encode() in p.read_bytes()]
+    raw = (workspace / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(raw + f"\nhub:\n  token: {token}\n")
+    with pytest.raises(StyleMixError, match="hub: unknown key") as err:
+        params.load("styles", path=tmp_path / "params.yaml")
+    assert token not in str(err.value)

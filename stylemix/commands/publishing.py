@@ -14,6 +14,7 @@ from PIL import Image
 
 from stylemix.adapters.loading import read_info
 from stylemix.errors import StyleMixError
+from stylemix.outputs import atomic_dir
 from stylemix.params import model_kind
 from stylemix.paths import IMAGES, REPORTS, VALIDATION
 
@@ -64,16 +65,19 @@ def card(name: str, folder: Path, samples: list[tuple[str, str]]) -> ModelCard:
 
 
 def build(name: str, folder: Path, out: Path, images: Path = IMAGES) -> Path:
-    """The exact folder `publish` uploads: LoRA files, tokens, validation image, samples, README.md."""
+    """The exact folder `publish` uploads: LoRA files, tokens, validation image, samples, README.md.
+    The card first (it reads the LoRA's metadata: a broken file stops here), then the folder, whole or
+    not at all."""
     if out.exists():
         raise StyleMixError(f"{out} exists: publish builds a fresh folder; remove it or pick another --dry-run path")
-    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("README.md"))
-    samples = []
-    for png in sorted((images / name).glob("*.png"))[:SAMPLES]:
-        (out / "samples").mkdir(exist_ok=True)
-        shutil.copy(png, out / "samples" / png.name)
-        samples.append((f"samples/{png.name}", Image.open(png).text.get("prompt", name)))
-    card(name, folder, samples).save(out / "README.md")
+    pngs = sorted((images / name).glob("*.png"))[:SAMPLES]
+    model_card = card(name, folder, [(f"samples/{png.name}", Image.open(png).text.get("prompt", name)) for png in pngs])
+    with atomic_dir(out) as tmp:
+        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("README.md"), dirs_exist_ok=True)
+        for png in pngs:
+            (tmp / "samples").mkdir(exist_ok=True)
+            shutil.copy(png, tmp / "samples" / png.name)
+        model_card.save(tmp / "README.md")
     return out
 
 
