@@ -63,7 +63,7 @@ def model_kind(model: str) -> str:
         return "hub"
     raise ValueError(
         "not tiny, tiny-sdxl, an existing diffusers folder, a .safetensors checkpoint, "
-        "or a hub id like runwayml/stable-diffusion-v1-5"
+        "or a hub id like stable-diffusion-v1-5/stable-diffusion-v1-5"
     )
 
 

@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_the_reference_presets_say_what_their_references_did():
 
 def test_sd15_preset_is_the_main_reference():
     p = params.load("base", "styles", "lora", "train", path=ROOT / "presets/sd15.yaml")
-    assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
+    assert p.base.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and p.base.resolution == 512
     assert {n: s.trigger for n, s in p.styles.items()} == {
         "anime": "anistyle", "watercolor": "wcstyle", "cartoon": "ctstyle", "pixelart": "pixstyle"}
     assert (p.lora.rank, p.lora.alpha, p.lora.targets, p.lora.text_encoder) == (32, 16, "attn", True)
@@ -110,7 +111,7 @@ def test_bad_value_is_one_line_naming_key(tmp_path, edits, expected):
 
 def test_model_kinds(tmp_path, tiny_model):
     assert params.model_kind("tiny") == "tiny"
-    assert params.model_kind("runwayml/stable-diffusion-v1-5") == "hub"
+    assert params.model_kind("stable-diffusion-v1-5/stable-diffusion-v1-5") == "hub"
     assert params.model_kind(str(tiny_model)) == "local"
     assert params.model_kind(str(tmp_path / "anything-v5.safetensors")) == "single_file"
 
@@ -122,3 +123,23 @@ def test_unreadable_params_file(tmp_path):
         params.load("base", path=bad)
     with pytest.raises(StyleMixError, match="cannot read"):
         params.load("base", path=tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "presets").glob("*.yaml")) + ["params.yaml"])
+def test_every_params_key_a_stage_names_is_in_the_preset(tmp_path, preset):
+    """DVC refuses to run a stage whose params key is missing from params.yaml (`Parameters 'base.config' are
+    missing`), defaults or not: with the preset as params.yaml, DVC itself reads every key of every stage."""
+    import shutil
+
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / ("presets/" + preset if preset != "params.yaml" else preset), tmp_path / "params.yaml")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
+    missing = []
+    for stage in Repo(str(tmp_path)).index.stages:
+        for dep in stage.deps:
+            if isinstance(dep, ParamsDependency):
+                missing += [f"{stage.addressing}: {key}" for key in dep.params if key not in dep.read_params()]
+    assert not missing, missing

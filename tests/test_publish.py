@@ -49,8 +49,8 @@ def test_a_combination_card_names_its_components_and_a_hub_base(workspace, monke
     monkeypatch.chdir(workspace)
     c = card(COMBO, workspace / "models/merged" / COMBO, [])
     assert c.data.instance_prompt == "omstyle, lastyle" and "openmoji x 0.5, lineart x 0.5" in c.text
-    monkeypatch.setattr("stylemix.commands.publishing.read_info", lambda folder: {"trigger": "x", "base_model": "runwayml/stable-diffusion-v1-5"})
-    assert card("openmoji", workspace / "models/lora/openmoji", []).data.base_model == "runwayml/stable-diffusion-v1-5"
+    monkeypatch.setattr("stylemix.commands.publishing.read_info", lambda folder: {"trigger": "x", "base_model": "stable-diffusion-v1-5/stable-diffusion-v1-5"})
+    assert card("openmoji", workspace / "models/lora/openmoji", []).data.base_model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 def test_upload_creates_the_repo_and_sends_the_folder_in_one_commit(monkeypatch, tmp_path):

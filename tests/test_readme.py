@@ -116,7 +116,7 @@ def test_preset_block_gives_valid_params(tmp_path):
     for line in commands("preset"):
         subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True, timeout=60)
     p = params.load("base", "styles", "lora", "train", path=tmp_path / "params.yaml")
-    assert p.base.model == "runwayml/stable-diffusion-v1-5" and p.base.resolution == 512
+    assert p.base.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and p.base.resolution == 512
     assert all(s.source.startswith("data/raw/") for s in p.styles.values())
 
 
