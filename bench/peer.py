@@ -29,7 +29,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from more_itertools import chunked
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stages.encode import encode_style  # noqa: E402

@@ -1,24 +1,54 @@
-"""Write outputs to a temporary sibling and rename into place, so a killed stage never leaves
-a half-written file or folder that looks finished; and write them byte-identical for identical
-contents, so DVC sees an unchanged output and skips what depends on it."""
+"""Write outputs to a temporary sibling and rename into place, so a killed stage or a full disk
+never leaves a half-written file or folder that looks finished (the previous one stays as it was);
+and write them byte-identical for identical contents, so DVC sees an unchanged output and skips
+what depends on it."""
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from stylemix.errors import DISK_FULL, NoRoom
+
+
+@contextmanager
+def room_for(path: Path | str) -> Iterator[None]:
+    """A write that runs out of disk (or over `ulimit -f`) becomes one line naming `path`; safetensors'
+    writer (Rust) says it as `I/O error: ... (os error 28)`."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except NoRoom as err:  # a write inside this one's: named by the outer output
+        raise NoRoom(err.err, path) from None
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise NoRoom(err, path) from None
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        if not code or int(code[1]) not in DISK_FULL:
+            raise
+        raise NoRoom(OSError(int(code[1]), os.strerror(int(code[1]))), path) from None
+
 
 @contextmanager
 def atomic_dir(path: Path | str) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces `path` whole."""
+    """Yield an empty temporary folder; on success it replaces `path` whole. A killed writer's
+    leftover temporary folders go first (DVC's lock lets one stage write an output at a time)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)
     try:
-        yield tmp
+        with room_for(path):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -31,8 +61,12 @@ def atomic_write(path: Path | str, data: bytes | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    try:
+        with room_for(path), os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 

@@ -119,28 +119,64 @@ def test_bad_block_weights_and_schedules_are_one_line(workspace, monkeypatch, fl
     assert not (workspace / "never.png").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "pickle"])
-def test_a_broken_lora_file_is_one_line_naming_it(workspace, damage):
-    """A LoRA folder whose file was cut short (an interrupted copy, a full disk) or is a pickle renamed
-    .safetensors: `stylemix draw`, `export` and `publish` say which file and what to do, with no traceback,
-    write nothing, and unpickle nothing."""
+BROKEN = {  # damage: what the one line says
+    "truncated": "not a readable safetensors file", "pickle": "not a readable safetensors file",
+    "other shapes": "this base model has no layers it fits", "keys of nothing": "this base model has no layers it fits",
+    "no metadata": "no stylemix facts in its metadata",
+}
+
+
+def damage_lora(path, damage: str) -> None:
+    """Break a LoRA file as files get broken: cut short by a copy or a full disk, a pickle renamed
+    .safetensors, made for another model's shapes (an SDXL LoRA on SD 1.5), kohya keys of layers no
+    model has, a file from elsewhere without stylemix's metadata."""
     import pickle
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(path, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps({"lora": [1.0] * 100}))
+    elif damage == "other shapes":
+        save_file({k: t.repeat(2, 1) if "lora_B" in k else t for k, t in tensors.items()}, path, metadata)
+    elif damage == "keys of nothing":
+        modules = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
+        save_file({f"lora_unet_nothing_{modules.index(k.rsplit('.lora_', 1)[0])}.lora_{'up' if 'lora_B' in k else 'down'}.weight": t
+                   for k, t in tensors.items()}, path, metadata)
+    else:
+        save_file(tensors, path)
+
+
+@pytest.mark.parametrize("damage", BROKEN)
+def test_a_broken_lora_file_is_one_line_naming_it(workspace, monkeypatch, damage):
+    """A broken LoRA file (damage_lora): `stylemix draw` (the web UI's drawer), `export`, `publish` and
+    merge@C say which file and what is wrong, with no traceback, write nothing, and unpickle nothing."""
     import shutil
+
+    from stylemix import params
+    from stylemix.mixing.merging import merge_combo
+    from stylemix.models.base_model import load_pipeline
 
     broken = workspace / "models/lora/broken"
     shutil.copytree(workspace / "models/lora/openmoji", broken)
     try:
         path = broken / "pytorch_lora_weights.safetensors"
-        if damage == "truncated":
-            path.write_bytes(path.read_bytes()[:1000])
-        else:
-            path.write_bytes(pickle.dumps({"lora": [1.0] * 100}))
+        damage_lora(path, damage)
+        said = f"{path.relative_to(workspace)}: {BROKEN[damage]}"
         for command, output in ((["draw", "a cat", "broken=1", "--steps", "2", "-o", "broken.png"], "broken.png"),
                                 (["export", "broken", "--fused", "broken.safetensors"], "broken.safetensors"),
                                 (["publish", "broken", "--dry-run", "hub/broken"], "hub/broken")):
             result = subprocess.run(["stylemix", *command], cwd=workspace, env=ENV, capture_output=True, text=True, timeout=600)
-            assert result.returncode != 0 and "Traceback" not in result.stderr, (command, result.stderr)
-            assert f"{path.relative_to(workspace)}: not a readable safetensors file" in result.stderr, (command, result.stderr)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, (command, result.stderr)
+            assert said in result.stderr and len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)
             assert not (workspace / output).exists(), command
+        monkeypatch.chdir(workspace)
+        with pytest.raises(StyleMixError, match=said):  # merge@C's main raises it, run_stage prints it
+            merge_combo("broken_mix", params.Combo(weights={"openmoji": 0.5, "broken": 0.5}), check_with=load_pipeline("tiny"))
+        assert not (workspace / "models/merged/broken_mix").exists()
     finally:
         shutil.rmtree(broken)

@@ -1,6 +1,8 @@
 """Multi-LoRA merging, checked against the formula h = W x + sum_i w_i (alpha_i / r_i) B_i A_i x."""
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stylemix import params
 from stylemix.adapters import block_weights
@@ -155,6 +157,16 @@ def test_loha_and_lokr_merge_by_their_full_updates(loras, tmp_path, tiny_model, 
         assert torch.allclose(delta(merged["unet"], module), expected, atol=1e-5), module
     with pytest.raises(StyleMixError, match=r"merge.combos.mix2: hada is a loha, whose layer shapes come from the base model"):
         merge_combo("mix2", params.Combo(weights=weights), loras, tmp_path)
+    # A LoHa for other layers (another model's, or none), or for other shapes: one line naming its file.
+    path = loras / "hada/pytorch_lora_weights.safetensors"
+    with safe_open(path, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    for broken, said in (({k.replace("down_blocks", "side_blocks"): t for k, t in tensors.items()}, "no layer side_blocks"),
+                         ({k: t.repeat(2, 1) if k.endswith(("hada_w1_a", "hada_w2_a")) and t.dim() == 2 else t for k, t in tensors.items()}, r"is \(\d+, \d+\) in the base")):
+        save_file(broken, path, metadata)
+        with pytest.raises(StyleMixError, match=f"{path}: this base model has no layers it fits \\(.*{said}"):
+            merge_combo("mix3", params.Combo(weights=weights, method=method, rank=64), loras, tmp_path, check_with=base)
+    save_file(tensors, path, metadata)
 
 
 def test_weights_above_one_warn_and_missing_lora_is_named(loras, tmp_path, capsys):

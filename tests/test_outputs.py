@@ -1,8 +1,10 @@
-"""Outputs are byte-identical for identical contents, so DVC skips what depends on them."""
+"""Outputs are byte-identical for identical contents, so DVC skips what depends on them; a full disk
+leaves the output before it as it was."""
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -43,3 +45,39 @@ def test_a_lora_is_the_same_bytes_in_every_process(tmp_path, tiny_model):
                        env=os.environ | {"PYTHONHASHSEED": str(seed)})
     for name in ("pytorch_lora_weights.safetensors", "ink_kohya.safetensors"):
         assert len({(folder / name).read_bytes() for folder in folders}) == 1, name
+
+
+FULL = """
+import resource, sys, torch
+from pathlib import Path
+from stylemix.errors import run_stage
+from stylemix.outputs import atomic_dir, atomic_write, save_safetensors
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # as `ulimit -f 4`: a write past 4 KiB fails (EFBIG)
+kind, out = sys.argv[1], Path(sys.argv[2])
+
+def main():
+    if kind == "file":
+        atomic_write(out, "new" * 5000)
+    elif kind == "folder":
+        with atomic_dir(out) as tmp:
+            save_safetensors({"w": torch.zeros(5000)}, tmp / "w.safetensors")
+    else:  # any other write: run_stage's one line
+        (out / "log.txt").write_text("new" * 5000)
+run_stage(main)
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "elsewhere"])
+def test_a_full_disk_is_one_line_naming_the_output_and_the_old_one_stays(tmp_path, kind):
+    out = tmp_path / ("out.json" if kind == "file" else "out")
+    if kind == "file":
+        out.write_text("old")
+    else:
+        out.mkdir()
+        (out / "w.safetensors").write_text("old")
+    result = subprocess.run([sys.executable, "-c", FULL, kind, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    said = ("a file: no room to write it (File too large)" if kind == "elsewhere" else  # Python's write names no file
+            f"{out}: no room to write it (File too large); what was there before is as it was")
+    assert result.returncode == 2 and result.stderr == f"error: {said}: free disk space (`df -h`) and run it again\n"
+    assert (out.read_text() if kind == "file" else (out / "w.safetensors").read_text()) == "old"
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no temporary left beside it

@@ -305,6 +305,89 @@ def test_a_registered_lora_comes_out_of_the_model_registry_and_loads(repo, tmp_p
     assert pipe.get_list_adapters()["unet"] == ["openmoji"]
 
 
+def kill_at(repo: Path, stage: str, moment) -> None:
+    """`dvc repro -f -s stage`, its whole process group SIGKILLed (as an OOM kill or a lost machine)
+    once `moment()` is true, or `moment` seconds after DVC starts the stage's command; the stage must
+    still be running."""
+    import threading
+
+    with subprocess.Popen(["dvc", "repro", "-f", "-s", stage], cwd=repo, env=ENV | {"PYTHONUNBUFFERED": "1"},
+                          start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        running, log = threading.Event(), []
+
+        def read():  # drains DVC's output, and says when the stage's command starts
+            for line in proc.stdout:
+                log.append(line)
+                if line.startswith("Running stage"):
+                    running.set()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            if not callable(moment):
+                running.wait(TIMEOUT)
+                at = time.monotonic() + moment
+                moment = lambda: time.monotonic() > at  # noqa: E731
+            while not moment() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert proc.poll() is None, f"{stage} ended ({proc.returncode}) before the moment to kill it:\n{''.join(log)}"
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            reader.join(timeout=60)
+
+
+def test_stages_killed_or_out_of_disk_lose_nothing(repo):
+    """Faults on purpose: `dvc repro` SIGKILLed in each kind of stage (while merge@C and generate write
+    their outputs, after train@S's first checkpoint, at a seeded moment of encode@S, explore@P, score
+    and report), and stages stopped by a full disk (`ulimit -f`). After each, the same command
+    again (a plain `dvc repro` would check the last run's outputs out of DVC's cache) finishes,
+    training resumes from its last checkpoint, nothing half-written is left, and every output equals
+    the uninterrupted run's, byte for byte (dvc.lock's hashes; one machine, deterministic stages)."""
+    import random
+    import shutil
+
+    rng = random.Random(39)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    ckpt = repo / "models/checkpoints/lineart"
+
+    def writing(folder: str, name: str):
+        return lambda: any((repo / folder).glob(f".{name}.*.tmp"))  # atomic_dir's temporary: mid-write
+
+    def rerun(stage: str) -> str:
+        log = sh(repo, "dvc", "repro", "-f", "-s", stage).stdout
+        assert ran(log) == {stage}, log
+        assert yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"] == lock[stage]["outs"], stage
+        assert not [p for p in (repo / "data").rglob(".*.tmp")] + [p for p in (repo / "models").rglob(".*.tmp")] \
+            + [p for p in (repo / "reports").rglob(".*.tmp")], stage
+        return log
+
+    shutil.rmtree(ckpt)
+    for stage, moment in (("encode@lineart", rng.uniform(0.3, 1.5)),
+                          ("train@lineart", lambda: (ckpt / "step-000002/state.json").is_file()),
+                          ("merge@mix", writing("models/merged", "mix")),
+                          ("generate_combo@mix", writing("reports/images", "mix")),
+                          ("explore@ws", rng.uniform(0.3, 1.5)), ("score", rng.uniform(0.3, 1.5)), ("report", rng.uniform(0.3, 1.5))):
+        kill_at(repo, stage, moment)
+        log = rerun(stage)
+        assert ("train lineart: resuming from models/checkpoints/lineart/step-00000" in log) == (stage == "train@lineart")
+
+    shutil.rmtree(ckpt)
+    for stage, args, path in (("merge@mix", ["merge", "mix"], "models/merged/mix"),
+                              ("train@lineart", ["train", "lineart"], "models/checkpoints/lineart/step-000002")):
+        full = sh(repo, "bash", "-c", f"ulimit -f 512 && python -m stages.{args[0]} {args[1]}", check=False)  # KiB: DVC's own databases fit, a LoRA does not
+        assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+        assert full.stderr.strip().splitlines()[-1] == (f"error: {path}: no room to write it (File too large); what was there "
+                                                        f"before is as it was: free disk space (`df -h`) and run it again")
+        if stage == "merge@mix":  # the merged LoRA as it was: nothing to redo
+            assert "Data and pipelines are up to date" in sh(repo, "dvc", "status").stdout
+        else:  # train@lineart rewrote its logs before the disk filled: it trains again, to the same bytes
+            rerun(stage)
+    assert "Data and pipelines are up to date" in sh(repo, "dvc", "status").stdout
+
+
 def test_accelerate_launch_then_commit(repo):
     lora = repo / "models/lora/openmoji/pytorch_lora_weights.safetensors"
     before = lora.read_bytes()

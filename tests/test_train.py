@@ -107,6 +107,32 @@ def test_same_params_same_weights_and_resume_is_bit_exact(request, tmp_path, tin
     assert steps_run == [] and logged_images(tmp_path / "c", name) == images
 
 
+def test_an_unreadable_checkpoint_is_passed_over_for_the_one_before(data, tmp_path, tiny_model, capsys):
+    """A killed run's newest checkpoint damaged after the fact (a disk that lost its last writes) and a
+    half-written one beside it: the rerun says so in one line, resumes from the checkpoint before, and
+    ends with the weights of an unbroken run."""
+    p = make_params(tiny_model, data / "src")
+    unbroken = weights(train(data, tmp_path, p, run="a"))
+
+    def killed_at_5(step, _):
+        if step == 5:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path, p, killed_at_5, run="c")
+    ckpt = tmp_path / "c/ckpt/flat"
+    newest = ckpt / "step-000004/lora.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    (ckpt / ".step-000006.tmp").mkdir()
+    (ckpt / ".step-000006.tmp/states.pt").write_bytes(b"half")
+    capsys.readouterr()
+    steps_run = []
+    resumed = weights(train(data, tmp_path, p, lambda step, _: steps_run.append(step), run="c"))
+    said = capsys.readouterr().out
+    assert f"train: {ckpt / 'step-000004'} is unreadable (SafetensorError" in said and "passing over it" in said
+    assert steps_run == [3, 4, 5, 6] and all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+    assert sorted(d.name for d in ckpt.iterdir()) == ["step-000004", "step-000006"]  # the damaged one rewritten
+
+
 def test_images_go_to_buckets_and_each_batch_holds_one(bucketed, tmp_path, tiny_model):
     cache = open_latents("openmoji", RESOLUTION, bucketed / "latents")
     assert cache.buckets == {"24x40": 2, "32x32": 5, "40x24": 2}  # 2:3, square, 16:9 (2 of 2:3 and the grey one: square)

@@ -8,7 +8,7 @@ from PIL.PngImagePlugin import PngInfo
 from stylemix import params
 from stylemix.drawing.xy_grid import MAX_CELLS, Axis, cells, parse_values, plot
 from stylemix.errors import StyleMixError
-from tests.ui_workspace import COMBO, make_workspace
+from tests.ui_workspace import COMBO, bomb_png, make_workspace
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,19 @@ def test_weights_switch_adapters_and_the_png_reads_back(drawer, tmp_path):
     s = settings_from_png(tmp_path / "wc.png")
     assert s["adapters"] == {"openmoji": 1.0} and s["prompt"] == "zebra" and s["steps"] == 4
     assert "omstyle" in Image.open(tmp_path / "wc.png").text["parameters"]  # the trigger word went in
+
+
+def test_load_settings_refuses_what_is_no_drawing(tmp_path):
+    """A decompression bomb is refused from its header; a JPEG named .png, or text, is no PNG."""
+    from stylemix.drawing.drawer import settings_from_png
+
+    bomb_png(tmp_path / "bomb.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png", format="jpeg")
+    (tmp_path / "text.png").write_text("not a picture")
+    for name, said in (("bomb.png", "bomb.png: too many pixels for a drawing"), ("photo.png", r"photo.png: not a PNG image \(a JPEG file\)"),
+                       ("text.png", "text.png: not a PNG image")):
+        with pytest.raises(StyleMixError, match=said):
+            settings_from_png(tmp_path / name)
 
 
 def test_a_batch_draws_the_pictures_drawn_one_at_a_time_schedules_included(drawer, tmp_path):

@@ -21,7 +21,7 @@ from PIL import Image
 from tests.conftest import ROOT
 from tests.e2e import ENV
 from tests.readme import commands
-from tests.ui_workspace import make_workspace
+from tests.ui_workspace import bomb_png, make_workspace
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -83,11 +83,11 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+def open_page(browser, server: str, outside: list[str]):
+    """A page of the UI in its own browser context (its own gradio session); requests to other hosts
+    are refused and listed in `outside`."""
+    page = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
     page.set_default_timeout(30_000)
-    outside = []
 
     def local_only(route):
         url = route.request.url
@@ -100,8 +100,15 @@ def page(browser, server):
     page.route("**/*", local_only)
     page.goto(server)
     box("openmoji", page).wait_for()
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    outside = []
+    page = open_page(browser, server, outside)
     yield page
-    page.close()
+    page.context.close()
     assert not outside, f"the page asked other hosts: {outside}"
 
 
@@ -220,16 +227,70 @@ def test_save_a_mix_into_params_yaml(page, workspace):
     page.locator("#blocks textarea").fill("")
 
 
-def test_bad_input_gets_a_message_on_the_page(page, workspace):
+def test_three_browsers_at_once_and_cancel_stops_only_its_own(browser, server):
+    """Three people at the UI: one long drawing runs, two wait in gradio's queue; the second's Cancel
+    drops its own queued drawing and not the one running; the third gets its picture; then Cancel on
+    the first's next drawing stops it, and the UI goes on drawing."""
+    outside = []
+    a, b, c = (open_page(browser, server, outside) for _ in range(3))
+    try:
+        for page, steps in ((a, 150), (b, 20), (c, 20)):
+            page.get_by_label("Prompt", exact=True).fill(f"a rocket, {steps} steps")
+            set_slider(page, "steps", steps)
+        a.get_by_role("button", name="Generate").click()
+        expect(a.get_by_text(re.compile(r"step \d+/150")).first).to_be_visible(timeout=DRAW)  # a draws
+        b.get_by_role("button", name="Generate").click()
+        c.get_by_role("button", name="Generate").click()
+        b.get_by_role("button", name="Cancel").click()
+        expect(a.locator("#result img")).to_be_visible(timeout=DRAW)  # b's Cancel left a's drawing alone
+        expect(c.locator("#result img")).to_be_visible(timeout=DRAW)
+        assert json.loads(png_at(a, "#result").text["stylemix"])["steps"] == 150
+        assert b.locator("#result img").count() == 0  # its queued drawing was dropped
+        drawn = a.locator("#result img").get_attribute("src")
+        a.get_by_role("button", name="Generate").click()
+        expect(a.get_by_text(re.compile(r"step \d+/150")).first).to_be_visible(timeout=DRAW)
+        a.get_by_role("button", name="Cancel").click()
+        b.get_by_role("button", name="Generate").click()  # the pipeline is free again
+        expect(b.locator("#result img")).to_be_visible(timeout=DRAW)
+        assert a.locator("#result img").get_attribute("src") == drawn  # a's cancelled drawing never arrived
+        for page in (a, b, c):  # a Cancel is no error
+            assert not page.get_by_text("Traceback").count() and not page.get_by_text(re.compile("^Error")).count()
+    finally:
+        for page in (a, b, c):
+            page.context.close()
+    assert not outside, f"the pages asked other hosts: {outside}"
+
+
+def test_bad_input_gets_a_message_on_the_page(page, workspace, tmp_path):
     page.get_by_label("Prompt", exact=True).fill("")
     page.get_by_role("button", name="Generate").click()
     toast(page, "the prompt is empty")
+    page.get_by_label("Prompt", exact=True).fill("a cat " * 20_000)
+    page.get_by_role("button", name="Generate").click()
+    toast(page, "the prompt is 120,000 characters; at most 4,000")
+    bomb_png(tmp_path / "bomb.png")
+    (tmp_path / "text.png").write_text("not a picture")
+    for name, said in (("bomb.png", "bomb.png: too many pixels for a drawing"), ("text.png", "text.png: not a PNG image")):
+        page.locator("#load input[type=file]").set_input_files(tmp_path / name)
+        toast(page, said)
+        page.reload()  # the upload box shows the refused file; a fresh page takes the next
+        box("openmoji", page).wait_for()
     page.get_by_label("Prompt", exact=True).fill("a cat")
     page.get_by_role("tab", name="Grid").click()
     pick(page, "X axis", "weight:openmoji")
     page.get_by_label("X values").fill("0, 5")
     page.get_by_role("button", name="Draw grid").click()
     toast(page, "out of range")
+    pick(page, "X axis", "seed")
+    page.get_by_label("X values").fill("0-99 [100]")
+    pick(page, "Y axis", "seed")
+    page.get_by_label("Y values").fill("0-99 [100]")
+    page.get_by_role("button", name="Draw grid").click()
+    toast(page, "100 x 100 cells: at most 64")
+    page.get_by_role("tab", name="Save mix").click()
+    page.get_by_label("Combination name").fill("../x")
+    page.get_by_role("button", name="Save mix to params.yaml").click()
+    toast(page, "combination name '../x': use lowercase letters")
     page.get_by_role("tab", name="Draw").click()
     combo = sorted(p for p in (workspace / "models/merged").iterdir() if p.is_dir())[0]
     shutil.move(combo, workspace / "moved")  # deleted while the UI runs

@@ -28,8 +28,8 @@ def make_workspace(root: Path) -> Path:
         copy_pretrained_tiny(root / "models/base")
         for i, (name, trigger) in enumerate(STYLES.items()):
             pipe = load_pipeline("tiny")
+            torch.manual_seed(i)  # lora_A's init too: the pictures must not depend on what this process ran before
             add_lora(pipe.unet, [], params.Lora(rank=4, alpha=4, targets=["to_q", "to_k", "to_v", "to_out.0"]))
-            torch.manual_seed(i)
             for n, p in pipe.unet.named_parameters():
                 if "lora_B" in n:
                     p.data.normal_(0, 0.3)
@@ -39,3 +39,15 @@ def make_workspace(root: Path) -> Path:
     finally:
         os.chdir(here)
     return root
+
+
+def bomb_png(path: Path) -> None:
+    """A 65-byte PNG that claims 100,000 x 100,000 pixels: a decompression bomb for a naive reader."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

@@ -119,6 +119,15 @@ def factor_deltas(factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]
     return {c: {m: update(a, b, 1.0) for m, (a, b) in modules.items()} for c, modules in factors.items()}
 
 
+def check_fits(pipe, folder: Path) -> None:
+    """Load a LoRA folder into `pipe` and take it out again: a file whose layers this base lacks (or has
+    in other shapes) stops with one line naming it before anything is built from it."""
+    with warnings.catch_warnings():  # peft warns that the model already has an adapter: it is ours
+        warnings.simplefilter("ignore")
+        load_adapter(pipe, folder, CHECK)
+    pipe.delete_adapters(CHECK)
+
+
 def check_lora_files(folder: Path, files: list[str], pipe, want: dict[str, dict[str, torch.Tensor]], where: Path | str,
                      made: str = "trained") -> None:
     """Load each file of `folder` into `pipe` as an extra adapter and compare its update with `want`

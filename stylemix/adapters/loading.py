@@ -5,7 +5,9 @@ the load check come here. stylemix.adapters.lora_files writes what this reads.
 and DoRA files, peft from the file's own config for LoHa and LoKr, which diffusers cannot read.
 """
 import json
+import logging
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,11 +63,29 @@ def load_adapter(pipe, folder: Path, adapter_name: str, weight_name: str = WEIGH
     """Load a LoRA folder's diffusers-layout file into the pipeline as `adapter_name`: through
     diffusers' load_lora_weights, or, for LoHa / LoKr (UNet only), which it cannot read, through peft
     from the config the file carries. Either way diffusers' set_adapters / delete_adapters / fuse_lora
-    then handle it."""
+    then handle it. A file whose layers this base lacks, or has in other shapes, is one line naming it."""
     path = Path(folder) / weight_name
-    if adapter_type(file_config(path)) not in LYCORIS_CONFIGS:
-        pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
-        return
+    quiet = logging.getLogger("diffusers.loaders.peft")  # it logs the whole error, 80 lines, before raising it
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings(record=True) as said:  # shown when it loads; a failure says it in one line
+            warnings.simplefilter("always")
+            if adapter_type(file_config(path)) not in LYCORIS_CONFIGS:
+                pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
+            else:
+                _load_lycoris(pipe, path, adapter_name)
+        for w in said:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    except (RuntimeError, ValueError, KeyError) as err:  # torch's size mismatch; peft's "target modules not found"; a kohya key without its pair
+        if any(adapter_name in names for names in pipe.get_list_adapters().values()):  # loaded in part
+            pipe.delete_adapters(adapter_name)
+        raise unfit(path, _first_reason(err)) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _load_lycoris(pipe, path: Path, adapter_name: str) -> None:
     kind, config, layers = lycoris_layers(path)
     if other := next((m for m in layers if m.startswith("text_encoder")), None):
         raise StyleMixError(f"{path}: {kind} on a text encoder ({other}) is not supported; retrain with lora.text_encoder: false")
@@ -75,6 +95,17 @@ def load_adapter(pipe, folder: Path, adapter_name: str, weight_name: str = WEIGH
     if result.unexpected_keys:
         pipe.unet.delete_adapters(adapter_name)
         raise StyleMixError(f"{path}: {len(result.unexpected_keys)} tensor(s) no layer takes, e.g. {result.unexpected_keys[0]}")
+
+
+def unfit(path: Path, reason: str) -> StyleMixError:
+    return StyleMixError(f"{path}: this base model has no layers it fits ({reason}); a LoRA for another model "
+                         f"(SDXL on SD 1.5?) or no LoRA at all: retrain it on base.model")
+
+
+def _first_reason(err: Exception) -> str:
+    """The line of torch's or peft's message that names a layer: `size mismatch for ...` or the first."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else type(err).__name__)
 
 
 def weights_file(folder: Path) -> Path:
@@ -120,10 +151,14 @@ def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def read_info(folder: Path) -> dict:
-    """The `stylemix` facts stored in a LoRA folder's diffusers file."""
+    """The `stylemix` facts stored in a LoRA folder's diffusers file, which train@S and merge@C write."""
     path = weights_file(folder)
     with open_safetensors(path) as f:
-        return json.loads((f.metadata() or {}).get("stylemix", "{}"))
+        facts = (f.metadata() or {}).get("stylemix")
+    if not facts:
+        raise StyleMixError(f"{path}: no stylemix facts in its metadata, so not a LoRA that train@S or merge@C wrote "
+                            f"(a file from elsewhere, or rewritten without its metadata): retrain it with `dvc repro`")
+    return json.loads(facts)
 
 
 def read_info_for(folder: Path, pipe) -> dict:

@@ -9,8 +9,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from stylemix import params
 from stylemix.commands.publishing import build, upload
-from stylemix.drawing.drawer import find_adapter
+from stylemix.drawing.drawer import Drawer, find_adapter
 from stylemix.errors import StyleMixError
 
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     folder = find_adapter(args.name)
+    Drawer(params.load("base").base).infos([args.name])  # loads it into base.model: a file no layer takes stops here
     if args.dry_run:
         build(args.name, folder, args.dry_run)
         print(f"publish: {args.dry_run}/ is what would be uploaded (README.md is the model card)")

@@ -10,6 +10,7 @@ settings (A1111 `parameters` and a stylemix recipe); "Load settings" reads them 
 import argparse
 import json
 import os
+import threading
 import traceback
 from datetime import datetime
 from functools import wraps
@@ -23,7 +24,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 from stylemix import params  # noqa: E402
 from stylemix.adapters.schedules import dump as dump_schedules  # noqa: E402
 from stylemix.commands.ui_tables import experiments_table, metrics_table, tokens_of  # noqa: E402
-from stylemix.drawing.drawer import WEIGHT_RANGE, Drawer, adapters, mix_label, parse_spec, settings_from_png  # noqa: E402
+from stylemix.drawing.drawer import WEIGHT_RANGE, Cancelled, Drawer, adapters, mix_label, parse_spec, settings_from_png  # noqa: E402
 from stylemix.drawing.render import SCHEDULERS  # noqa: E402
 from stylemix.errors import StyleMixError  # noqa: E402
 from stylemix.outputs import atomic_write  # noqa: E402
@@ -31,6 +32,7 @@ from stylemix.paths import GRIDS, LORAS, UI_OUT  # noqa: E402
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # --host values only this machine can reach
 SLOTS = 16  # weight sliders on the page; styles and combinations beyond this are not offered
+MAX_PROMPT = 4_000  # characters: kohya's longest captions (225 tokens) are under 1,500
 # Small drawings (the demo's 64 px) fill their frame with their pixels visible, not a thumbnail.
 CSS = "#result img, #compare-slider img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}"
 
@@ -42,15 +44,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class Studio:
-    """What the page's handlers share: the pipeline (loaded on first use, then kept) and the scorer."""
+    """What the page's handlers share: the pipeline (loaded on first use, then kept), the scorer, and
+    whose drawing runs now (one at a time), so that Cancel in one browser stops only its own."""
 
     def __init__(self):
         self.drawer: Drawer | None = None
         self.scorer = None
+        self.turn, self.owner_lock = threading.Lock(), threading.Lock()
+        self.owner: str | None = None  # the session whose drawing runs
 
-    def draw(self, form: dict, weights: dict[str, float], progress=None):
+    def draw(self, form: dict, weights: dict[str, float], progress=None, owner: str | None = None):
         """One drawing from the form's settings (params.yaml read anew: its defaults may change); the
         block weights and schedules of the styles that are off are left out."""
+        for key, label in (("prompt", "prompt"), ("negative", "negative prompt")):
+            if len(form[key]) > MAX_PROMPT:
+                raise StyleMixError(f"the {label} is {len(form[key]):,} characters; at most {MAX_PROMPT:,} "
+                                    f"(the text encoder reads its first 77 tokens)")
+        with self.turn:
+            with self.owner_lock:
+                self.owner = owner
+            try:
+                return self._draw(form, weights, progress)
+            finally:
+                with self.owner_lock:
+                    self.owner = None
+
+    def cancel(self, owner: str) -> None:
+        """Stop the drawing running now if `owner` started it (its queued ones gradio drops)."""
+        with self.owner_lock:
+            if self.drawer is not None and self.owner == owner:
+                self.drawer.cancel()
+
+    def _draw(self, form: dict, weights: dict[str, float], progress=None):
         p = params.load("base", "generate")
         cfg = p.generate.model_copy(update={"negative_prompt": form["negative"], "steps": int(form["steps"]),
                                             "guidance_scale": float(form["guidance"]), "scheduler": form["sampler"]})
@@ -96,13 +121,16 @@ def save_png(image, meta=None, kind: str = "draw") -> str:
 
 def friendly(fn):
     """Bad input becomes a message on the page; anything else a one-line message (the traceback
-    goes to the terminal, never to the browser)."""
+    goes to the terminal, never to the browser); a cancelled drawing, a note."""
     import gradio as gr
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Cancelled:  # its own Cancel: no error, and the page keeps what it shows
+            gr.Info("cancelled")
+            return gr.skip()
         except StyleMixError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - the page shows one line; the terminal the rest
@@ -214,15 +242,14 @@ def build():
         refresh.click(on_refresh, None, refresh_outputs)
         app.load(on_refresh, None, refresh_outputs)
 
-        # gr.Progress goes first: gradio inserts the tracker at the parameter's position among the inputs.
+        # gr.Request and gr.Progress go first: gradio inserts them at their parameters' positions among the inputs.
         @friendly
-        def on_generate(progress=gr.Progress(), *values):
+        def on_generate(request: gr.Request, progress=gr.Progress(), *values):
             form, weights = unpack(values)
-            img, meta = studio.draw(form, weights, progress)
+            img, meta = studio.draw(form, weights, progress, request.session_hash)
             return save_png(img, meta), f"seed {form['seed']} · {mix_label(weights)}", form["seed"]
 
-        generate.click(on_generate, inputs, [image, info, seed], concurrency_id="pipeline", concurrency_limit=1)
-        cancel.click(lambda: studio.drawer and studio.drawer.cancel(), None, None, concurrency_limit=None)
+        drawing = [generate.click(on_generate, inputs, [image, info, seed], concurrency_id="pipeline", concurrency_limit=1)]
         insert.click(lambda text, tok: f"{tok.split(' ')[0]}, {text}" if tok else text, [prompt, token], prompt)
 
         @friendly
@@ -244,7 +271,7 @@ def build():
         load.upload(on_load, [load, names], form_fields + checks + sliders)
 
         @friendly
-        def on_grid(progress=gr.Progress(), *values):
+        def on_grid(request: gr.Request, progress=gr.Progress(), *values):
             from stylemix.drawing.xy_grid import Axis, cells, parse_values, plot
 
             (xk, xv, yk, yv), (form, weights) = values[:4], unpack(values[4:])
@@ -254,25 +281,30 @@ def build():
             for k, (_, _, change) in enumerate(todo):
                 progress(k / len(todo), desc=f"cell {k + 1}/{len(todo)}")
                 cell = form | {key: v for key, v in change.items() if key != "weights"}
-                img, _ = studio.draw(cell, weights | change["weights"])
+                img, _ = studio.draw(cell, weights | change["weights"], owner=request.session_hash)
                 images.append(img)
                 scores.append(studio.clip_score(img, cell["prompt"]))
             title = f"{form['prompt']} · {mix_label(weights)}"
             return save_png(plot(x, y, images, scores, title), kind="grid")
 
-        plot_button.click(on_grid, [x_kind, x_values, y_kind, y_values] + inputs, plot_image,
-                          concurrency_id="pipeline", concurrency_limit=1)
+        drawing.append(plot_button.click(on_grid, [x_kind, x_values, y_kind, y_values] + inputs, plot_image,
+                                         concurrency_id="pipeline", concurrency_limit=1))
 
         @friendly
-        def on_compare(progress=gr.Progress(), *values):
+        def on_compare(request: gr.Request, progress=gr.Progress(), *values):
             form, weights = unpack(values)
             if not any(weights.values()):
                 raise StyleMixError("no style is on: tick at least one style or combination in the Draw tab")
-            base, _ = studio.draw(form, {})
-            mix, meta = studio.draw(form, weights, progress)
+            base, _ = studio.draw(form, {}, owner=request.session_hash)
+            mix, meta = studio.draw(form, weights, progress, request.session_hash)
             return save_png(base, kind="base"), save_png(mix, meta, kind="mix")
 
-        compare_button.click(on_compare, inputs, slider, concurrency_id="pipeline", concurrency_limit=1)
+        drawing.append(compare_button.click(on_compare, inputs, slider, concurrency_id="pipeline", concurrency_limit=1))
+
+        def on_cancel(request: gr.Request):
+            studio.cancel(request.session_hash)
+
+        cancel.click(on_cancel, None, None, cancels=drawing, concurrency_limit=None)  # this browser's drawings only
 
         @friendly
         def on_reports():

@@ -263,10 +263,16 @@ A1111_LORA = re.compile(r"<lora:([^:>]+):([-0-9.]+)>")
 def settings_from_png(path: Path | str) -> dict:
     """The settings a PNG was drawn with: our recipe, else A1111's `parameters` text (its
     `<lora:name:weight>` tags become weights)."""
+    name = Path(path).name
     try:
-        text = Image.open(path).text
+        with Image.open(path) as image:  # a decompression bomb is refused here, from its header
+            if image.format != "PNG":
+                raise StyleMixError(f"{name}: not a PNG image (a {image.format} file)")
+            text = image.text
+    except Image.DecompressionBombError as err:
+        raise StyleMixError(f"{name}: too many pixels for a drawing ({err})") from None
     except (OSError, SyntaxError) as err:
-        raise StyleMixError(f"{Path(path).name}: not a PNG image ({err})") from None
+        raise StyleMixError(f"{name}: not a PNG image ({err})") from None
     if "stylemix" in text:
         return json.loads(text["stylemix"])
     if "parameters" not in text:

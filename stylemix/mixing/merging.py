@@ -24,8 +24,8 @@ from peft.utils import merge_utils
 
 from stylemix import params
 from stylemix.adapters import block_weights, dora, lycoris, schedules
-from stylemix.adapters.load_check import base_weight, check_lora_files, factor_deltas
-from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes, lycoris_layers, read_info, weights_file
+from stylemix.adapters.load_check import base_weight, check_fits, check_lora_files, factor_deltas
+from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes, lycoris_layers, read_info, unfit, weights_file
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config, update
 from stylemix.adapters.tokens import copy_token
 from stylemix.errors import StyleMixError
@@ -88,6 +88,9 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         sides = "; ".join(f"{arch}: {', '.join(s for s, a in archs.items() if a == arch)}" for arch in sorted(set(archs.values())))
         raise StyleMixError(f"merge.combos.{name} mixes SD 1.5 and SDXL LoRAs ({sides}), which cannot be combined; "
                             f"retrain them on one base model")
+    for style in combo.weights if check_with is not None else []:
+        if folder_type(loras / style) not in LYCORIS_CONFIGS:  # a LoHa's or LoKr's layers: lycoris_parts checks them
+            check_fits(check_with, loras / style)
     bases = {info.get("base_model") for info in infos.values()}
     if len(bases) > 1:
         raise StyleMixError(f"merge.combos.{name}: its styles were trained on different base models ({', '.join(map(str, bases))})")
@@ -141,14 +144,20 @@ def style_parts(folder: Path, pipe, name: str, style: str) -> tuple[dict, dict |
 def lycoris_parts(folder: Path, pipe, name: str, style: str) -> tuple[dict, dict]:
     """A LoHa / LoKr style's full updates, and stand-in factors that carry only each layer's rank and
     shape (zero, at scale 0: the update is in the full one). The shapes are the base weights'."""
-    kind, config, layers = lycoris_layers(weights_file(folder))
+    path = weights_file(folder)
+    kind, config, layers = lycoris_layers(path)
     if pipe is None:
         raise StyleMixError(f"merge.combos.{name}: {style} is a {kind}, whose layer shapes come from the base model: "
                             f"merge it with the base model loaded (`dvc repro merge@{name}`)")
     full, shapes = {}, {}
     for module, tensors in layers.items():
-        weight, rank = base_weight(pipe.unet, module), module_rank(config, module)
+        try:
+            weight, rank = base_weight(pipe.unet, module), module_rank(config, module)
+        except AttributeError:
+            raise unfit(path, f"no layer {module}") from None
         full[module] = lycoris.delta(tensors, module_alpha(config, module) / rank)
+        if full[module].shape[0] != weight.shape[0] or full[module].numel() != weight.numel():  # a convolution's: flat
+            raise unfit(path, f"{module} is {tuple(weight.shape)} in the base, {tuple(full[module].shape)} in the file")
         kernel = (1, 1) if weight.dim() == 4 else ()  # LoRA's up factor of a convolution: out x r x 1 x 1
         shapes[module] = (torch.zeros(rank, *weight.shape[1:]), torch.zeros(weight.shape[0], rank, *kernel), 0.0)
     return {"unet": shapes}, {"unet": full}

@@ -294,8 +294,9 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     run = run_id(p, style, cfg, world, latents_file(name, latents))
     ckpt_dir = ckpt_root / name
     step, history, kept_images = 0, [], None
-    if resume := checkpoints.latest(ckpt_dir, run):
-        step, history = checkpoints.load(resume, accelerator, trainables, optimizer, scheduler, gen, ema)
+    if found := checkpoints.latest(ckpt_dir, run, accelerator.process_index):
+        resume, saved = found
+        step, history = checkpoints.load(saved, accelerator, trainables, optimizer, scheduler, gen, ema)
         kept_images = resume / checkpoints.IMAGES
         accelerator.print(f"train {name}: resuming from {resume}")
     elif accelerator.is_main_process and ckpt_dir.exists():
