@@ -72,6 +72,15 @@ def weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result["trainables"].items()}
 
 
+def killed_after(data, tmp_path, p, step: int, run: str) -> None:
+    """Train until `step` is done, then die as a killed stage does (its last checkpoint: the one before)."""
+    def die(at, _):
+        if at == step:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path, p, die, run=run)
+
+
 def logged_images(run, name="flat") -> dict[str, bytes]:
     folder = run / f"logs/{name}/plots/images"
     return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*.png"))}
@@ -84,12 +93,7 @@ def test_same_params_same_weights_and_resume_is_bit_exact(request, tmp_path, tin
     first = weights(train(data, tmp_path, p, run="a"))
     again = weights(train(data, tmp_path, p, run="b"))
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
-
-    def killed_at_3(step, _):
-        if step == 3:
-            raise KeyboardInterrupt  # the stage dies after step 3; its last checkpoint is step 2
-    with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path, p, killed_at_3, run="c")
+    killed_after(data, tmp_path, p, 3, "c")  # its last checkpoint is step 2
     assert sorted(d.name for d in (tmp_path / f"c/ckpt/{name}").iterdir()) == ["step-000002"]
     steps_run = []
     resumed = weights(train(data, tmp_path, p, lambda step, _: steps_run.append(step), run="c"))
@@ -113,12 +117,7 @@ def test_an_unreadable_checkpoint_is_passed_over_for_the_one_before(data, tmp_pa
     ends with the weights of an unbroken run."""
     p = make_params(tiny_model, data / "src")
     unbroken = weights(train(data, tmp_path, p, run="a"))
-
-    def killed_at_5(step, _):
-        if step == 5:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path, p, killed_at_5, run="c")
+    killed_after(data, tmp_path, p, 5, "c")
     ckpt = tmp_path / "c/ckpt/flat"
     newest = ckpt / "step-000004/lora.safetensors"
     newest.write_bytes(newest.read_bytes()[:100])

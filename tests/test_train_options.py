@@ -13,7 +13,7 @@ from stylemix.drawing.render import SCHEDULERS, render
 from stylemix.errors import StyleMixError
 from stylemix.models.base_model import load_pipeline
 from stylemix.training.loop import make_optimizer, sample_timesteps
-from tests.test_train import data, make_params, train, weights  # noqa: F401 (data: the fixture)
+from tests.test_train import data, killed_after, make_params, train, weights  # noqa: F401 (data: the fixture)
 
 DRAWS = 40_000
 
@@ -118,12 +118,7 @@ def test_resume_with_the_options_is_bit_exact(data, tmp_path, tiny_model, option
     own state (Prodigy's step size, schedule-free's average) and ends on the unbroken run's weights."""
     p = make_params(tiny_model, data / "src", **options)
     unbroken = weights(train(data, tmp_path, p, run="a"))
-
-    def killed_at_3(step, _):
-        if step == 3:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path, p, killed_at_3, run="b")
+    killed_after(data, tmp_path, p, 3, "b")
     resumed = weights(train(data, tmp_path, p, run="b"))
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
 
