@@ -1,7 +1,10 @@
 """One kind of error for bad input, and the wrapper that turns it into one line on stderr."""
 import errno
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class StyleMixError(Exception):
@@ -21,15 +24,37 @@ class NoRoom(StyleMixError):
         self.err = err
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's or command's main(); a StyleMixError, or a write to a full disk, becomes `error: ...` and exit code 2, no traceback."""
+def _disk_full(err: Exception) -> OSError | None:
+    """The OSError behind a write to a full disk, if that is what `err` is; safetensors' writer (Rust)
+    says it as `I/O error: ... (os error 28)`."""
+    from safetensors import SafetensorError
+
+    if isinstance(err, OSError):
+        return err if err.errno in DISK_FULL else None
+    code = re.search(r"os error (\d+)", str(err)) if isinstance(err, SafetensorError) else None
+    return OSError(int(code[1]), os.strerror(int(code[1]))) if code and int(code[1]) in DISK_FULL else None
+
+
+@contextmanager
+def room_for(path=None) -> Iterator[None]:
+    """A write that runs out of disk (or over `ulimit -f`) becomes one line naming the output `path`
+    (the outermost, when outputs nest), or with no path the file the error names."""
     try:
-        main()
+        yield
+    except NoRoom as err:
+        raise (NoRoom(err.err, path) if path else err) from None
+    except Exception as err:
+        if (full := _disk_full(err)) is None:
+            raise
+        raise NoRoom(full, path) from None
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's or command's main(); a StyleMixError, or a write to a full disk anywhere, becomes
+    `error: ...` and exit code 2, no traceback."""
+    try:
+        with room_for():
+            main()
     except StyleMixError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in DISK_FULL:  # a full disk where no stylemix.outputs helper writes: one line too
-            raise
-        print(f"error: {NoRoom(err)}", file=sys.stderr)
         sys.exit(2)

@@ -5,35 +5,13 @@ what depends on it."""
 import glob
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from stylemix.errors import DISK_FULL, NoRoom
-
-
-@contextmanager
-def room_for(path: Path | str) -> Iterator[None]:
-    """A write that runs out of disk (or over `ulimit -f`) becomes one line naming `path`; safetensors'
-    writer (Rust) says it as `I/O error: ... (os error 28)`."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except NoRoom as err:  # a write inside this one's: named by the outer output
-        raise NoRoom(err.err, path) from None
-    except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        raise NoRoom(err, path) from None
-    except SafetensorError as err:
-        code = re.search(r"os error (\d+)", str(err))
-        if not code or int(code[1]) not in DISK_FULL:
-            raise
-        raise NoRoom(OSError(int(code[1]), os.strerror(int(code[1]))), path) from None
+from stylemix.errors import room_for
 
 
 @contextmanager

@@ -145,8 +145,8 @@ def check_lora_files(folder: Path, files: list[str], pipe, want: dict[str, dict[
             with warnings.catch_warnings():  # peft warns that the model already has an adapter: it is ours
                 warnings.simplefilter("ignore")
                 load_adapter(pipe, folder, CHECK, weight_name=file)
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise StyleMixError(f"{label}: diffusers cannot load it ({str(err).splitlines()[0]})") from None
+        except StyleMixError as err:  # load_adapter's line names the temporary folder; this, where the file goes
+            raise StyleMixError(f"{label}: diffusers cannot load it ({err})") from None
         try:
             for component in components:
                 model = getattr(pipe, component)
