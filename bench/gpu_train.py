@@ -39,10 +39,11 @@ from diffusers.optimization import get_scheduler  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from stages.caption import caption_style  # noqa: E402
-from stages.encode import encode_style, pixels  # noqa: E402
+from stages.encode import encode_style  # noqa: E402
 from stages.filter import filter_style  # noqa: E402
 from stylemix import params  # noqa: E402
 from stylemix.data.conditioning import unet_kwargs  # noqa: E402
+from stylemix.data.encoding import pixels  # noqa: E402
 from stylemix.demo.sample import build_style  # noqa: E402
 from stylemix.models.base_model import build_tiny, clip_tokenizer  # noqa: E402
 from stylemix.models.single_file import CONFIGS  # noqa: E402
@@ -209,7 +210,7 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         captions = [f"omstyle, a cat {i}" for i in range(batch)]
         ids = [t(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids.to(device)
                for t in tokenizers]
-        images = pixels(work / "filtered/style", names[:batch], (resolution, resolution)).to(device, torch.bfloat16)
+        images = pixels(work / "filtered/style", names[:batch], (resolution, resolution))[0].to(device, torch.bfloat16)
         steps = {"floor": unet_step(pipe, data, fused=cuda),
                  "plain_floor": unet_step(plain, data | {"latents": on["mean"]}, fused=False),
                  "reference": unet_step(pipe, data | {"pixels": images, "ids": ids}, fused=cuda, encoders=encoders, vae=vae)}

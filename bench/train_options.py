@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from stages.prior import build_prior  # noqa: E402
 from stylemix import params  # noqa: E402
 from stylemix.drawing.drawer import Drawer  # noqa: E402
 from stylemix.evaluation import ground_truth, scoring  # noqa: E402
@@ -39,7 +40,8 @@ from stylemix.paths import TRUTH  # noqa: E402
 from stylemix.training.loop import train_style  # noqa: E402
 
 STYLES = ["lineart", "fluent"]
-OPTIONS = {  # name -> train params over the demo's (train.lr 2e-3, cosine, AdamW)
+PRIOR = {"images": 60, "prompts": "subjects", "steps": 20}  # prompts: 60 subjects, none held out
+OPTIONS = {  # name -> train params over the demo's (train.lr 2e-3, cosine, AdamW); `lora`: lora params, `prior`: the prior's
     "default": {},
     "earlier": {"timesteps": {"sampling": "earlier", "multiplier": 3}},  # the quarter of least noise, 3x as often
     "later": {"timesteps": {"sampling": "later", "multiplier": 3}},  # the noisiest quarter, 3x as often
@@ -50,9 +52,28 @@ OPTIONS = {  # name -> train params over the demo's (train.lr 2e-3, cosine, Adam
     "adafactor": {"optimizer": "adafactor"},
     "came": {"optimizer": "came", "lr": 2e-4},  # its own default: at AdamW's 2e-3 it diverged here
     "schedule_free_adamw": {"optimizer": "schedule_free_adamw", "scheduler": "constant"},
+    "masked": {"masked_loss": {"enabled": True}},  # the emoji's alpha: the background at 0.1
+    "prior": {"prior": PRIOR},  # the base's own pictures of 60 subjects (no trigger), learnt at weight 1
+    # where the LoRA goes and what it is (lora.*), beside the training options
+    "locon": {"lora": {"conv_rank": 4}},
+    "loha": {"lora": {"type": "loha"}},
+    "rank16": {"lora": {"rank": 16, "alpha": 16}},
+    # combinations of the levers above that moved style accuracy most (issue 36's bar)
+    "later_came": {"timesteps": {"sampling": "later", "multiplier": 3}, "optimizer": "came", "lr": 2e-4},
+    "prodigy_d05": {"optimizer": "prodigy", "lr": 1.0, "optimizer_args": {"d_coef": 0.5}},
+    "later_lr4e-3": {"timesteps": {"sampling": "later", "multiplier": 3}, "lr": 4e-3},
 }
 OUT = Path(__file__).parent / "results" / "train_options.json"
 MEASURES = ("style_accuracy", "subject_accuracy", "nearness_gain", "val_gain", "step_ratio", "state_ratio")
+
+
+def prior_prompts(p: params.Params) -> list[str]:
+    """PRIOR's subjects, in words: a seeded choice of those not held out."""
+    from stylemix import emoji
+
+    rest = [s for s in emoji.subjects() if s not in set(p.sample.heldout)]
+    order = torch.randperm(len(rest), generator=torch.Generator().manual_seed(0))[: PRIOR["images"]]
+    return [emoji.words(rest[i]) for i in order.tolist()]
 
 
 def judged(scorer, truth, frames: list[pd.DataFrame], embeddings: list[torch.Tensor]) -> dict:
@@ -63,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("options", nargs="*", help=f"these and the default (none: all): {', '.join(OPTIONS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="train seeds")
+    parser.add_argument("--styles", nargs="+", default=STYLES, help=f"styles to train (default: {' '.join(STYLES)})")
     parser.add_argument("--max-steps", type=int, help="train this many steps, not the demo's (a quick look)")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: all cores)")
     parser.add_argument("--rows", type=Path, nargs="+", help="train nothing: summarise these runs' JSON into --out "
@@ -80,7 +102,7 @@ def main() -> None:
     if unknown := set(args.options) - set(OPTIONS):
         parser.error(f"unknown option(s) {', '.join(sorted(unknown))}; there are: {', '.join(OPTIONS)}")
     options = {o: OPTIONS[o] for o in OPTIONS if not args.options or o == "default" or o in args.options}
-    p = params.load("base", "styles", "lora", "train", "validation", "generate", "score")
+    p = params.load("base", "styles", "lora", "train", "validation", "generate", "score", "sample")
     truth = ground_truth.load_truth(TRUTH)
     if truth is None:
         sys.exit(f"no ground truth in {TRUTH}: run `make repro` (the sample stage writes it) first")
@@ -90,19 +112,26 @@ def main() -> None:
     frame = lambda model: pd.DataFrame({"model": model, "prompt": prompts, "seed": seeds})  # noqa: E731
     base = scoring.embed_images(scorer, [im for im, _ in Drawer(p.base, roots=()).draw_batch(prompts, {}, seeds, p.generate)])
     base_stats = judged(scorer, truth, [frame("base")], [base])
-    about = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "styles": STYLES,
+    about = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__, "styles": args.styles,
              "seeds": args.seeds, "threads": torch.get_num_threads(), "options": options,
-             "base": {"style_accuracy": {s: base_stats["style_accuracy"]["base"][s] for s in STYLES},
+             "base": {"style_accuracy": {s: base_stats["style_accuracy"]["base"][s] for s in args.styles},
                       "subject_accuracy": base_stats["models"]["base"]["subject_accuracy"]["mean"]}}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:  # seed by seed, so a stopped run has every option of its first seeds
             for option, train in options.items():
-                q = p.model_copy(update={"train": params.Train.model_validate(p.train.model_dump() | train | {"seed": seed, "max_steps": args.max_steps})})
+                train = dict(train)
+                prior = params.Prior(**PRIOR | {"prompts": prior_prompts(p)}) if train.pop("prior", None) else None
+                lora = params.Lora.model_validate(p.lora.model_dump() | train.pop("lora", {}))
+                q = p.model_copy(update={"train": params.Train.model_validate(p.train.model_dump() | train | {"seed": seed, "max_steps": args.max_steps}),
+                                         "prior": prior, "lora": lora})
                 root = Path(tmp) / f"{option}-{seed}"
-                for style in STYLES:
+                if prior and not (root.parent / "prior").is_dir():  # drawn once for every seed
+                    build_prior(prior, p.base, root.parent / "prior")
+                for style in args.styles:
                     started = time.perf_counter()
-                    summary = train_style(style, q, out=root / "lora", ckpt_root=root / "ckpt", logs=root / "logs")
+                    summary = train_style(style, q, out=root / "lora", ckpt_root=root / "ckpt", logs=root / "logs",
+                                          prior_dir=root.parent / "prior")
                     seconds = time.perf_counter() - started
                     drawn = Drawer(p.base, roots=(root / "lora",)).draw_batch(prompts, {style: 1.0}, seeds, p.generate)
                     images = scoring.embed_images(scorer, [im for im, _ in drawn])

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusers import DDPMScheduler  # noqa: E402
 
 from stages.caption import caption_style  # noqa: E402
-from stages.encode import encode_style, pixels  # noqa: E402
+from stages.encode import encode_style  # noqa: E402
 from stages.filter import filter_style  # noqa: E402
 from stylemix import params  # noqa: E402
 from stylemix.adapters.lora_files import add_lora  # noqa: E402
+from stylemix.data.encoding import pixels  # noqa: E402
 from stylemix.demo.sample import build_style  # noqa: E402
 from stylemix.models.base_model import build_tiny, load_pipeline  # noqa: E402
 from stylemix.training.loop import diffusion_loss, train_style  # noqa: E402
@@ -142,7 +143,7 @@ def main() -> None:
 
     # naive: pixels through the VAE and captions through the text encoder, every step
     names = sorted(q.name for q in (work / "filtered/openmoji").glob("*.png"))[:BATCH]
-    images = pixels(work / "filtered/openmoji", names, (RESOLUTION, RESOLUTION))
+    images, _ = pixels(work / "filtered/openmoji", names, (RESOLUTION, RESOLUTION))
     ids = pipe.tokenizer(["omstyle, a cat"] * BATCH, padding="max_length", max_length=77, return_tensors="pt").input_ids
     scale = pipe.vae.config.scaling_factor
 

@@ -15,6 +15,7 @@ from more_itertools import chunked
 from stylemix import params
 from stylemix.data.tagger import tag_captions
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.images import load_rgb
 from stylemix.outputs import read_jsonl, write_jsonl
 from stylemix.paths import CAPTIONS, FILTERED
 from stylemix.progress import progress
@@ -31,7 +32,6 @@ def sidecar_captions(folder: Path, names: list[str]) -> list[str]:
 def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[str]:
     """Caption with BLIP or BLIP-2 (any image-text-to-text model transformers can auto-load)."""
     import torch
-    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from stylemix.gpu import default_device
@@ -50,7 +50,7 @@ def model_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[
     with progress(unit="images") as bar, torch.inference_mode():
         task = bar.add_task(f"{cfg.backend} captions", total=len(names))
         for batch in chunked(names, cfg.batch_size):
-            images = [Image.open(folder / n).convert("RGB") for n in batch]
+            images = [load_rgb(folder / n) for n in batch]
             inputs = processor(images=images, return_tensors="pt").to(device, dtype)
             out = model.generate(**inputs, max_new_tokens=cfg.max_new_tokens)
             texts += [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]

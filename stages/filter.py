@@ -1,8 +1,9 @@
 """filter@S: keep a style's sharp, readable, distinct images; resize + center-crop them to their bucket.
 
 Per image, in order: decodable, big enough, sharp enough (variance of the Laplacian), not a
-near-duplicate (perceptual hash) of one already kept. Kept images are written as PNG with their
-sidecar caption, each at the size of its aspect-ratio bucket (stylemix.data.buckets; the square when
+near-duplicate (perceptual hash) of one already kept, each judged flattened onto white. Kept images
+are written as PNG, with their transparency (a masked loss's mask: stages.encode) and their sidecar
+caption, each at the size of its aspect-ratio bucket (stylemix.data.buckets; the square when
 `base.buckets` is off); the filter's verdict on every file and the bucket histogram land in
 reports/filter/<style>/.
 """
@@ -21,7 +22,7 @@ from stylemix import params
 from stylemix.data import buckets
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.evaluation.plots import bars
-from stylemix.images import UnreadableImage, contact_sheet, image_files, laplacian_variance, load_rgb, resize_crop
+from stylemix.images import UnreadableImage, contact_sheet, flat, image_files, laplacian_variance, load_image, resize_crop
 from stylemix.outputs import atomic_dir, write_json, write_jsonl
 from stylemix.paths import FILTER_REPORTS, FILTERED
 from stylemix.progress import track
@@ -47,10 +48,11 @@ def judge(files: list[Path], cfg: params.Filter, keep, label: str = "filter") ->
     for path in track(files, description=label):
         record = {"file": path.name}
         try:
-            img = load_rgb(path)
+            kept = load_image(path)  # with its alpha, which the filtered copy keeps
         except UnreadableImage as err:
             reject(record, None, "unreadable", str(err))
             continue
+        img = flat(kept)  # judged as a model sees it
         if min(img.size) < cfg.min_side:
             reject(record, img, "too small", f"{img.size[0]}x{img.size[1]} < {cfg.min_side} px")
             continue
@@ -73,7 +75,7 @@ def judge(files: list[Path], cfg: params.Filter, keep, label: str = "filter") ->
             hashes[len(hashed)] = bits
             hashed.append(path.name)
         stems[path.stem] = path.name
-        keep(record, img)
+        keep(record, kept)
     return rejected
 
 

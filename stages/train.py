@@ -11,7 +11,7 @@ from stylemix.training.loop import train_style
 def main() -> None:
     if len(sys.argv) != 2:
         raise StyleMixError("usage: python -m stages.train STYLE")
-    p = params.load("base", "styles", "lora", "train", "validation")
+    p = params.load("base", "styles", "lora", "train", "validation", "prior")
     gpu.claim()  # before accelerate initialises CUDA
     train_style(sys.argv[1], p)
 

@@ -41,7 +41,7 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
                 load_tokens(pipe, folder, tokens)
             rows[model] = {}
             for style, cache in held.items():
-                with_ids = [group | tokenize(pipe, captions) for group, captions in zip(groups[style], cache.group_captions())]
+                with_ids = [group | tokenize(pipe, captions, cache.max_token_length) for group, captions in zip(groups[style], cache.group_captions())]
                 rows[model][style] = heldout_loss(pipe.unet, noise_scheduler, with_ids, cfg.timesteps, cfg.seed, encoders)
                 bar.advance(task)
             if folder:

@@ -24,8 +24,9 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode fully, apply EXIF orientation, flatten alpha onto white, convert to RGB."""
+def load_image(path: Path) -> Image.Image:
+    """Decode fully and apply EXIF orientation: RGBA when some pixel is not opaque (the alpha the
+    filter keeps, a masked loss's mask), RGB otherwise."""
     if path.stat().st_size == 0:
         raise UnreadableImage("empty file")
     try:
@@ -39,8 +40,20 @@ def load_rgb(path: Path) -> Image.Image:
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
-        return on_white(im.convert("RGBA"))
+        im = im.convert("RGBA")
+        if im.getchannel("A").getextrema()[0] < 255:
+            return im
     return im.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """load_image flattened: what a model sees of a picture (transparency as white)."""
+    return flat(load_image(path))
+
+
+def flat(img: Image.Image) -> Image.Image:
+    """An RGB picture as it is; an RGBA one flattened onto white."""
+    return on_white(img) if img.mode == "RGBA" else img.convert("RGB")
 
 
 def on_white(img: Image.Image) -> Image.Image:

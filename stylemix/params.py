@@ -170,6 +170,13 @@ class Ema(Section):
     power: Annotated[float, Field(gt=0)] = 2 / 3
 
 
+class MaskedLoss(Section):
+    """The loss counts the subject: each latent pixel weighted by the image's alpha there (kohya's
+    alpha_mask, OneTrainer's masked training), the transparent background by `unmasked_weight`."""
+    enabled: bool = False
+    unmasked_weight: Annotated[float, Field(ge=0, le=1)] = 0.1  # 0: the background is not learned at all
+
+
 # pytorch-optimizer's classes by our name (one well-kept collection, not a package each); adamw is torch's.
 OPTIMIZERS = {"prodigy": "Prodigy", "lion": "Lion", "adafactor": "AdaFactor", "came": "CAME",
               "schedule_free_adamw": "ScheduleFreeAdamW"}
@@ -195,6 +202,7 @@ class Train(Section):
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
     timesteps: Timesteps = Timesteps()
     ema: Ema = Ema()
+    masked_loss: MaskedLoss = MaskedLoss()
     caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     random_flip: bool = True
     gradient_checkpointing: bool = False
@@ -268,6 +276,24 @@ class Validation(Section):
     seed: int = 0  # which images are held out, and the fixed noise per (image, timestep)
 
 
+class Prior(Section):
+    """Prior preservation (DreamBooth's --with_prior_preservation, kohya's reg_data_dir): pictures of
+    plain prompts that the base draws once (stage `prior`, cached) or a folder of your own, which
+    every training step also learns at `weight`, so a style LoRA keeps drawing what it was not
+    asked to change. Off while `images` is 0 and there is no `folder`."""
+    images: Annotated[int, Field(ge=0)] = 0  # pictures the base draws, prompt after prompt, a seed each
+    prompts: list[str] = Field(min_length=1, default=["a picture"])  # class prompts: no trigger word
+    folder: str | None = None  # your own regularisation images (a .txt caption beside each, else prompts[0]) instead
+    weight: Annotated[float, Field(gt=0)] = 1.0  # the prior batch's loss weight (DreamBooth's prior_loss_weight)
+    steps: Positive = 25  # denoising steps of each drawn picture
+    guidance_scale: Annotated[float, Field(ge=0)] = 7.5
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.images > 0 or self.folder is not None
+
+
 class Filter(Section):
     laplacian_min: Annotated[float, Field(ge=0)] = 100.0
     analysis_size: Annotated[int, Field(ge=64)] = 512
@@ -300,6 +326,9 @@ class Tags(Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # each other tag is left out with this probability
     variants: Positive = 8
     seed: int = 0
+    # caption tokens the text encoders read (kohya's max_token_length): 75 is one CLIP window;
+    # 150 and 225 read longer captions in 75-token chunks (stylemix.data.conditioning)
+    max_token_length: Literal[75, 150, 225] = 75
 
     @property
     def active(self) -> bool:
@@ -494,6 +523,7 @@ class Params(Section):
     lora: Lora | None = None
     train: Train | None = None
     validation: Validation | None = None
+    prior: Prior | None = None
     merge: Merge | None = None
     generate: Generate | None = None
     score: Score | None = None

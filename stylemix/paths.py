@@ -11,6 +11,7 @@ CAPTIONS = Path("data/captions")  # caption@S: data/captions/<style>/metadata.js
 LATENTS = Path("data/latents")  # encode@S: data/latents/<style>/latents.safetensors
 LATENTS_FILE = "latents.safetensors"
 HELDOUT_FILE = "heldout.safetensors"  # the style's held-out images, never trained on
+PRIOR = Path("data/prior")  # prior: the base's own pictures (images/) and their latents.safetensors, for prior preservation
 
 BASE_DIR = Path("models/base")  # base: `tiny` itself, and source.json for any model
 PRETRAINED_TINY = Path(__file__).parent / "pretrained" / "tiny"  # committed; made by python -m stylemix.demo.pretrain

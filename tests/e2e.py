@@ -75,7 +75,7 @@ def reduce(raw: dict) -> None:
 
 
 STYLES = ("lineart", "openmoji")  # in params.yaml's order; lineart: the framed style, with new concept tokens
-EVERY_STAGE = ({"sample", "base", "validate", "generate_base", "score", "report"}
+EVERY_STAGE = ({"sample", "base", "prior", "validate", "generate_base", "score", "report"}
                | {f"{stage}@{s}" for stage in ("filter", "caption", "encode", "train", "generate_style") for s in STYLES}
                | {f"{stage}@{c}" for stage in ("merge", "generate_combo") for c in ("mix", "mix2")}
                | {"explore@ws", "explore@ws2"})

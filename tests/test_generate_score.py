@@ -130,6 +130,7 @@ def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
     from stages.filter import filter_style
     from stylemix.demo.sample import build_style
     from stylemix.evaluation.scoring import style_reference
+    from stylemix.images import load_rgb
 
     refs, own = {}, {}
     for style in ("flat", "lineart", "openmoji"):
@@ -138,7 +139,7 @@ def test_own_style_images_are_most_similar_to_their_style(scorer, tmp_path):
         filter_style(style, params.Style(source=str(tmp_path / style), trigger=style), params.Filter(), params.Base(resolution=32),
                      tmp_path / "filtered", tmp_path / "reports")
         refs[style] = style_reference(scorer, tmp_path / "filtered" / style)
-        own[style] = embed_images(scorer, [Image.open(p) for p in sorted((tmp_path / "filtered" / style).glob("*.png"))])
+        own[style] = embed_images(scorer, [load_rgb(p) for p in sorted((tmp_path / "filtered" / style).glob("*.png"))])
     for style, emb in own.items():
         sims = {s: float((emb @ ref).mean()) for s, ref in refs.items()}
         assert max(sims, key=sims.get) == style, sims

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylemix.images import UnreadableImage, contact_sheet, laplacian_variance, load_rgb, resize_crop
+from stylemix.images import UnreadableImage, contact_sheet, laplacian_variance, load_image, load_rgb, resize_crop
 from stylemix.outputs import atomic_dir
 
 
@@ -25,6 +25,11 @@ def test_modes_become_rgb(tmp_path):
     assert load_rgb(tmp_path / "rgba.png").getpixel((5, 5)) == (255, 255, 255)  # alpha flattened onto white
     r, g, b = load_rgb(tmp_path / "cmyk.jpg").getpixel((5, 5))
     assert r > 200 and g < 60 and b < 60  # CMYK (0, 255, 255, 0) is red
+    # load_image keeps alpha (the filter's copies, a masked loss) only where a pixel is not opaque
+    Image.new("RGBA", (20, 30), (255, 0, 0, 255)).save(tmp_path / "opaque.png")
+    Image.new("LA", (20, 30), (90, 100)).save(tmp_path / "gray_alpha.png")
+    modes = {n: load_image(tmp_path / n).mode for n in ("rgba.png", "gray_alpha.png", "opaque.png", "gray.png", "palette.png")}
+    assert modes == {"rgba.png": "RGBA", "gray_alpha.png": "RGBA", "opaque.png": "RGB", "gray.png": "RGB", "palette.png": "RGB"}
 
 
 def test_exif_orientation_is_honoured(tmp_path):

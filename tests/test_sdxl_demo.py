@@ -11,6 +11,8 @@ from tests.e2e import EVERY_STAGE, STYLES, make_repo, ran, reduce, run_block
 def b_lora(raw: dict) -> None:
     reduce(raw)
     raw["lora"] |= {"targets": "style", "type": "dora"}  # B-LoRA's style block as DoRA, with the reduced demo's LoCon convolutions
+    raw["prior"] |= {"images": 4, "steps": 2}  # prior preservation: SDXL's pooled embeddings and time ids for the base's pictures
+    raw["train"]["masked_loss"] = {"enabled": True}  # and the emoji's alpha as the loss's mask
 
 
 def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
@@ -28,6 +30,9 @@ def test_the_sdxl_demo_runs_every_stage_on_sdxl(tmp_path):
         assert any(k.endswith("in_layers_2") for k in unet) and any("output_blocks_1_1_" in k for k in unet), folder
         # A style is a DoRA (LyCORIS's dora_scale on every layer); a merge of them a plain LoRA (svd)
         assert any(k.endswith(".dora_scale") for k in kohya) == (folder.parent.name == "lora"), folder
+    for style in STYLES:
+        meta = safe_open(repo / "models/lora" / style / f"{style}_kohya.safetensors", "pt").metadata()
+        assert (meta["ss_num_reg_images"], meta["ss_masked_loss"]) == ("4", "True"), style
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)

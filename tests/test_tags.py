@@ -13,9 +13,10 @@ from PIL import Image
 from safetensors import safe_open
 
 from stages.caption import caption_style
-from stages.encode import encode_captions, encode_style
+from stages.encode import encode_style
 from stylemix import params
 from stylemix.data.conditioning import VARIANTS
+from stylemix.data.encoding import encode_captions
 from stylemix.data.prompts import tag_variants
 from stylemix.errors import StyleMixError
 from stylemix.models.base_model import load_pipeline
@@ -147,7 +148,7 @@ def test_encode_caches_variants_and_training_reads_one_an_epoch(filtered, tiny_m
     assert not any(k.startswith(VARIANTS) for k in load_heldout("ink", filtered / "latents").groups()[0])  # plain captions
     # Epoch e reads variant e mod 3 of every image: the encoder's output of that shuffled caption.
     captions = [tag_variants(f"inkstyle, {Path(f).stem}, square, flat colour, plain", cfg, f)[0][4 % v] for f in cache.files]
-    expected = encode_captions(load_pipeline(str(tiny_model)), captions, cache.files, torch.device("cpu"))["text_hidden"]
+    expected = encode_captions(load_pipeline(str(tiny_model)), captions, torch.device("cpu"))["text_hidden"]
     assert torch.allclose(cache.rows(bucket, [0, 1], variant=4)["text_hidden"], expected, atol=1e-5)
     assert not torch.allclose(cache.rows(bucket, [0, 1], variant=5)["text_hidden"], expected, atol=1e-5)
     # Training reads them: one epoch a step here (2 images, batch 2), so three steps see all three variants.

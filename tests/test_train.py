@@ -281,6 +281,7 @@ def launch_two_processes(workdir, latents, p: params.Params, style: str) -> str:
     shutil.copytree(latents, workdir / "data/latents")
     raw = p.model_dump(exclude_none=True)
     raw.setdefault("validation", {"split": 0})  # the stage reads the section; these latents hold nothing out
+    raw.setdefault("prior", {})  # off
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

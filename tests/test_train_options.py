@@ -109,10 +109,10 @@ def test_ema_is_saved_and_follows_diffusers_warmup(data, tmp_path, tiny_model): 
 
 
 @pytest.mark.parametrize("options", [
-    {"ema": {"enabled": True, "decay": 0.9}, "timesteps": {"sampling": "logit_normal"}},
+    {"ema": {"enabled": True, "decay": 0.9}, "timesteps": {"sampling": "logit_normal"}, "masked_loss": {"enabled": True}},
     {"optimizer": "schedule_free_adamw", "scheduler": "constant", "warmup_steps": 2, "timesteps": {"sampling": "later"}},
     {"optimizer": "prodigy", "lr": 1.0, "timesteps": {"sampling": "range", "range": [100, 600]}},
-], ids=["ema", "schedule-free", "prodigy"])
+], ids=["ema-masked", "schedule-free", "prodigy"])
 def test_resume_with_the_options_is_bit_exact(data, tmp_path, tiny_model, options):  # noqa: F811
     """Killed after step 3 (its last checkpoint: step 2), the rerun restores the EMA, the optimizer's
     own state (Prodigy's step size, schedule-free's average) and ends on the unbroken run's weights."""

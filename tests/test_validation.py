@@ -114,6 +114,6 @@ def test_a_lora_that_does_not_move_gains_nothing(data, tiny_model, tmp_path):
 def test_latents_encoded_at_another_resolution_are_refused(data, tiny_model, tmp_path):
     p = make_params(tiny_model, data)
     p = p.model_copy(update={"base": p.base.model_copy(update={"resolution": 64})})
-    with pytest.raises(StyleMixError, match="encoded at 32 px, not base.resolution = 64; rerun encode@flat"):
+    with pytest.raises(StyleMixError, match="encoded at 32 px, not base.resolution = 64; rerun `dvc repro encode@flat`"):
         train_style("flat", p, out=tmp_path / "lora", ckpt_root=tmp_path / "ckpt", logs=tmp_path / "logs",
                     latents=data / "latents")

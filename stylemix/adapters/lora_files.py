@@ -206,18 +206,21 @@ def to_kohya(state: dict[str, torch.Tensor], config: dict, name=lambda module: m
     return out
 
 
-def save_lora(folder: Path, name: str, pipe, info: dict) -> None:
-    """Write the trained adapters of the pipeline's UNet and text encoder(s) in both layouts."""
+def save_lora(folder: Path, name: str, pipe, info: dict, kohya_extra: dict[str, str] | None = None) -> None:
+    """Write the trained adapters of the pipeline's UNet and text encoder(s) in both layouts;
+    `kohya_extra`: more metadata for the kohya file (its training settings' ss_* keys)."""
     states = {}
     for component in PIPELINES[architecture(pipe)]._lora_loadable_modules:
         module = getattr(pipe, component)
         if getattr(module, "peft_config", None):
             states[component] = (get_peft_model_state_dict(module), module.peft_config["default"].to_dict())
     config = pipe.unet.config
-    save_states(folder, name, states, info | {"architecture": architecture(pipe), "layers_per_block": config.layers_per_block})
+    save_states(folder, name, states, info | {"architecture": architecture(pipe), "layers_per_block": config.layers_per_block},
+                kohya_extra)
 
 
-def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], info: dict) -> None:
+def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], info: dict,
+                kohya_extra: dict[str, str] | None = None) -> None:
     """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...,
     "text_encoder_2": ...}); info["architecture"] says which pipeline's layout."""
     arch = info["architecture"]
@@ -258,7 +261,7 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
         metadata["ss_network_module"], args = "lycoris.kohya", {"algo": "lora", "dora_wd": "True"} | args
     if args:
         metadata["ss_network_args"] = json.dumps(args)
-    save_safetensors(kohya, folder / kohya_file(name), metadata)
+    save_safetensors(kohya, folder / kohya_file(name), (kohya_extra or {}) | metadata)
 
 
 def adapter_type(config: dict) -> str:

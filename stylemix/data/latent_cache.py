@@ -4,7 +4,7 @@
 Keys: `<w>x<h>/<name>` holds one row per image of that bucket (latents, captions' encodings, token
 ids, time ids, tag variants); names without a bucket (the empty caption's `empty_` tensors) are
 shared. Metadata: the image files and captions in row order (bucket after bucket), the buckets
-with their image counts, the resolution and the base model.
+with their image counts, the resolution, the base model and the caption tokens read (tags.max_token_length).
 Readers open it memory-mapped and copy out only the rows a batch needs, so a style of thousands of
 images never sits in memory (or on the GPU) whole.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from stylemix.data import buckets
 from stylemix.data.conditioning import VARIANTS
 from stylemix.outputs import save_safetensors
 
@@ -28,6 +29,16 @@ def save(path: Path, groups: dict[str, dict[str, torch.Tensor]], shared: dict[st
                                                     "buckets": json.dumps(counts)})
 
 
+def save_rows(path: Path, per_image: dict[str, list], shared: dict[str, torch.Tensor], rows: list[int], files: list[str],
+              sizes: list[tuple[int, int]], captions: list[str], meta: dict[str, str]) -> None:
+    """Write images `rows` of `per_image` (key -> one tensor per image), grouped by their bucket in
+    `sizes`, bucket after bucket."""
+    rows = sorted(rows, key=lambda i: (sizes[i], i))
+    groups = {buckets.name(size): {k: torch.stack([per_image[k][i] for i in rows if sizes[i] == size]) for k in per_image}
+              for size in sorted({sizes[i] for i in rows})}
+    save(path, groups, shared, [files[i] for i in rows], [captions[i] for i in rows], meta)
+
+
 class LatentCache:
     """One split's file, open for reading rows."""
 
@@ -36,6 +47,7 @@ class LatentCache:
         self._file = safe_open(self.path, "pt")  # memory-mapped: nothing is read until asked for
         meta = self._file.metadata()
         self.resolution, self.architecture = int(meta["resolution"]), meta.get("architecture")
+        self.max_token_length = int(meta.get("max_token_length", 75))  # caption tokens the cached encodings read
         self.files, self.captions = json.loads(meta["files"]), json.loads(meta["captions"])
         self.buckets: dict[str, int] = json.loads(meta["buckets"])  # name -> images, in row order
         keys = list(self._file.keys())

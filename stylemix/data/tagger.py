@@ -15,6 +15,7 @@ from PIL import Image
 
 from stylemix import params
 from stylemix.errors import StyleMixError
+from stylemix.images import load_rgb
 from stylemix.progress import progress
 
 FILES = ("model.onnx", "selected_tags.csv")
@@ -87,7 +88,7 @@ def tag_captions(folder: Path, names: list[str], cfg: params.Caption) -> list[st
     with progress(unit="images") as bar:
         task = bar.add_task("tag captions", total=len(names))
         for batch in chunked(names, cfg.batch_size):
-            pixels = np.stack([tagger_input(Image.open(folder / n), size) for n in batch])
+            pixels = np.stack([tagger_input(load_rgb(folder / n), size) for n in batch])
             probs = session.run(None, {spec.name: pixels})[0]
             if probs.shape[-1] != len(tag_names):
                 raise StyleMixError(f"{model_file} outputs {probs.shape[-1]} scores but {tags_file} lists "

@@ -21,7 +21,7 @@ from PIL import Image
 
 from stylemix import gpu, params
 from stylemix.errors import StyleMixError
-from stylemix.images import image_files
+from stylemix.images import image_files, load_rgb
 from stylemix.paths import FILTERED, IMAGES
 
 
@@ -54,7 +54,7 @@ def embed_texts(scorer, texts: list[str]) -> torch.Tensor:
 
 def style_reference(scorer, folder: Path) -> torch.Tensor:
     """The normalized mean embedding of a style's training images."""
-    images = [Image.open(p).convert("RGB") for p in image_files(folder)]
+    images = [load_rgb(p) for p in image_files(folder)]
     if not images:
         raise StyleMixError(f"{folder}: no training images to compare styles with; run `dvc repro filter@{folder.name}`")
     return torch.nn.functional.normalize(embed_images(scorer, images).mean(0), dim=0)

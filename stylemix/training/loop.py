@@ -35,24 +35,36 @@ from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
 from stylemix.models.base_model import load_pipeline, pinned_source
 from stylemix.outputs import atomic_dir, atomic_write
-from stylemix.paths import CHECKPOINTS, LATENTS, LORAS, TRAIN_LOGS, latents_file
+from stylemix.paths import CHECKPOINTS, LATENTS, LATENTS_FILE, LORAS, PRIOR, TRAIN_LOGS, latents_file
 from stylemix.progress import progress
 from stylemix.training import batches, checkpoints
 from stylemix.training.batches import Batches
-from stylemix.training.model_card import model_card
+from stylemix.training.model_card import kohya_metadata, model_card
 from stylemix.training.validation import adapters_off, heldout_loss, load_heldout
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def open_latents(name: str, resolution: int, latents: Path = LATENTS) -> LatentCache:
-    path = latents_file(name, latents)
+def open_cache(path: Path, resolution: int, missing: str, stage: str) -> LatentCache:
+    """A latent cache, refused in one line when `path` is missing (`missing` says why it was wanted)
+    or was made at another resolution; `stage` is the dvc stage that makes it."""
     if not path.is_file():
-        raise StyleMixError(f"style {name}: no cached latents ({path} missing); run `dvc repro encode@{name}`")
+        raise StyleMixError(f"{missing} ({path} missing); run `dvc repro {stage}`")
     cache = LatentCache(path)
     if cache.resolution != resolution:
-        raise StyleMixError(f"{path} was encoded at {cache.resolution} px, not base.resolution = {resolution}; rerun encode@{name}")
+        raise StyleMixError(f"{path} was encoded at {cache.resolution} px, not base.resolution = {resolution}; rerun `dvc repro {stage}`")
     return cache
+
+
+def open_latents(name: str, resolution: int, latents: Path = LATENTS) -> LatentCache:
+    return open_cache(latents_file(name, latents), resolution, f"style {name}: no cached latents", f"encode@{name}")
+
+
+def open_prior(cfg: params.Prior | None, resolution: int, root: Path = PRIOR) -> LatentCache | None:
+    """The prior stage's pictures when prior preservation is on, else None."""
+    if cfg is None or not cfg.active:
+        return None
+    return open_cache(root / LATENTS_FILE, resolution, "prior preservation is on (prior.images / prior.folder) but has no pictures", "prior")
 
 
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
@@ -136,7 +148,8 @@ def collection_optimizer(groups: list[dict], cfg: params.Train) -> torch.optim.O
         raise StyleMixError(f"train.optimizer_args {cfg.optimizer_args} for {cfg.optimizer}: {err}") from None
 
 
-def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int, latents_file: Path) -> str:
+def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int, latents_file: Path,
+           prior_file: Path | None = None) -> str:
     """What a checkpoint must match to be resumed: code, base model, data and every setting that
     changes the numbers (not how often to checkpoint or validate, nor torch.compile)."""
     settings = cfg.model_dump(exclude={"checkpoint_every", "keep_checkpoints", "validation_prompts",
@@ -146,7 +159,8 @@ def run_id(p: params.Params, style: params.Style, cfg: params.Train, world: int,
         "code": [digest(__file__), digest(checkpoints.__file__), digest(batches.__file__)],
         "base": pinned_source(p.base.model, p.base.revision),
         "lora": p.lora.model_dump(), "train": settings, "world": world, "latents": digest(latents_file),
-        "tokens": style.tokens, "repeats": style.repeats})
+        "tokens": style.tokens, "repeats": style.repeats,
+        **({"prior": [digest(prior_file), p.prior.weight]} if prior_file else {})})
 
 
 def open_live(folder: Path, history: list[dict], images: Path | None = None):
@@ -225,7 +239,13 @@ def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: t
     v_pred = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
     pred = unet(noisy, t, cond, **unet_kwargs(pooled, batch["time_ids"] if pooled is not None else None)).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if cfg.masked_loss.enabled:  # a weighted mean: an image's loss per unit of the area it counts
+        mask = torch.where(flip[:, None, None, None], batch["mask"].flip(-1), batch["mask"])
+        weight = cfg.masked_loss.unmasked_weight + (1 - cfg.masked_loss.unmasked_weight) * mask
+        loss = (loss * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * loss.shape[1]).clamp(min=1e-8)
+    else:
+        loss = loss.mean(dim=(1, 2, 3))
     if cfg.min_snr_gamma or cfg.debiased_estimation:
         snr = compute_snr(noise_scheduler, t)
     if cfg.min_snr_gamma:
@@ -247,10 +267,11 @@ def validation_images(pipe, prompts: list[str], style: params.Style, resolution:
 
 
 def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ckpt_root: Path = CHECKPOINTS,
-                logs: Path = TRAIN_LOGS, latents: Path = LATENTS) -> dict:
+                logs: Path = TRAIN_LOGS, latents: Path = LATENTS, prior_dir: Path = PRIOR) -> dict:
     """Train the style's LoRA; returns the pipeline holding it and a summary."""
     cfg, style = params.train_for(p, name), params.style(p, name)
     cache = open_latents(name, p.base.resolution, latents)
+    prior = open_prior(p.prior, p.base.resolution, prior_dir)
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise StyleMixError("train.mixed_precision = fp16 needs a CUDA GPU; use bf16 or no on the CPU")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, dynamo_backend="inductor" if cfg.compile else "no")
@@ -268,6 +289,15 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                           f"train.batch_size {cfg.batch_size}, so training never sees them; raise styles.{name}.repeats, "
                           "lower the batch or make fewer buckets (a larger base.buckets.step)")
     total = cfg.max_steps or cfg.epochs * per_epoch
+    if prior:  # each step also learns a batch of the base's own pictures, in their own seeded order
+        prior_order, prior_shapes = Batches(list(prior.buckets.values()), cfg, world, rank), list(prior.buckets)
+        if not prior_order.per_epoch:
+            raise StyleMixError(f"prior: {len(prior)} pictures, fewer than one step's batch (train.batch_size {cfg.batch_size} "
+                                f"x {world} processes x accumulation {cfg.gradient_accumulation}); raise prior.images")
+        prior_cfg = cfg.model_copy(update={"masked_loss": params.MaskedLoss()})  # a prior picture counts whole
+    if cfg.masked_loss.enabled and not any("mask" in keys for keys in cache.keys.values()):
+        raise StyleMixError(f"style {name}: train.masked_loss needs transparent images (PNGs with alpha), and none of its "
+                            f"{len(cache)} images is; turn it off for this style (styles.{name}.train.masked_loss.enabled: false)")
 
     pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
     optimizer = make_optimizer(trainables, cfg, device)
@@ -291,7 +321,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         validate = partial(heldout_loss, unet, noise_scheduler, held.groups(), vcfg.timesteps, vcfg.seed, encoders or None)
         with adapters_off(unet, *encoders):
             base_loss = validate()  # the base model (new tokens at their start) on the held-out images
-    run = run_id(p, style, cfg, world, latents_file(name, latents))
+    run = run_id(p, style, cfg, world, latents_file(name, latents), prior.path if prior else None)
     ckpt_dir = ckpt_root / name
     step, history, kept_images = 0, [], None
     if found := checkpoints.latest(ckpt_dir, run, accelerator.process_index):
@@ -318,6 +348,10 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                 last = micro == cfg.gradient_accumulation - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     loss = diffusion_loss(model, noise_scheduler, batch, cfg, gen, te_models)
+                    if prior:
+                        at, rows = prior_order(step, micro)
+                        drawn = {k: v.to(device) for k, v in prior.rows(prior_shapes[at], rows).items()}
+                        loss = loss + p.prior.weight * diffusion_loss(model, noise_scheduler, drawn, prior_cfg, gen, te_models)
                     losses.append(accelerator.reduce(loss.detach(), "mean").item())
                     if not math.isfinite(losses[-1]):
                         raise StyleMixError(
@@ -366,7 +400,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         pipe.unet = accelerator.unwrap_model(model)
         for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
             setattr(pipe, component, accelerator.unwrap_model(te))
-        save_outputs(out / name, name, pipe, p, cfg, run, total, n)
+        save_outputs(out / name, name, pipe, p, cfg, run, total, n, cache.max_token_length, len(prior) if prior else 0)
         ran = step - first_step  # 0 when resumed from the final checkpoint
         accelerator.print(f"train {name}: {ran} of {total} steps in {seconds:.1f}s ({ran / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
@@ -376,17 +410,21 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     return summary | {"pipe": pipe, "trainables": trainables, "seconds": seconds, "state_bytes": state_bytes}
 
 
-def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int) -> None:
+def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int,
+                 max_tokens: int = 75, prior_images: int = 0) -> None:
     """The LoRA in both layouts, validation images and a model card, all or nothing."""
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
             "resolution": p.base.resolution, "steps": steps, "images": images, "repeats": style.repeats,
             "type": p.lora.type, "rank": p.lora.rank, "alpha": p.lora.alpha, "targets": p.lora.targets,
             **({"conv_rank": p.lora.conv_rank, "conv_alpha": p.lora.conv_alpha_or_rank} if p.lora.conv_rank else {}),
-            "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run}
+            "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run, "max_token_length": max_tokens,
+            "prior": {"images": prior_images, "weight": p.prior.weight} if prior_images else None,
+            "train": cfg.model_dump(include={"optimizer", "optimizer_args", "lr", "scheduler", "timesteps", "ema", "masked_loss", "min_snr_gamma",
+                                             "noise_offset", "debiased_estimation", "seed"})}
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
-        save_lora(tmp, name, pipe, info)
+        save_lora(tmp, name, pipe, info, kohya_metadata(p, cfg, info))
         check_lora_files(tmp, [WEIGHTS, kohya_file(name)], pipe, adapter_deltas(pipe), folder)  # both load back as trained, or stop
         if style.tokens:
             save_tokens(tmp, pipe, list(style.tokens))

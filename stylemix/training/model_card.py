@@ -1,4 +1,6 @@
-"""The README.md written beside each trained LoRA: trigger word, tokens, settings, how to load it."""
+"""What a trained LoRA says of its training: the README.md beside it (trigger word, tokens,
+settings, how to load it) and the settings under the `ss_*` metadata names kohya's trainer writes,
+which A1111's, ComfyUI's and Civitai's readers show."""
 from stylemix import params
 from stylemix.adapters.tokens import a1111_file, diffusers_file
 from stylemix.data.prompts import with_trigger
@@ -29,7 +31,13 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     args = f" {cfg.optimizer_args}" if cfg.optimizer_args else ""
     weights = (f"an exponential moving average of the trained weights (decay {cfg.ema.decay:g}"
                f"{', with warm-up' if cfg.ema.warmup else ''})" if cfg.ema.enabled else "the trained weights as they ended")
-    trained = f"Optimizer {cfg.optimizer}{args}, timesteps {cfg.timesteps.sampling}; the file holds {weights}."
+    captions = f" Captions read up to {info['max_token_length']} tokens." if info["max_token_length"] > 75 else ""
+    masked = (f" The loss counted the subject (alpha), the background at {cfg.masked_loss.unmasked_weight:g}."
+              if cfg.masked_loss.enabled else "")
+    prior = (f" Prior preservation: {info['prior']['images']} pictures of the base's at weight {info['prior']['weight']:g}."
+             if info["prior"] else "")
+    trained = (f"Optimizer {cfg.optimizer}{args}, timesteps {cfg.timesteps.sampling}; the file holds {weights}."
+               f"{captions}{masked}{prior}")
     return f"""# {name} LoRA (stylemix)
 
 Trigger word: **`{style.trigger}`**, used as `{style.template}`.
@@ -47,3 +55,24 @@ Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 
 ![validation images](validation.png)
 """
+
+
+def kohya_metadata(p: params.Params, cfg: params.Train, info: dict) -> dict[str, str]:
+    """The training settings kohya's trainer has a metadata key for, as it writes them (strings,
+    None for unset); the rest (timestep sampling, EMA) are in the `stylemix` metadata's `train`."""
+    args = ",".join(f"{k}={v}" for k, v in cfg.optimizer_args.items())
+    values = {
+        "learning_rate": cfg.lr, "unet_lr": cfg.lr, "text_encoder_lr": cfg.text_encoder_lr or cfg.lr,
+        "optimizer": cfg.optimizer + (f"({args})" if args else ""), "lr_scheduler": cfg.scheduler,
+        "lr_warmup_steps": cfg.warmup_steps, "max_train_steps": info["steps"], "num_train_images": info["images"],
+        "batch_size_per_device": cfg.batch_size, "gradient_accumulation_steps": cfg.gradient_accumulation,
+        "resolution": f"({p.base.resolution}, {p.base.resolution})", "seed": cfg.seed, "mixed_precision": cfg.mixed_precision,
+        "gradient_checkpointing": cfg.gradient_checkpointing, "max_grad_norm": cfg.max_grad_norm,
+        "noise_offset": cfg.noise_offset or None, "min_snr_gamma": cfg.min_snr_gamma,
+        "debiased_estimation": cfg.debiased_estimation, "zero_terminal_snr": p.base.zero_terminal_snr,
+        "v_parameterization": p.base.prediction_type == "v_prediction",
+        "max_token_length": info["max_token_length"] if info["max_token_length"] > 75 else None,  # kohya's None: 75
+        "caption_dropout_rate": cfg.caption_dropout, "flip_aug": cfg.random_flip, "masked_loss": cfg.masked_loss.enabled,
+        "num_reg_images": (info["prior"] or {}).get("images", 0), "prior_loss_weight": (info["prior"] or {}).get("weight", 1.0),
+    }
+    return {f"ss_{k}": str(v) for k, v in values.items()}
