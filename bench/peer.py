@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from stylemix.data.latent_cache import LatentCache  # noqa: E402
 from stylemix.data.prompts import training_captions  # noqa: E402
 from stylemix.drawing.render import SCHEDULERS, render  # noqa: E402
 from stylemix.evaluation import ground_truth, scoring  # noqa: E402
+from stylemix.images import load_rgb  # noqa: E402
 from stylemix.models.base_model import load_pipeline  # noqa: E402
 from stylemix.paths import BASE_DIR, FILTERED, TRUTH, latents_file  # noqa: E402
 from stylemix.training.loop import train_style  # noqa: E402
@@ -48,11 +48,12 @@ PEER_TARGETS = "attn"  # the example's LoraConfig: to_q, to_k, to_v, to_out.0
 
 
 def imagefolder(style: str, captions: dict[str, str], names: list[str], folder: Path) -> None:
-    """The pictures train@S trains on, with their training captions, as a Hugging Face imagefolder."""
+    """The pictures train@S trains on, with their training captions, as a Hugging Face imagefolder;
+    flattened onto white as encode@S sees them (the example's convert("RGB") would drop the alpha)."""
     folder.mkdir(parents=True)
     rows = []
     for name in names:
-        shutil.copyfile(FILTERED / style / name, folder / name)
+        load_rgb(FILTERED / style / name).save(folder / name)
         rows.append({"file_name": name, "text": captions[name]})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
