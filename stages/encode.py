@@ -21,12 +21,12 @@ import torch
 from stylemix import gpu, params
 from stylemix.adapters.tokens import add_tokens
 from stylemix.data import buckets, latent_cache
-from stylemix.data.conditioning import VARIANTS, time_ids
-from stylemix.data.encoding import encode_captions, encode_images, warn_cut
+from stylemix.data.conditioning import VARIANTS
+from stylemix.data.encoding import encode_captions, encode_pictures, warn_cut
 from stylemix.data.latent_cache import LatentCache
 from stylemix.data.prompts import tag_variants, training_captions
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.models.base_model import SDXL, architecture, load_pipeline
+from stylemix.models.base_model import architecture, load_pipeline
 from stylemix.outputs import atomic_dir, read_jsonl
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.training.validation import HELDOUT_KEYS, heldout_indices
@@ -50,18 +50,14 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     pipe = load_pipeline(base)
     if style.tokens:  # their ids in the cached token ids; training learns their embeddings
         add_tokens(pipe, style.tokens, name)
-    device = gpu.default_device()
-    per_image = encode_images(pipe, filtered / name, names, sizes, device, f"encode {name}")
     captions_in_order = [texts[n] for n in names]
     tags = tags or params.Tags()
     warn_cut(pipe, name, captions_in_order, names, tags.max_token_length)
-    encoded = encode_captions(pipe, captions_in_order, device, tags.max_token_length)
-    shared = {k: v for k, v in encoded.items() if k.startswith("empty_")}
-    per_image |= {k: v for k, v in encoded.items() if k not in shared}
+    device = gpu.default_device()
+    per_image, shared = encode_pictures(pipe, filtered / name, records, captions_in_order, device, f"encode {name}",
+                                        tags.max_token_length)
     if tags.active:
         per_image |= encode_variants(pipe, name, captions_in_order, names, tags, device)
-    if architecture(pipe) == SDXL:
-        per_image["time_ids"] = time_ids(records)
     held = heldout_indices(heldout, len(names), seed, name)
     meta = {"resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe),
             "max_token_length": str(tags.max_token_length)}

@@ -22,7 +22,7 @@ from stylemix import params
 from stylemix.data import buckets
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.evaluation.plots import bars
-from stylemix.images import UnreadableImage, contact_sheet, flat, image_files, laplacian_variance, load_image, resize_crop
+from stylemix.images import UnreadableImage, contact_sheet, flat, image_files, laplacian_variance, load_image
 from stylemix.outputs import atomic_dir, write_json, write_jsonl
 from stylemix.paths import FILTER_REPORTS, FILTERED
 from stylemix.progress import track
@@ -83,20 +83,17 @@ def write_kept(record: dict, img: Image.Image, source: Path, out: Path, sizes: l
                style: str) -> dict:
     """Resize + crop a kept image to its bucket into `out` as PNG, with its sidecar caption when it
     has one; returns its index row."""
-    bucket = buckets.nearest(img.size, sizes)
+    fitted, placed = buckets.fit(img, sizes, resample)
     if cut := buckets.beyond(img.size, sizes):
         print(f"warning: style {style}: {record['file']} ({img.size[0]}x{img.size[1]}) is beyond the last bucket "
-              f"{buckets.name(bucket)}: cropped to it, losing {cut:.0%} of its long side; crop it yourself or "
+              f"{buckets.name(tuple(placed['bucket']))}: cropped to it, losing {cut:.0%} of its long side; crop it yourself or "
               "widen base.buckets (min_side / max_side)")
-    fitted, (top, left) = resize_crop(img, bucket, resample)
     name = Path(record["file"]).stem + ".png"
     fitted.save(out / name)
     sidecar = source / (Path(record["file"]).stem + ".txt")
     if sidecar.is_file():
         shutil.copyfile(sidecar, out / (Path(name).stem + ".txt"))
-    # Original size and crop are what SDXL's micro-conditioning wants to know later.
-    return {"file_name": name, "source": record["file"], "original_size": list(img.size), "bucket": list(bucket),
-            "crop_top_left": [top, left], "laplacian": record["laplacian"]}
+    return {"file_name": name, "source": record["file"]} | placed | {"laplacian": record["laplacian"]}
 
 
 def filter_style(name: str, style: params.Style, cfg: params.Filter, base: params.Base,

@@ -12,12 +12,11 @@ from more_itertools import chunked
 
 from stylemix import gpu, params
 from stylemix.data import buckets, latent_cache
-from stylemix.data.conditioning import time_ids
-from stylemix.data.encoding import encode_captions, encode_images
+from stylemix.data.encoding import encode_pictures
 from stylemix.drawing.render import SCHEDULERS, render
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.images import UnreadableImage, contact_sheet, image_files, load_rgb, resize_crop
-from stylemix.models.base_model import SDXL, architecture, load_pipeline
+from stylemix.images import UnreadableImage, contact_sheet, image_files, load_rgb
+from stylemix.models.base_model import architecture, load_pipeline
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import LATENTS_FILE, PRIOR
 from stylemix.progress import progress
@@ -51,15 +50,13 @@ def collect(cfg: params.Prior, base: params.Base, folder: Path) -> list[dict]:
     sizes, rows = buckets.sizes(base), []
     for path in files:
         try:
-            img = load_rgb(path)
+            fitted, placed = buckets.fit(load_rgb(path), sizes, "lanczos")
         except UnreadableImage as err:
             raise StyleMixError(f"{path}: {err}; remove it from prior.folder") from None
-        bucket = buckets.nearest(img.size, sizes)
-        fitted, (top, left) = resize_crop(img, bucket, "lanczos")
         fitted.save(folder / f"{path.stem}.png")
         sidecar = path.with_suffix(".txt")
-        rows.append({"file_name": f"{path.stem}.png", "caption": sidecar.read_text().strip() if sidecar.is_file() else cfg.prompts[0],
-                     "original_size": list(img.size), "crop_top_left": [top, left], "bucket": list(bucket)})
+        rows.append({"file_name": f"{path.stem}.png", "caption": sidecar.read_text().strip() if sidecar.is_file() else cfg.prompts[0]}
+                    | placed)
     return rows
 
 
@@ -77,13 +74,8 @@ def build_prior(cfg: params.Prior, base: params.Base, out: Path = PRIOR) -> int:
         rows = collect(cfg, base, tmp / "images") if cfg.folder else draw(pipe, cfg, base, tmp / "images")
         names, captions = [r["file_name"] for r in rows], [r["caption"] for r in rows]
         sizes = [tuple(r["bucket"]) for r in rows]
-        per_image = encode_images(pipe, tmp / "images", names, sizes, device, "encode prior")
-        encoded = encode_captions(pipe, captions, device)
-        shared = {k: v for k, v in encoded.items() if k.startswith("empty_")}
-        per_image |= {k: v for k, v in encoded.items() if k not in shared}
+        per_image, shared = encode_pictures(pipe, tmp / "images", rows, captions, device, "encode prior")
         per_image.pop("mask", None)  # a prior picture counts whole
-        if architecture(pipe) == SDXL:
-            per_image["time_ids"] = time_ids(rows)
         meta = {"resolution": str(base.resolution), "base_model": base.model, "architecture": architecture(pipe)}
         latent_cache.save_rows(tmp / LATENTS_FILE, per_image, shared, list(range(len(rows))), names, sizes, captions, meta)
         for name, caption in zip(names, captions):

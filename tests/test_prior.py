@@ -14,8 +14,8 @@ from stages.prior import build_prior
 from stylemix import params
 from stylemix.adapters.lora_files import kohya_file
 from stylemix.errors import StyleMixError
-from stylemix.training.loop import open_prior, train_style
-from tests.test_train import data, launch_two_processes, make_params, weights  # noqa: F401 (data: the fixture)
+from stylemix.training.loop import open_prior
+from tests.test_train import data, killed_after, launch_two_processes, make_params, train, weights  # noqa: F401 (data: the fixture)
 
 RESOLUTION = 32
 
@@ -44,30 +44,19 @@ def test_off_writes_only_a_note_and_training_ignores_it(tmp_path, tiny_model):
     assert open_prior(params.Prior(), RESOLUTION, tmp_path / "prior") is None
 
 
-def run(data, tmp_path, p, prior, name="a", on_step=None):  # noqa: F811
-    return train_style("flat", p, on_step, out=tmp_path / name / "lora", ckpt_root=tmp_path / name / "ckpt",
-                       logs=tmp_path / name / "logs", latents=data / "latents", prior_dir=prior)
-
-
 def test_training_learns_the_prior_too_and_resumes_bit_exactly(data, drawn, tmp_path, tiny_model):  # noqa: F811
     out, cfg = drawn
     plain = make_params(tiny_model, data / "src", max_steps=4)
     with_prior = plain.model_copy(update={"prior": cfg.model_copy(update={"weight": 0.5})})
-    a, b = weights(run(data, tmp_path, plain, out, "plain")), weights(run(data, tmp_path, with_prior, out, "prior"))
+    a = weights(train(data, tmp_path, plain, run="plain", prior_dir=out))
+    b = weights(train(data, tmp_path, with_prior, run="prior", prior_dir=out))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the prior batch is in the loss
     with safe_open(tmp_path / "prior/lora/flat" / kohya_file("flat"), "pt") as f:
         assert (f.metadata()["ss_num_reg_images"], f.metadata()["ss_prior_loss_weight"]) == ("6", "0.5")
     assert "Prior preservation: 6 pictures of the base's at weight 0.5." in (tmp_path / "prior/lora/flat/README.md").read_text()
-
-    def die(step, _):
-        if step == 3:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        run(data, tmp_path, with_prior.model_copy(update={"train": with_prior.train.model_copy(update={"checkpoint_every": 2})}),
-            out, "killed", die)
+    killed_after(data, tmp_path, with_prior, 3, "killed", prior_dir=out)  # make_params checkpoints every 2 steps
     steps = []
-    resumed = weights(run(data, tmp_path, with_prior.model_copy(update={"train": with_prior.train.model_copy(update={"checkpoint_every": 2})}),
-                          out, "killed", lambda step, _: steps.append(step)))
+    resumed = weights(train(data, tmp_path, with_prior, lambda step, _: steps.append(step), run="killed", prior_dir=out))
     assert steps == [3, 4] and all(torch.equal(resumed[k], b[k]) for k in b)
 
 
@@ -99,7 +88,7 @@ def test_a_folder_of_your_own_and_bad_input(data, tmp_path, tiny_model):  # noqa
     assert len(cache.buckets) == 3  # each picture fitted to its own bucket
     with_folder = make_params(tiny_model, data / "src", batch_size=2).model_copy(update={"prior": cfg})
     with pytest.raises(StyleMixError, match=r"prior: 3 pictures, fewer than one step's batch .* raise prior.images"):
-        run(data, tmp_path, with_folder, tmp_path / "prior")  # three buckets of one
+        train(data, tmp_path, with_folder, prior_dir=tmp_path / "prior")  # three buckets of one
     (folder / "reg_3.png").write_bytes(b"not a picture")
     with pytest.raises(StyleMixError, match=r"reg_3.png: not an image file; remove it from prior.folder"):
         build_prior(cfg, base, tmp_path / "again")

@@ -62,23 +62,24 @@ def bucketed(tmp_path_factory, tiny_model):
     return root
 
 
-def train(data, tmp_path, p, on_step=None, run="a") -> dict:
+def train(data, tmp_path, p, on_step=None, run="a", **where) -> dict:
+    """train_style into tmp_path/run from data's latents; `where`: its other folders (prior_dir)."""
     name, = p.styles
     return train_style(name, p, on_step, out=tmp_path / run / "lora", ckpt_root=tmp_path / run / "ckpt",
-                       logs=tmp_path / run / "logs", latents=data / "latents")
+                       logs=tmp_path / run / "logs", latents=data / "latents", **where)
 
 
 def weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in result["trainables"].items()}
 
 
-def killed_after(data, tmp_path, p, step: int, run: str) -> None:
+def killed_after(data, tmp_path, p, step: int, run: str, **where) -> None:
     """Train until `step` is done, then die as a killed stage does (its last checkpoint: the one before)."""
     def die(at, _):
         if at == step:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        train(data, tmp_path, p, die, run=run)
+        train(data, tmp_path, p, die, run=run, **where)
 
 
 def logged_images(run, name="flat") -> dict[str, bytes]:

@@ -5,7 +5,10 @@ train@S keep each bucket's images together, so a batch holds one size. Off, the 
 square resolution x resolution. A bucket is (width, height), as PIL gives sizes."""
 import math
 
+from PIL import Image
+
 from stylemix import params
+from stylemix.images import resize_crop
 
 Size = tuple[int, int]
 
@@ -42,6 +45,14 @@ def beyond(size: Size, buckets: list[Size]) -> float:
     if ratio < tallest:
         return 1 - ratio / tallest
     return 0.0
+
+
+def fit(img: Image.Image, among: list[Size], resample: str) -> tuple[Image.Image, dict]:
+    """The image resized and center-cropped to its nearest bucket, and what SDXL's micro-conditioning
+    wants to know of it later (its index row's original_size, bucket and crop_top_left)."""
+    bucket = nearest(img.size, among)
+    fitted, (top, left) = resize_crop(img, bucket, resample)
+    return fitted, {"original_size": list(img.size), "bucket": list(bucket), "crop_top_left": [top, left]}
 
 
 def name(bucket: Size) -> str:

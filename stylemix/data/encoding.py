@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from more_itertools import chunked
 
 from stylemix.data import buckets
-from stylemix.data.conditioning import CHUNK, encode_text, text_encoders, tokenize
+from stylemix.data.conditioning import CHUNK, encode_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError
 from stylemix.images import flat, load_image
 from stylemix.progress import progress
@@ -71,6 +71,21 @@ def encode_captions(pipe, captions: list[str], device, max_tokens: int = CHUNK) 
     for key, value in outputs.items():
         tensors[key], tensors["empty_" + key] = value[:-1].contiguous(), value[-1:].contiguous()
     return tensors
+
+
+def encode_pictures(pipe, folder: Path, records: list[dict], captions: list[str], device, label: str,
+                    max_tokens: int = CHUNK) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Every picture of `records` (index rows: file_name, bucket, original_size, crop_top_left) and
+    its caption: (per-picture tensors: encode_images', encode_captions' and for SDXL the time ids;
+    the empty caption's, shared)."""
+    names, sizes = [r["file_name"] for r in records], [tuple(r["bucket"]) for r in records]
+    per_image = encode_images(pipe, folder, names, sizes, device, label)
+    encoded = encode_captions(pipe, captions, device, max_tokens)
+    shared = {k: v for k, v in encoded.items() if k.startswith("empty_")}
+    per_image |= {k: v for k, v in encoded.items() if k not in shared}
+    if "text_pooled" in per_image:  # SDXL's micro-conditioning
+        per_image["time_ids"] = time_ids(records)
+    return per_image, shared
 
 
 def warn_cut(pipe, style: str, captions: list[str], names: list[str], max_tokens: int) -> None:
