@@ -113,7 +113,7 @@ def peak_gib(cuda: bool) -> float | None:
 def unet_with_lora(p: params.Params, device, channels_last: bool = True):
     """The models exactly as train@S prepares them (frozen bf16 base, float32 LoRA), in train mode."""
     cfg = p.train.model_copy(update={"channels_last": channels_last})
-    pipe, _, _ = loop.prepare_models(p, cfg, device, "style", {})
+    pipe, *_ = loop.prepare_models(p, cfg, device, "style", {})
     pipe.unet.train()
     return pipe
 

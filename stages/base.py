@@ -1,5 +1,5 @@
-"""base: pin the base model. `tiny` (copied from the committed pretrained weights) and `tiny-sdxl` (built
-from configs) are made here in models/base/; any other model is
+"""base: pin the base model. `tiny` (copied from the committed pretrained weights), `tiny-sdxl`, `tiny-flux`
+and `tiny-sd3` (built from configs) are made here in models/base/; any other model is
 resolved (downloaded once, for a hub id) and its identity recorded in models/base/source.json,
 so every stage that depends on models/base reruns when the weights behind the name change."""
 from pathlib import Path
@@ -7,6 +7,8 @@ from pathlib import Path
 from stylemix import params
 from stylemix.errors import run_stage
 from stylemix.models.base_model import build_tiny, copy_pretrained_tiny, identity
+from stylemix.models.families import FLUX, SD3
+from stylemix.models.tiny_flow import build_tiny_flow
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import BASE_DIR
 
@@ -21,6 +23,8 @@ def main() -> None:
             copy_pretrained_tiny(tmp)
         elif p.base.model == "tiny-sdxl":
             build_tiny(tmp, sdxl=True)
+        elif p.base.model in ("tiny-flux", "tiny-sd3"):
+            build_tiny_flow(tmp, FLUX if p.base.model == "tiny-flux" else SD3)
         write_json(Path(tmp) / "source.json", source)
     print(f"base: {source['kind']} model {p.base.model} pinned in {BASE_DIR}/source.json")
 

@@ -1,12 +1,13 @@
 """encode@S: run the frozen VAE and text encoder once per style, so training never does.
 
-Stores, per filtered image, the VAE posterior (mean and std, already multiplied by the VAE's
-scaling factor) of the image (flattened onto white) and of its mirror image; when some images are
+Stores, per filtered image, the VAE posterior (mean and std, already shifted and multiplied by the
+VAE's factors) of the image (flattened onto white) and of its mirror image; when some images are
 transparent, each image's alpha at latent resolution (`mask`, for train.masked_loss; 1 where an
 image has none); and the text encoders' output for its training caption (trigger word applied, a
 style's new tokens as their own ids): hidden states, and for SDXL the pooled embedding and the time
-ids of its original size, crop and bucket. The empty caption's too, for caption dropout. Captions
-are read up to tags.max_token_length tokens (75, or 150 / 225 in chunks: stylemix.data.conditioning);
+ids of its original size, crop and bucket; for FLUX.1 and SD 3.5, T5's hidden states (SD 3.5's
+beside both CLIPs') and CLIP's pooled embedding, as their pipelines compute them. The empty caption's
+too, for caption dropout. Captions are read up to tags.max_token_length tokens (75, or 150 / 225 in chunks: stylemix.data.conditioning);
 one line says how many were longer and cut. With tag shuffling or dropout (`tags`), also each
 caption's seeded variants (`variants_` keys, one row per variant) for training to read one an epoch.
 Images are encoded and stored by aspect-ratio bucket (stylemix.data.latent_cache). Training samples
@@ -21,12 +22,13 @@ import torch
 from stylemix import gpu, params
 from stylemix.adapters.tokens import add_tokens
 from stylemix.data import buckets, latent_cache
-from stylemix.data.conditioning import VARIANTS
+from stylemix.data.conditioning import CHUNK, VARIANTS
 from stylemix.data.encoding import encode_captions, encode_pictures, warn_cut
 from stylemix.data.latent_cache import LatentCache
 from stylemix.data.prompts import tag_variants, training_captions
 from stylemix.errors import StyleMixError, run_stage
-from stylemix.models.base_model import architecture, load_pipeline
+from stylemix.models.base_model import load_pipeline
+from stylemix.models.families import NAMES, architecture, is_flow
 from stylemix.outputs import atomic_dir, read_jsonl
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.training.validation import HELDOUT_KEYS, heldout_indices
@@ -48,11 +50,16 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
         raise StyleMixError(f"style {name}: {stale} was filtered to {buckets.name(sizes[names.index(stale)])}, not a bucket "
                             f"of base.resolution / base.buckets now; rerun `dvc repro filter@{name}`")
     pipe = load_pipeline(base)
+    tags = tags or params.Tags()
+    if is_flow(pipe) and (style.tokens or tags.max_token_length != CHUNK):
+        raise StyleMixError(f"{f'styles.{name}.tokens' if style.tokens else 'tags.max_token_length'}: a setting of the CLIP text "
+                            f"encoders SD 1.5 / SDXL read captions with; {NAMES[architecture(pipe)]} reads them with T5 (up to "
+                            "256 / 512 tokens) and trains no text encoder: leave it out")
     if style.tokens:  # their ids in the cached token ids; training learns their embeddings
         add_tokens(pipe, style.tokens, name)
     captions_in_order = [texts[n] for n in names]
-    tags = tags or params.Tags()
-    warn_cut(pipe, name, captions_in_order, names, tags.max_token_length)
+    if not is_flow(pipe):
+        warn_cut(pipe, name, captions_in_order, names, tags.max_token_length)
     device = gpu.default_device()
     per_image, shared = encode_pictures(pipe, filtered / name, records, captions_in_order, device, f"encode {name}",
                                         tags.max_token_length)

@@ -20,7 +20,7 @@ from stylemix.adapters import schedules
 from stylemix.adapters.loading import load_adapter, load_order, read_info, read_info_for
 from stylemix.adapters.tokens import load_tokens, unload_tokens
 from stylemix.data.prompts import triggered
-from stylemix.drawing.render import SCHEDULERS, render
+from stylemix.drawing.render import render, use_sampler
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.models.base_model import load_pipeline
 from stylemix.outputs import atomic_dir
@@ -59,7 +59,7 @@ def generate_model(pipe, model: str, lora: Path | None, cfg: params.Generate, ba
     for adapter in load_order(loras):
         load_adapter(pipe, loras[adapter], adapter)
         load_tokens(pipe, loras[adapter], tokens[adapter])
-    pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe.scheduler.config)
+    use_sampler(pipe, cfg.scheduler)
     first = cfg.seeds[0]
     jobs = [(out / image_name(i, seed), prompt, prompt, seed, None, 1.0)
             for i, prompt in enumerate(cfg.prompts) for seed in cfg.seeds]

@@ -13,7 +13,7 @@ from more_itertools import chunked
 from stylemix import gpu, params
 from stylemix.data import buckets, latent_cache
 from stylemix.data.encoding import encode_pictures
-from stylemix.drawing.render import SCHEDULERS, render
+from stylemix.drawing.render import render, use_sampler
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.images import UnreadableImage, contact_sheet, image_files, load_rgb
 from stylemix.models.base_model import architecture, load_pipeline
@@ -26,7 +26,7 @@ def draw(pipe, cfg: params.Prior, base: params.Base, folder: Path) -> list[dict]
     """cfg.images pictures, prompt after prompt, seed cfg.seed + i each; their index rows."""
     prompts = [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.images)]
     settings = params.Generate(prompts=cfg.prompts, steps=cfg.steps, guidance_scale=cfg.guidance_scale)
-    pipe.scheduler = SCHEDULERS[settings.scheduler](pipe.scheduler.config)
+    use_sampler(pipe, settings.scheduler)
     rows = []
     with progress(unit="images") as bar:
         task = bar.add_task("prior: the base draws", total=len(prompts))

@@ -5,7 +5,7 @@ should be lowest, and below the base."""
 import io
 
 import numpy as np
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from stylemix import gpu, params
 from stylemix.adapters.loading import load_adapter, read_info_for
@@ -13,6 +13,7 @@ from stylemix.adapters.tokens import load_tokens, unload_tokens
 from stylemix.data.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
 from stylemix.models.base_model import load_pipeline
+from stylemix.models.families import denoiser, is_flow
 from stylemix.outputs import atomic_write, write_json
 from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT
 from stylemix.progress import progress
@@ -27,8 +28,9 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
     if not held:
         raise StyleMixError("no style holds images out (validation.split = 0): nothing to validate; set validation.split")
     groups = {style: cache.groups() for style, cache in held.items()}
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    encoders = text_encoders(pipe)
+    flow = is_flow(pipe)  # FLUX.1 / SD 3.5: no text encoder is trained, so the cached text serves every model
+    noise_scheduler = (FlowMatchEulerDiscreteScheduler if flow else DDPMScheduler).from_config(pipe.scheduler.config)
+    encoders = None if flow else text_encoders(pipe)
     rows = {}
     with progress() as bar:
         task = bar.add_task("validate", total=(1 + len(styles)) * len(held))
@@ -41,8 +43,9 @@ def loss_matrix(pipe, styles: list[str], cfg: params.Validation, latents=LATENTS
                 load_tokens(pipe, folder, tokens)
             rows[model] = {}
             for style, cache in held.items():
-                with_ids = [group | tokenize(pipe, captions, cache.max_token_length) for group, captions in zip(groups[style], cache.group_captions())]
-                rows[model][style] = heldout_loss(pipe.unet, noise_scheduler, with_ids, cfg.timesteps, cfg.seed, encoders)
+                with_ids = groups[style] if flow else [group | tokenize(pipe, captions, cache.max_token_length)
+                                                       for group, captions in zip(groups[style], cache.group_captions())]
+                rows[model][style] = heldout_loss(denoiser(pipe), noise_scheduler, with_ids, cfg.timesteps, cfg.seed, encoders)
                 bar.advance(task)
             if folder:
                 pipe.delete_adapters(model)

@@ -30,7 +30,7 @@ from stylemix.paths import PARAMS_FILE
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 TOKEN = re.compile(r"^<[a-z0-9_]+>$")  # a new concept token: never a word the tokenizer already knows
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-TINY_MODELS = ("tiny", "tiny-sdxl")  # built from configs by the base stage
+TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-flux", "tiny-sd3")  # built from configs by the base stage
 # LoRA target presets by layer name: the main reference's attention projections, the caption-aware
 # reference's cross-attention query/value only, and every linear layer of the attention blocks (kohya's set).
 TARGET_PRESETS = {
@@ -62,7 +62,7 @@ def model_kind(model: str) -> str:
     if HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return "hub"
     raise ValueError(
-        "not tiny, tiny-sdxl, an existing diffusers folder, a .safetensors checkpoint, "
+        "not tiny, tiny-sdxl, tiny-flux, tiny-sd3, an existing diffusers folder, a .safetensors checkpoint, "
         "or a hub id like stable-diffusion-v1-5/stable-diffusion-v1-5"
     )
 
@@ -146,12 +146,16 @@ class Sample(Section):
 class Timesteps(Section):
     """Which noise levels a training step draws (diffusers' `timestep_bias_*`, SD 3's logit-normal).
     A style lives mostly at some of them; the weights of the rest stay 1."""
-    sampling: Literal["uniform", "earlier", "later", "range", "logit_normal"] = "uniform"
+    sampling: Literal["uniform", "earlier", "later", "range", "logit_normal", "mode"] = "uniform"
     multiplier: Annotated[float, Field(gt=0)] = 2.0  # earlier / later / range: that part is drawn this many times as often
     portion: Annotated[float, Field(gt=0, lt=1)] = 0.25  # earlier / later: this share of the timesteps, from the low / high end
     range: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(gt=0)]] = (200, 800)  # range: [begin, end)
     mean: float = 0.0  # logit_normal: t / T = sigmoid(N(mean, std)); a positive mean leans to the noisy end
     std: Annotated[float, Field(gt=0)] = 1.0
+    mode_scale: float = 1.29  # mode (SD 3's paper): how far the draws lean to the middle; 0 is uniform
+    # FLUX.1 / SD 3.5 (flow matching) only:
+    shift: Annotated[float, Field(gt=0)] | None = None  # null: the model's own (SD 3.5: 3.0; FLUX.1: by resolution)
+    weighting: Literal["none", "sigma_sqrt", "cosmap"] = "none"  # the loss weight by sigma (diffusers' SD 3 schemes)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Timesteps":
@@ -201,6 +205,7 @@ class Train(Section):
     debiased_estimation: bool = False  # kohya's: weight the loss by 1/sqrt(SNR), i.e. toward the noisy timesteps
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
     timesteps: Timesteps = Timesteps()
+    flux_guidance: Annotated[float, Field(ge=0)] = 1.0  # FLUX.1 [dev]'s guidance input while training (kohya's guidance_scale)
     ema: Ema = Ema()
     masked_loss: MaskedLoss = MaskedLoss()
     caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0

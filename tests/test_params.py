@@ -90,7 +90,7 @@ def test_load_hides_undeclared_sections(tmp_path):
         ({"styles__fluent__trigger": "omstyle"}, "trigger = 'omstyle' is also the trigger of styles."),
         ({"merge__combos": {"x": {"weights": {"openmoji": 0.5, "anime": 0.5}}}}, "merge.combos.x names unknown style(s) anime"),
         ({"merge__combos": {"x": {"weights": {"openmoji": 0.5, "lineart": 0.5}, "method": "ties"}}}, "needs an explicit density"),
-        ({"base__model": "not-a-model"}, "base.model = 'not-a-model': not tiny, tiny-sdxl, an existing diffusers folder"),
+        ({"base__model": "not-a-model"}, "base.model = 'not-a-model': not tiny, tiny-sdxl, tiny-flux, tiny-sd3, an existing diffusers folder"),
         ({"base__resolution": 100}, "base.resolution = 100: must be divisible by 8"),
         ({"base__vae": "vae.safetensors"}, "base.vae = 'vae.safetensors': must be a hub id or a diffusers VAE folder"),
         ({"styles__openmoji__resample": "cubic"}, "styles.openmoji.resample = 'cubic'"),

@@ -177,9 +177,9 @@ def test_sdxl_merge_equals_diffusers_set_adapters(tiny_sdxl, tmp_path):
 def test_sd15_and_sdxl_loras_never_mix(tiny_sdxl, tiny_model, tmp_path):
     random_lora(tiny_sdxl, tmp_path / "xl", 0, text_encoder=False)
     random_lora(tiny_model, tmp_path / "v1", 1, text_encoder=False)
-    with pytest.raises(StyleMixError, match=r"merge.combos.both mixes SD 1.5 and SDXL LoRAs \(sd15: v1; sdxl: xl\)"):
+    with pytest.raises(StyleMixError, match=r"merge.combos.both mixes LoRAs of different model families \(sd15: v1; sdxl: xl\)"):
         merge_combo("both", params.Combo(weights={"xl": 0.5, "v1": 0.5}), tmp_path, tmp_path / "merged")
-    with pytest.raises(StyleMixError, match=r"xl is an SDXL LoRA and base.model is SD 1.5"):
+    with pytest.raises(StyleMixError, match=r"xl is a LoRA for SDXL and base.model is SD 1.5"):
         read_info_for(tmp_path / "xl", load_pipeline(str(tiny_model)))
     assert isinstance(load_pipeline(str(tiny_model)), StableDiffusionPipeline)
 

@@ -76,6 +76,11 @@ def multipliers(spec, layers: list[str], key: str) -> dict[str, float]:
 
 def resolve(blocks: dict, unet_config: dict, key: str) -> dict[str, dict[str, float]]:
     """{name: multipliers} for every named block spec on this UNet; `key` ("...{name}") names each in errors."""
+    if not blocks:
+        return {}
+    if "layers_per_block" not in unet_config:
+        raise StyleMixError(f"{key.format(name=next(iter(blocks)))}: block weights name the attention blocks of SD 1.5 / "
+                            "SDXL's UNet, and this base is a transformer (FLUX.1 / SD 3.5); leave them out")
     layers = attention_layers(unet_config)
     return {name: multipliers(spec, layers, key.format(name=name)) for name, spec in blocks.items()}
 

@@ -110,7 +110,8 @@ def read_by_formula(path: Path) -> bool:
 
 def adapter_deltas(pipe, adapter: str = "default") -> dict[str, dict[str, torch.Tensor]]:
     """{component: deltas} of a loaded adapter on every component that has one."""
-    components = [c for c in ("unet", "text_encoder", "text_encoder_2") if getattr(getattr(pipe, c, None), "peft_config", None)]
+    components = [c for c in ("unet", "transformer", "text_encoder", "text_encoder_2")
+                  if getattr(getattr(pipe, c, None), "peft_config", None)]
     return {c: deltas(getattr(pipe, c), adapter) for c in components}
 
 

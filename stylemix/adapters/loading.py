@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from stylemix.adapters import lycoris
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
 from stylemix.errors import StyleMixError
-from stylemix.models.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix.models.families import NAMES, PIPELINES, SD15, architecture
 
 MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
 # The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.
@@ -116,12 +116,19 @@ def weights_file(folder: Path) -> Path:
     return path
 
 
+def lora_state(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A LoRA folder's diffusers-layout tensors and peft metadata, through its family's own loader."""
+    weights_file(folder)
+    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
+    out = pipeline.lora_state_dict(str(folder), return_lora_metadata=True)  # SD 1.5 / SDXL put network alphas between
+    return out[0], out[-1]
+
+
 def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]]:
     """A LoRA folder as {"unet" | "text_encoder" | "text_encoder_2": {module: (A, B, alpha / rank)}},
     read through diffusers' own loader so any file it accepts works here."""
     path = weights_file(folder)
-    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
-    state, _, metadata = pipeline.lora_state_dict(str(folder), return_lora_metadata=True)
+    state, metadata = lora_state(folder)
     factors: dict[str, dict] = {}
     for key, weight in state.items():
         prefix, rest = key.split(".", 1)
@@ -141,9 +148,8 @@ def load_factors(folder: Path) -> dict[str, dict[str, tuple[torch.Tensor, torch.
 
 def load_magnitudes(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     """A DoRA folder's magnitudes, {"unet" | "text_encoder" | ...: {module: m}}; {} for a plain LoRA."""
-    pipeline = PIPELINES[read_info(folder).get("architecture", SD15)]
     magnitudes: dict[str, dict] = {}
-    for key, weight in pipeline.lora_state_dict(str(weights_file(folder)))[0].items():
+    for key, weight in lora_state(folder)[0].items():
         if key.endswith(MAGNITUDE):
             prefix, module = key.removesuffix(MAGNITUDE).split(".", 1)
             magnitudes.setdefault(prefix, {})[module] = weight.float()
@@ -166,7 +172,6 @@ def read_info_for(folder: Path, pipe) -> dict:
     info = read_info(folder)
     lora, base = info.get("architecture", SD15), architecture(pipe)
     if lora != base:
-        names = {SD15: "SD 1.5", SDXL: "SDXL"}
-        raise StyleMixError(f"{folder} is an {names[lora]} LoRA and base.model is {names[base]}: "
+        raise StyleMixError(f"{folder} is a LoRA for {NAMES[lora]} and base.model is {NAMES[base]}: "
                             f"retrain it on this base (`dvc repro`) or set base.model back")
     return info

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from stylemix import params
 from stylemix.adapters import dora, lycoris
 from stylemix.errors import StyleMixError
-from stylemix.models.base_model import PIPELINES, SD15, SDXL, architecture
+from stylemix.models.families import FLOW, PIPELINES, SD15, SDXL, architecture, denoiser
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -72,6 +72,9 @@ def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     """Resolve a target preset or list; an unknown target names the ones that exist. A block preset
     gives full module names."""
     if isinstance(targets, str) and targets in params.BLOCK_PRESETS:
+        if architecture(unet) in FLOW:
+            raise StyleMixError(f"lora.targets: {targets} names a block of SD 1.5 / SDXL's UNet; FLUX.1 and SD 3.5 take a "
+                                "list of layers, e.g. [to_q, to_k, to_v, to_out.0]")
         return block_layers(unet, block_preset(unet, targets))
     names = _layers(unet)
     wanted = params.TARGET_PRESETS[targets] if isinstance(targets, str) else targets
@@ -103,7 +106,10 @@ def unet_lora_config(unet: torch.nn.Module, cfg: params.Lora) -> LoraConfig | Lo
 
 
 def add_lora(unet, text_encoders: list, cfg: params.Lora) -> None:
-    """Add a trainable LoRA adapter to the UNet (and every text encoder when asked)."""
+    """Add a trainable LoRA adapter to the UNet or transformer (and every text encoder when asked)."""
+    if architecture(unet) in FLOW and (cfg.type in LYCORIS_CONFIGS or cfg.conv_rank):
+        raise StyleMixError(f"lora.type {cfg.type} / lora.conv_rank: stylemix trains FLUX.1 and SD 3.5 with lora or dora "
+                            "(their transformers have no convolutions to adapt); set lora.type: lora, conv_rank: 0")
     config = unet_lora_config(unet, cfg)
     if architecture(unet) == SDXL:  # every adapted layer needs a kohya name; fail now, not after training
         for module, _ in unet.named_modules():
@@ -214,15 +220,15 @@ def save_lora(folder: Path, name: str, pipe, info: dict, kohya_extra: dict[str, 
         module = getattr(pipe, component)
         if getattr(module, "peft_config", None):
             states[component] = (get_peft_model_state_dict(module), module.peft_config["default"].to_dict())
-    config = pipe.unet.config
-    save_states(folder, name, states, info | {"architecture": architecture(pipe), "layers_per_block": config.layers_per_block},
-                kohya_extra)
+    save_states(folder, name, states, info | {"architecture": architecture(pipe),
+                                              "layers_per_block": denoiser(pipe).config.get("layers_per_block")}, kohya_extra)
 
 
 def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], info: dict,
                 kohya_extra: dict[str, str] | None = None) -> None:
     """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...,
-    "text_encoder_2": ...}); info["architecture"] says which pipeline's layout."""
+    "text_encoder_2": ...}; FLUX.1 / SD 3.5: "transformer"); info["architecture"] says which pipeline's
+    layout. The kohya layout is written for SD 1.5 and SDXL; the flow models get the diffusers one only."""
     arch = info["architecture"]
     # peft keeps target_modules as a set, which diffusers writes in the process's string-hash order:
     # sorted, the same LoRA is the same bytes in every run (and DVC reruns nothing after it).
@@ -241,6 +247,8 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     with safe_open(path, "pt") as f:
         metadata = f.metadata() | {"stylemix": json.dumps(info)}
     save_safetensors(load_file(path), path, metadata)
+    if arch in FLOW:
+        return
     kohya = {}
     for component, (state, config) in states.items():
         kohya |= to_kohya(state, config, lambda m, c=component: kohya_name(c, m, arch, info.get("layers_per_block")))

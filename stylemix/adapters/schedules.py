@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from stylemix import params
 from stylemix.adapters import block_weights
+from stylemix.models.families import denoiser
 
 
 def factor(schedule: params.Schedule | None, fraction: float) -> float:
@@ -67,7 +68,7 @@ class Mix:
         # weight, as block_weights says and merges bake it.
         for name, mults in self.blocks.items():
             weight = self.weights[name] * factor(self.schedules.get(name), fraction)
-            for module_name, module in pipe.unet.named_modules():
+            for module_name, module in denoiser(pipe).named_modules():
                 if isinstance(module, (LoraLayer, LycorisLayer)) and not block_weights.in_attention(mults, module_name):
                     module.set_scale(name, weight)
 

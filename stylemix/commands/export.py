@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from stylemix.drawing.drawer import Drawer, find_adapter
     from stylemix.models import single_file
-    from stylemix.models.base_model import DTYPES, architecture
+    from stylemix.models.base_model import DTYPES, architecture, family
+    from stylemix.models.families import FLOW, NAMES
     from stylemix.outputs import atomic_dir
 
     out = args.fused
@@ -36,6 +37,9 @@ def run(args: argparse.Namespace) -> None:
         raise StyleMixError(f"--fused {out}: name the checkpoint OUT.safetensors")
     folder = find_adapter(args.name)
     base = params.load("base").base
+    if (kind := family(base)) in FLOW:
+        raise StyleMixError(f"export --fused writes SD 1.5 / SDXL's single-file layout; {NAMES[kind]}'s is not written yet: "
+                            f"use the LoRA folder {folder} with the base model")
     drawer = Drawer(base)
     info = drawer.infos([args.name])[args.name]  # loads it; fuse() then bakes it in
     drawer.fuse({args.name: args.weight})

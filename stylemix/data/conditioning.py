@@ -1,6 +1,8 @@
 """What the UNet is conditioned on, the same in encode, train and the tests: the text encoders'
 hidden states for SD 1.5; for SDXL both encoders' penultimate hidden states side by side, the
-second one's pooled projection, and the micro-conditioning time ids.
+second one's pooled projection, and the micro-conditioning time ids. FLUX.1's and SD 3.5's
+transformers read T5's hidden states (SD 3.5: after both CLIPs') and CLIP's pooled embedding, as
+their pipelines' own `encode_prompt` computes them (`flow_text`).
 
 Captions longer than one window of a CLIP text encoder (75 tokens between its BOS and EOS) can be
 read whole up to 150 or 225 tokens, as kohya's max_token_length does: the ids are cut into 75-token
@@ -9,6 +11,8 @@ states are joined into one sequence (one BOS, 150 or 225 tokens, one EOS); SDXL'
 is the first chunk's.
 """
 import torch
+
+from stylemix.models.families import FLUX, architecture
 
 IDS = ("input_ids", "input_ids_2")  # one id tensor per tokenizer, in the pipeline's order
 CHUNK = 75  # caption tokens a CLIP text encoder reads at once, between its BOS and EOS
@@ -60,6 +64,17 @@ def encode_text(encoders: list, ids: list[torch.Tensor]) -> tuple[torch.Tensor, 
         return hidden, pooled
     hidden = hidden.view(b, chunks, CHUNK + 2, -1)
     return torch.cat([hidden[:, 0, :1], hidden[:, :, 1:-1].flatten(1, 2), hidden[:, -1, -1:]], dim=1), pooled
+
+
+def flow_text(pipe, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states, pooled) of a FLUX.1 or SD 3.5 pipeline's text encoders, by its own encode_prompt
+    (T5 at the pipeline's default length: 512 tokens for FLUX.1, 256 for SD 3.5)."""
+    if architecture(pipe) == FLUX:
+        hidden, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, device=device)
+    else:
+        hidden, _, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, prompt_3=None, device=device,
+                                                  do_classifier_free_guidance=False)
+    return hidden, pooled
 
 
 def time_ids(records: list[dict]) -> torch.Tensor:

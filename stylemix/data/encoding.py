@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from more_itertools import chunked
 
 from stylemix.data import buckets
-from stylemix.data.conditioning import CHUNK, encode_text, text_encoders, time_ids, tokenize
+from stylemix.data.conditioning import CHUNK, encode_text, flow_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError
 from stylemix.images import flat, load_image
+from stylemix.models.families import SDXL, architecture, is_flow
 from stylemix.progress import progress
 
 BATCH = 8
@@ -31,12 +32,13 @@ def pixels(folder: Path, names: list[str], size: tuple[int, int]) -> tuple[torch
 
 
 def encode_images(pipe, folder: Path, names: list[str], sizes: list[tuple[int, int]], device, label: str) -> dict[str, list]:
-    """The VAE posterior of every image and its mirror image, one tensor per image, batched by bucket;
+    """The VAE posterior of every image and its mirror image, one tensor per image, batched by bucket,
+    in the denoiser's units ((mean - shift) x scale, std x scale: FLUX's and SD 3.5's VAEs shift);
     with transparent images, every image's alpha at latent resolution (`mask`, area-averaged)."""
     vae = pipe.vae.to(device)
     if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's own VAE overflows in fp16
         vae.to(torch.float32)
-    scale = vae.config.scaling_factor
+    scale, shift = vae.config.scaling_factor, vae.config.get("shift_factor") or 0.0
     store: dict[str, list] = {k: [None] * len(names) for k in ("mean", "std", "mean_flipped", "std_flipped", "mask")}
     with progress(unit="images") as bar:
         task = bar.add_task(label, total=len(names))
@@ -47,7 +49,7 @@ def encode_images(pipe, folder: Path, names: list[str], sizes: list[tuple[int, i
                 batch = batch.to(device, vae.dtype)
                 for suffix, x in (("", batch), ("_flipped", batch.flip(-1))):
                     posterior = vae.encode(x).latent_dist
-                    for key, value in (("mean", posterior.mean), ("std", posterior.std)):
+                    for key, value in (("mean", posterior.mean - shift), ("std", posterior.std)):
                         for i, row in zip(chunk, (value * scale).float().cpu()):
                             store[key + suffix][i] = row
                 for i, row in zip(chunk, F.interpolate(alpha, size=posterior.mean.shape[-2:], mode="area")):
@@ -60,13 +62,21 @@ def encode_images(pipe, folder: Path, names: list[str], sizes: list[tuple[int, i
 
 def encode_captions(pipe, captions: list[str], device, max_tokens: int = CHUNK) -> dict[str, torch.Tensor]:
     """Token ids (for text-encoder training) and the frozen encoders' output of every caption (its
-    first `max_tokens` tokens), plus the empty caption's (`empty_` keys) for caption dropout."""
-    ids = tokenize(pipe, captions + [""], max_tokens)
-    encoders = [te.to(device) for te in text_encoders(pipe)]
-    chunks = [encode_text(encoders, [x.to(device) for x in chunk]) for chunk in zip(*(x.split(BATCH) for x in ids.values()))]
-    outputs = {"text_hidden": torch.cat([h for h, _ in chunks]).float().cpu()} | ids
-    if chunks[0][1] is not None:
-        outputs["text_pooled"] = torch.cat([p for _, p in chunks]).float().cpu()
+    first `max_tokens` tokens), plus the empty caption's (`empty_` keys) for caption dropout.
+    FLUX.1 and SD 3.5: the encoders' output only (stylemix trains their transformer alone)."""
+    if is_flow(pipe):
+        for component in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            if (module := getattr(pipe, component, None)) is not None:
+                module.to(device)
+        hidden, pooled = zip(*(flow_text(pipe, list(chunk), device) for chunk in chunked(captions + [""], BATCH)))
+        outputs = {"text_hidden": torch.cat(hidden).float().cpu(), "text_pooled": torch.cat(pooled).float().cpu()}
+    else:
+        ids = tokenize(pipe, captions + [""], max_tokens)
+        encoders = [te.to(device) for te in text_encoders(pipe)]
+        chunks = [encode_text(encoders, [x.to(device) for x in chunk]) for chunk in zip(*(x.split(BATCH) for x in ids.values()))]
+        outputs = {"text_hidden": torch.cat([h for h, _ in chunks]).float().cpu()} | ids
+        if chunks[0][1] is not None:
+            outputs["text_pooled"] = torch.cat([p for _, p in chunks]).float().cpu()
     tensors = {}
     for key, value in outputs.items():
         tensors[key], tensors["empty_" + key] = value[:-1].contiguous(), value[-1:].contiguous()
@@ -83,7 +93,7 @@ def encode_pictures(pipe, folder: Path, records: list[dict], captions: list[str]
     encoded = encode_captions(pipe, captions, device, max_tokens)
     shared = {k: v for k, v in encoded.items() if k.startswith("empty_")}
     per_image |= {k: v for k, v in encoded.items() if k not in shared}
-    if "text_pooled" in per_image:  # SDXL's micro-conditioning
+    if architecture(pipe) == SDXL:  # SDXL's micro-conditioning
         per_image["time_ids"] = time_ids(records)
     return per_image, shared
 

@@ -26,9 +26,10 @@ from stylemix.adapters.schedules import Mix
 from stylemix.adapters.schedules import dump as dump_schedules
 from stylemix.adapters.tokens import load_tokens, unload_tokens
 from stylemix.data.prompts import triggered
-from stylemix.drawing.render import SCHEDULERS, render
+from stylemix.drawing.render import render, use_sampler
 from stylemix.errors import StyleMixError
 from stylemix.models.base_model import load_pipeline
+from stylemix.models.families import denoiser
 from stylemix.paths import LORAS, MERGED
 
 WEIGHT_RANGE = (-1.0, 2.0)  # A1111's sliders allow negative weights (a style subtracted) and some overdrive
@@ -125,7 +126,7 @@ class Drawer:
         """peft puts a LoHa or LoKr over a LoRA's layers but cannot put a LoRA over theirs (nor over
         what is left of them once deleted): with any in the model, take every adapter layer out (each
         adapter is loaded again when next drawn). Returns whether it did."""
-        if not any(isinstance(m, LycorisLayer) for m in self.pipe.unet.modules()):
+        if not any(isinstance(m, LycorisLayer) for m in denoiser(self.pipe).modules()):
             return False
         self.pipe.unload_lora_weights()
         self.loaded.clear()
@@ -145,7 +146,7 @@ class Drawer:
         """Each named adapter's block multipliers (stylemix.adapters.block_weights) on this pipeline's UNet."""
         if unknown := sorted(set(blocks or {}) - set(active)):
             raise StyleMixError(f"block weights for {', '.join(unknown)}, which is not drawn: give it a weight too")
-        return block_weights.resolve(blocks or {}, self.pipe.unet.config, "blocks of {name}")
+        return block_weights.resolve(blocks or {}, denoiser(self.pipe).config, "blocks of {name}")
 
     def fuse(self, weights: dict[str, float], blocks: dict | None = None) -> None:
         """Bake the adapters at `weights` (and `blocks`) into the model's weights once (diffusers'
@@ -203,7 +204,7 @@ class Drawer:
             for name in triggers:
                 words |= infos[name].get("triggers") or {name: infos[name]["trigger"]}
             label, step = mix_label(active), self._step(cfg.steps, on_step)
-            self.pipe.scheduler = SCHEDULERS[cfg.scheduler](self.pipe.scheduler.config)
+            use_sampler(self.pipe, cfg.scheduler)
             for batch in chunked(list(zip(prompts, seeds, strict=True)), cfg.batch_size):
                 texts = [triggered(prompt, {"triggers": words}) if words else prompt for prompt, _ in batch]
                 callback = mix.apply(self.pipe, step) if live else step  # each batch from its schedules' first step

@@ -29,7 +29,7 @@ from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config, update
 from stylemix.adapters.tokens import copy_token
 from stylemix.errors import StyleMixError
-from stylemix.models.single_file import SD15
+from stylemix.models.families import FLOW, SD15
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 
@@ -86,7 +86,7 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     archs = {style: info.get("architecture", SD15) for style, info in infos.items()}
     if len(set(archs.values())) > 1:
         sides = "; ".join(f"{arch}: {', '.join(s for s, a in archs.items() if a == arch)}" for arch in sorted(set(archs.values())))
-        raise StyleMixError(f"merge.combos.{name} mixes SD 1.5 and SDXL LoRAs ({sides}), which cannot be combined; "
+        raise StyleMixError(f"merge.combos.{name} mixes LoRAs of different model families ({sides}), which cannot be combined; "
                             f"retrain them on one base model")
     for style in combo.weights if check_with is not None else []:
         if folder_type(loras / style) not in LYCORIS_CONFIGS:  # a LoHa's or LoKr's layers: lycoris_parts checks them
@@ -113,7 +113,8 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
         state |= {f"{m}.lora_B.weight": b.contiguous() for m, (_, b) in modules.items()}
         states[prefix] = (state, config)
     method = "svd" if combo.method == "linear" and any(full) else combo.method  # what the file is
-    info = {"combo": name, "components": combo.weights, "method": method, "rank": merged["unet"][1]["r"],
+    net = "transformer" if "transformer" in merged else "unet"
+    info = {"combo": name, "components": combo.weights, "method": method, "rank": merged[net][1]["r"],
             "triggers": {s: i.get("trigger") for s, i in infos.items()}, "base_model": bases.pop(),
             "resolution": next(iter(infos.values())).get("resolution"), "architecture": archs.popitem()[1],
             "layers_per_block": next(iter(infos.values())).get("layers_per_block"),
@@ -123,7 +124,7 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
         if check_with is not None:
-            check_lora_files(tmp, [WEIGHTS, kohya_file(name)], check_with,
+            check_lora_files(tmp, [WEIGHTS] if info["architecture"] in FLOW else [WEIGHTS, kohya_file(name)], check_with,
                              factor_deltas({prefix: modules for prefix, (modules, _) in merged.items()}), out / name, "merged")
         for token, (style, _) in tokens.items():
             copy_token(loras / style, tmp, token)

@@ -1,8 +1,10 @@
 """Base models: the one loading path for hub ids, local diffusers folders, single-file
-checkpoints and `tiny` / `tiny-sdxl`, and the builder of those two.
+checkpoints and the tiny models, and the builder of `tiny-sdxl` (stylemix.models.tiny_flow builds
+`tiny-flux` and `tiny-sd3`).
 
-SD 1.5 or SDXL is never a setting: diffusers picks the pipeline from model_index.json, a single
-file's keys tell which it is, and the stages ask the loaded model (`architecture`).
+Which family (SD 1.5, SDXL, FLUX.1, SD 3.5) is never a setting: diffusers picks the pipeline from
+model_index.json, a single file's keys tell which it is, and the stages ask the loaded model
+(stylemix.models.families.architecture).
 
 `tiny` is a small Stable Diffusion that has learned to draw the demo's emoji subjects by name in two
 looks, Noto's and Twemoji's (UNet, a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise
@@ -36,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from stylemix.errors import StyleMixError
 from stylemix.models import single_file
-from stylemix.models.single_file import SD15, SDXL  # the two architectures; every stage reads which from the model itself
+from stylemix.models.families import FLOW, FLUX, NAMES, PIPELINES, SD3, SD15, SDXL, architecture  # noqa: F401 (the library's names for them)
 from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
 
@@ -47,7 +49,6 @@ transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PIPELINES = {SD15: StableDiffusionPipeline, SDXL: StableDiffusionXLPipeline}
 
 
 def clip_tokenizer(**kwargs) -> CLIPTokenizer:
@@ -135,12 +136,6 @@ def copy_pretrained_tiny(path: Path | str) -> Path:
     return Path(path)
 
 
-def architecture(model) -> str:
-    """SD15 or SDXL, from a pipeline or UNet: SDXL's UNet takes the pooled text and time ids."""
-    unet = getattr(model, "unet", model)
-    return SDXL if unet.config.get("addition_embed_type") == "text_time" else SD15
-
-
 def _not_found(model: str, kind: str, err: Exception, key: str = "base.model") -> StyleMixError:
     if kind == "hub":
         offline = " HF_HUB_OFFLINE is set, so nothing was downloaded;" if hub_constants.HF_HUB_OFFLINE else ""
@@ -171,6 +166,9 @@ def load_pipeline(base: Base | str, dtype: str | None = None) -> DiffusionPipeli
                                                      requires_safety_checker=False, **extra)
     except (OSError, ValueError) as err:
         raise _not_found(model, kind, err) from None
+    if architecture(pipe) in FLOW and (base.prediction_type or base.zero_terminal_snr):
+        raise StyleMixError(f"base.prediction_type / base.zero_terminal_snr: settings of SD 1.5 / SDXL's noise schedule, and "
+                            f"{model} is {NAMES[architecture(pipe)]}, which trains by flow matching; leave them unset")
     if base.prediction_type:  # v-prediction models whose scheduler config does not say so (many community files)
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=base.prediction_type)
     if base.zero_terminal_snr:
@@ -204,6 +202,20 @@ def _from_single_file(base: Base, torch_dtype: torch.dtype, extra: dict) -> Diff
         parts["text_encoder"] = single_file.text_encoder_without_prefix(path, prefix, config, torch_dtype)
     return PIPELINES[arch].from_single_file(str(path), config=str(config), local_files_only=True, dtype=torch_dtype,
                                             **parts, **extra)
+
+
+def family(base: Base) -> str:
+    """The base's family (SD15, SDXL, FLUX, SD3) before loading it: its model_index.json's pipeline, or
+    a single file's keys."""
+    kind = model_kind(base.model)
+    if kind == "single_file":
+        return single_file.architecture_of(single_file.file_keys(Path(base.model)))
+    folder = str(BASE_DIR) if kind == "tiny" else base.model
+    try:
+        pipeline = DiffusionPipeline.load_config(folder, revision=base.revision)["_class_name"]
+    except (OSError, ValueError, KeyError) as err:
+        raise _not_found(base.model, kind, err) from None
+    return next((arch for arch, cls in PIPELINES.items() if cls.__name__ == pipeline), SD15)
 
 
 def load_vae(vae: str, dtype: torch.dtype) -> AutoencoderKL:

@@ -16,10 +16,13 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stylemix.errors import StyleMixError
+from stylemix.models.families import SD15, SDXL
 from stylemix.outputs import save_safetensors
 
-SD15, SDXL = "sd15", "sdxl"
-CONFIGS = {arch: Path(__file__).parents[1] / "configs" / arch for arch in (SD15, SDXL)}
+# The real models' configs (no weights): SD 1.5's and SDXL's for their single files; FLUX.1's and SD 3.5's
+# transformers, VAEs and text encoders, checked against the real weight counts on the meta device.
+CONFIGS = {name: Path(__file__).parents[1] / "configs" / name
+           for name in (SD15, SDXL, "flux-dev", "flux-schnell", "sd35-medium", "sd35-large")}
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP = {SD15: "cond_stage_model.transformer.", SDXL: "conditioner.embedders.0.transformer."}  # transformers' CLIP
 OPENCLIP = "conditioner.embedders.1.model."  # SDXL's second text encoder, in open_clip's names

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
 
@@ -33,15 +33,19 @@ from stylemix.data.latent_cache import LatentCache
 from stylemix.data.prompts import with_trigger
 from stylemix.errors import StyleMixError
 from stylemix.images import contact_sheet
-from stylemix.models.base_model import load_pipeline, pinned_source
+from stylemix.models.base_model import family, load_pipeline, pinned_source
+from stylemix.models.families import FLOW, NAMES, architecture, denoiser, denoiser_name
 from stylemix.outputs import atomic_dir, atomic_write
 from stylemix.paths import CHECKPOINTS, LATENTS, LATENTS_FILE, LORAS, PRIOR, TRAIN_LOGS, latents_file
 from stylemix.progress import progress
 from stylemix.training import batches, checkpoints
+from stylemix.training import flow as flow_matching
 from stylemix.training.batches import Batches
 from stylemix.training.model_card import kohya_metadata, model_card
+from stylemix.training.timesteps import sample_timesteps
 from stylemix.training.validation import adapters_off, heldout_loss, load_heldout
 
+PRECISIONS = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}  # train.mixed_precision -> base_model.DTYPES
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -69,35 +73,46 @@ def open_prior(cfg: params.Prior | None, resolution: int, root: Path = PRIOR) ->
 
 def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, name: str, tokens: dict[str, str]):
     """The base pipeline, frozen, with fresh LoRA adapters and the style's new tokens; returns
-    (pipe, trained modules, trainables)."""
-    pipe = load_pipeline(p.base, "float32")
+    (pipe, trained modules, trainables, prompts): `prompts`, for FLUX.1 / SD 3.5, the validation
+    prompts encoded once, after which the text encoders (T5 above all) are dropped, as training reads
+    cached captions; None for the UNets, whose validation pictures are drawn from the text."""
+    weight_dtype = DTYPES[cfg.mixed_precision]  # frozen base weights in the training precision; the LoRA stays float32
+    flow = family(p.base) in FLOW
+    # A flow model loads in that precision at once: FLUX.1's transformer alone is 48 GB in float32.
+    pipe = load_pipeline(p.base, PRECISIONS[cfg.mixed_precision] if flow else "float32")
     pipe.set_progress_bar_config(disable=True)
-    unet, encoders = pipe.unet, text_encoders(pipe)
-    for module in (unet, *encoders, pipe.vae):
+    net, encoders, prompts = denoiser(pipe), text_encoders(pipe), None
+    if flow:
+        if tokens or p.lora.text_encoder:
+            raise StyleMixError(f"{'styles.' + name + '.tokens' if tokens else 'lora.text_encoder'}: stylemix trains the "
+                                f"transformer of {NAMES[architecture(pipe)]} only; leave it out")
+        with torch.no_grad():
+            prompts = flow_matching.encode_prompts(pipe, [with_trigger(q, params.style(p, name)) for q in cfg.validation_prompts], device)
+        flow_matching.drop_text_encoders(pipe)
+        encoders = []
+    for module in (net, *encoders, pipe.vae):
         module.requires_grad_(False)
     if tokens:
         add_tokens(pipe, tokens, name)
-    # Frozen base weights in the training precision; the LoRA weights stay float32.
-    weight_dtype = DTYPES[cfg.mixed_precision]
-    for module in (unet, *encoders):
+    for module in (net, *encoders):
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
     set_seed(cfg.seed)  # the LoRA's random initialisation
-    add_lora(unet, encoders, p.lora)
-    trained = [unet, *encoders] if p.lora.text_encoder or tokens else [unet]
+    add_lora(net, encoders, p.lora)
+    trained = [net, *encoders] if p.lora.text_encoder or tokens else [net]
     cast_training_params(trained, dtype=torch.float32)
-    if cfg.channels_last:
-        unet.to(memory_format=torch.channels_last)
+    if cfg.channels_last and not flow:
+        net.to(memory_format=torch.channels_last)
         if p.lora.type == "dora":  # peft's DoRA convolutions `view` their factors, which channels_last forbids
-            for param in unet.parameters():
+            for param in net.parameters():
                 if param.requires_grad:
                     param.data = param.data.contiguous()
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        net.enable_gradient_checkpointing()
         for encoder in trained[1:]:
             encoder.gradient_checkpointing_enable()
     trainables = {f"{prefix}.{k}": v for prefix, m in zip(("unet", "text_encoder", "text_encoder_2"), trained)
                   for k, v in m.named_parameters() if v.requires_grad}
-    return pipe, trained, trainables
+    return pipe, trained, trainables, prompts
 
 
 def make_optimizer(trainables: dict, cfg: params.Train, device: torch.device) -> torch.optim.Optimizer:
@@ -190,36 +205,11 @@ def log_row(live, row: dict) -> None:
             live.log_metric(key, row[key])
 
 
-def timestep_weights(cfg: params.Timesteps, total: int) -> torch.Tensor:
-    """Each timestep's chance under an earlier / later / range bias (diffusers' timestep_bias_*)."""
-    if cfg.sampling == "range":
-        begin, end = cfg.range
-        if end > total:
-            raise StyleMixError(f"train.timesteps.range {list(cfg.range)} goes past the model's {total} timesteps; "
-                                f"end it at {total} or below")
-    else:
-        n = max(1, round(total * cfg.portion))
-        begin, end = (0, n) if cfg.sampling == "earlier" else (total - n, total)
-    weights = torch.ones(total)
-    weights[begin:end] *= cfg.multiplier
-    return weights / weights.sum()
-
-
-def sample_timesteps(cfg: params.Timesteps, total: int, b: int, gen: torch.Generator) -> torch.Tensor:
-    """`b` training timesteps in [0, total) by train.timesteps.sampling, from `gen`."""
-    device = gen.device
-    if cfg.sampling == "uniform":
-        return torch.randint(0, total, (b,), generator=gen, device=device)
-    if cfg.sampling == "logit_normal":  # SD 3's: most draws mid-range, fewer at either end
-        u = torch.sigmoid(cfg.mean + cfg.std * torch.randn(b, generator=gen, device=device))
-        return (u * total).long().clamp(max=total - 1)
-    return torch.multinomial(timestep_weights(cfg, total).to(device), b, replacement=True, generator=gen)
-
-
 def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: torch.Generator,
                    encoders: list | None = None) -> torch.Tensor:
-    """Noise a batch's cached latents (LatentCache.rows) at random timesteps and score the UNet's
-    prediction (min-SNR weighted)."""
+    """Noise a batch's cached latents (LatentCache.rows) at random timesteps and score the denoiser's
+    prediction: a UNet's noise (or velocity) min-SNR weighted, a flow transformer's velocity weighted
+    by train.timesteps.weighting (stylemix.training.flow)."""
     device = gen.device
     b = len(batch["mean"])
     flip = (torch.rand(b, generator=gen, device=device) < 0.5) if cfg.random_flip else torch.zeros(b, dtype=torch.bool, device=device)
@@ -234,18 +224,24 @@ def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: t
     noise = torch.randn(latents.shape, generator=gen, device=device)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=gen, device=device)
-    t = sample_timesteps(cfg.timesteps, noise_scheduler.config.num_train_timesteps, b, gen)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
-    v_pred = noise_scheduler.config.prediction_type == "v_prediction"
-    target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
-    pred = unet(noisy, t, cond, **unet_kwargs(pooled, batch["time_ids"] if pooled is not None else None)).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none")
+    flow = isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler)
+    if flow:
+        loss, weight_by_sigma = flow_matching.loss(unet, noise_scheduler.config, latents, noise, cond, pooled, cfg, gen)
+    else:
+        t = sample_timesteps(cfg.timesteps, noise_scheduler.config.num_train_timesteps, b, gen)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        v_pred = noise_scheduler.config.prediction_type == "v_prediction"
+        target = noise_scheduler.get_velocity(latents, noise, t) if v_pred else noise
+        pred = unet(noisy, t, cond, **unet_kwargs(pooled, batch["time_ids"] if pooled is not None else None)).sample
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none")
     if cfg.masked_loss.enabled:  # a weighted mean: an image's loss per unit of the area it counts
         mask = torch.where(flip[:, None, None, None], batch["mask"].flip(-1), batch["mask"])
         weight = cfg.masked_loss.unmasked_weight + (1 - cfg.masked_loss.unmasked_weight) * mask
         loss = (loss * weight).sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) * loss.shape[1]).clamp(min=1e-8)
     else:
         loss = loss.mean(dim=(1, 2, 3))
+    if flow:
+        return (loss * weight_by_sigma).mean()
     if cfg.min_snr_gamma or cfg.debiased_estimation:
         snr = compute_snr(noise_scheduler, t)
     if cfg.min_snr_gamma:
@@ -255,14 +251,21 @@ def diffusion_loss(unet, noise_scheduler, batch: dict, cfg: params.Train, gen: t
     return loss.mean()
 
 
-def validation_images(pipe, prompts: list[str], style: params.Style, resolution: int, steps: int, device) -> list:
-    was_training = pipe.unet.training
-    pipe.unet.eval()
+def validation_images(pipe, prompts: list[str], style: params.Style, resolution: int, steps: int, device,
+                      encoded: dict | None = None) -> list:
+    """The validation prompts drawn with the trained adapters, prompt i at seed i; FLUX.1 / SD 3.5 from
+    their `encoded` prompts (prepare_models), as their text encoders are gone."""
+    net = denoiser(pipe)
+    was_training = net.training
+    net.eval()
     pipe.to(device)
-    with torch.autocast(device.type, enabled=pipe.unet.dtype != torch.float32):
-        images = [pipe(with_trigger(p, style), num_inference_steps=steps, height=resolution, width=resolution,
-                       generator=torch.Generator(device).manual_seed(i)).images[0] for i, p in enumerate(prompts)]
-    pipe.unet.train(was_training)
+    with torch.autocast(device.type, enabled=net.dtype != torch.float32):
+        if encoded is not None:
+            images = flow_matching.draw(pipe, encoded, resolution, steps, device)
+        else:
+            images = [pipe(with_trigger(p, style), num_inference_steps=steps, height=resolution, width=resolution,
+                           generator=torch.Generator(device).manual_seed(i)).images[0] for i, p in enumerate(prompts)]
+    net.train(was_training)
     return images
 
 
@@ -299,7 +302,9 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
         raise StyleMixError(f"style {name}: train.masked_loss needs transparent images (PNGs with alpha), and none of its "
                             f"{len(cache)} images is; turn it off for this style (styles.{name}.train.masked_loss.enabled: false)")
 
-    pipe, trained, trainables = prepare_models(p, cfg, device, name, style.tokens)
+    pipe, trained, trainables, prompts = prepare_models(p, cfg, device, name, style.tokens)
+    flow = architecture(pipe) in FLOW
+    flow_matching.check_settings(cfg, architecture(pipe))
     optimizer = make_optimizer(trainables, cfg, device)
     schedule_free = cfg.optimizer == "schedule_free_adamw"  # its warm-up is its own
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=0 if schedule_free else cfg.warmup_steps,
@@ -308,8 +313,11 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
                    power=cfg.ema.power) if cfg.ema.enabled else None
     prepared = accelerator.prepare(*trained, optimizer)
     model, te_models, optimizer = prepared[0], list(prepared[1:-1]) or None, prepared[-1]
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    if flow:
+        noise_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    else:
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     gen = torch.Generator(device).manual_seed(cfg.seed * 1_000 + rank)
 
     # The held-out loss, on the main process only, of the unwrapped modules (no other process waits).
@@ -373,7 +381,8 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
             if live:
                 log_row(live, history[-1])
                 if cfg.validate_every and step % cfg.validate_every == 0:
-                    images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+                    images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps,
+                                               device, prompts)
                     for i, img in enumerate(images):
                         live.log_image(f"step-{step:06d}/validation_{i}.png", img)
             rate = (step - first_step) * per_step / (time.perf_counter() - started)
@@ -397,10 +406,10 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
     if accelerator.is_main_process:
         live.summary.update(summary)
         live.end()
-        pipe.unet = accelerator.unwrap_model(model)
+        setattr(pipe, denoiser_name(pipe), accelerator.unwrap_model(model))
         for component, te in zip(("text_encoder", "text_encoder_2"), te_models or []):
             setattr(pipe, component, accelerator.unwrap_model(te))
-        save_outputs(out / name, name, pipe, p, cfg, run, total, n, cache.max_token_length, len(prior) if prior else 0)
+        save_outputs(out / name, name, pipe, p, cfg, run, total, n, cache.max_token_length, len(prior) if prior else 0, prompts)
         ran = step - first_step  # 0 when resumed from the final checkpoint
         accelerator.print(f"train {name}: {ran} of {total} steps in {seconds:.1f}s ({ran / seconds:.2f} steps/s), "
                           f"final loss {summary['final_loss']:.4f} -> {out / name}/")
@@ -411,8 +420,9 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
 
 
 def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int,
-                 max_tokens: int = 75, prior_images: int = 0) -> None:
-    """The LoRA in both layouts, validation images and a model card, all or nothing."""
+                 max_tokens: int = 75, prior_images: int = 0, prompts: dict | None = None) -> None:
+    """The LoRA in both layouts (FLUX.1 / SD 3.5: the diffusers layout), validation images (a flow
+    model's from its encoded `prompts`) and a model card, all or nothing."""
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
             "resolution": p.base.resolution, "steps": steps, "images": images, "repeats": style.repeats,
@@ -421,15 +431,19 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
             "text_encoder": p.lora.text_encoder, "tokens": style.tokens, "params_hash": run, "max_token_length": max_tokens,
             "prior": {"images": prior_images, "weight": p.prior.weight} if prior_images else None,
             "train": cfg.model_dump(include={"optimizer", "optimizer_args", "lr", "scheduler", "timesteps", "ema", "masked_loss", "min_snr_gamma",
-                                             "noise_offset", "debiased_estimation", "seed"})}
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+                                             "noise_offset", "debiased_estimation", "seed"}),
+            "architecture": architecture(pipe)}
+    flow = architecture(pipe) in FLOW
+    if not flow:  # the flow models draw with their own (flow-matching Euler) scheduler
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
         save_lora(tmp, name, pipe, info, kohya_metadata(p, cfg, info))
-        check_lora_files(tmp, [WEIGHTS, kohya_file(name)], pipe, adapter_deltas(pipe), folder)  # both load back as trained, or stop
+        files = [WEIGHTS] if flow else [WEIGHTS, kohya_file(name)]
+        check_lora_files(tmp, files, pipe, adapter_deltas(pipe), folder)  # each loads back as trained, or stop
         if style.tokens:
             save_tokens(tmp, pipe, list(style.tokens))
-        device = next(pipe.unet.parameters()).device
-        images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device)
+        device = next(denoiser(pipe).parameters()).device
+        images = validation_images(pipe, cfg.validation_prompts, style, p.base.resolution, cfg.validation_steps, device, prompts)
         labels = [with_trigger(q, style) for q in cfg.validation_prompts]
         contact_sheet(list(zip(images, labels)), tile=192).save(tmp / "validation.png")
         atomic_write(tmp / "README.md", model_card(name, style, p, cfg, info))

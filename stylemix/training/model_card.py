@@ -4,6 +4,7 @@ which A1111's, ComfyUI's and Civitai's readers show."""
 from stylemix import params
 from stylemix.adapters.tokens import a1111_file, diffusers_file
 from stylemix.data.prompts import with_trigger
+from stylemix.models.families import FLOW
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
@@ -20,6 +21,8 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
     dora = " (LyCORIS's dora_scale: diffusers drops it from kohya files)" if p.lora.type == "dora" else ""
     load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}'
+    if info.get("architecture") in FLOW:  # the kohya / ComfyUI layout of their transformers is not written yet
+        load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers (FluxPipeline / StableDiffusion3Pipeline)'
     if p.lora.type in ("loha", "lokr"):  # diffusers' loader reads neither: peft does, from the file's own config
         config = "LoHaConfig" if p.lora.type == "loha" else "LoKrConfig"
         load = (f'# {name}_kohya.safetensors for A1111 / ComfyUI (LyCORIS {p.lora.type}); diffusers\' loader reads neither file:\n'

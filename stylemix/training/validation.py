@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from stylemix.data.conditioning import IDS, encode_text, unet_kwargs
 from stylemix.data.latent_cache import LatentCache
 from stylemix.errors import StyleMixError
 from stylemix.paths import LATENTS, heldout_file
+from stylemix.training.flow import predict as flow_predict
 
 # What encode@S keeps of a held-out image: no mirror image, no tag variants (scored on its plain caption).
 HELDOUT_KEYS = ("mean", "std", "text_hidden", "text_pooled", "time_ids", *IDS)
@@ -66,10 +68,12 @@ def heldout_loss(unet, noise_scheduler, groups: list[dict[str, torch.Tensor]], t
     limit = noise_scheduler.config.num_train_timesteps
     if any(t >= limit for t in timesteps):
         raise StyleMixError(f"validation.timesteps must be below the model's {limit} training timesteps")
-    device, dtype = unet.device, unet.dtype
-    v_pred = noise_scheduler.config.prediction_type == "v_prediction"
-    alphas, was_training = noise_scheduler.alphas_cumprod, unet.training
-    noise_scheduler.alphas_cumprod = alphas.to(device)
+    device, dtype, was_training = unet.device, unet.dtype, unet.training
+    flow = isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler)  # FLUX.1 / SD 3.5: at sigma = t / 1000, unshifted
+    if not flow:
+        v_pred = noise_scheduler.config.prediction_type == "v_prediction"
+        alphas = noise_scheduler.alphas_cumprod
+        noise_scheduler.alphas_cumprod = alphas.to(device)
     unet.eval()
     sums, count = {t: 0.0 for t in timesteps}, 0
     for held in groups:
@@ -79,16 +83,23 @@ def heldout_loss(unet, noise_scheduler, groups: list[dict[str, torch.Tensor]], t
         else:
             cond, pooled = encode_text(encoders, [held[k].to(device) for k in IDS[: len(encoders)]])
         times = held.get("time_ids")
-        extra = unet_kwargs(None if pooled is None else pooled.to(device, dtype), None if times is None else times.to(device))
+        extra = {} if flow else unet_kwargs(None if pooled is None else pooled.to(device, dtype),
+                                            None if times is None else times.to(device))
         for t in timesteps:
             noise = torch.stack([fixed_noise(latents.shape[1:], seed, count + i, t) for i in range(len(latents))]).to(device)
-            steps = torch.full((len(latents),), t, device=device, dtype=torch.long)
-            noisy = noise_scheduler.add_noise(latents, noise, steps)
-            target = noise_scheduler.get_velocity(latents, noise, steps) if v_pred else noise
-            pred = unet(noisy.to(dtype), steps, cond.to(dtype), **extra).sample
+            if flow:
+                sigma = torch.full((len(latents),), t / limit, device=device)
+                noisy, target = (1 - sigma.view(-1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1) * noise, noise - latents
+                pred = flow_predict(unet, noisy.to(dtype), sigma.to(dtype), cond.to(dtype), pooled.to(device, dtype), 1.0)
+            else:
+                steps = torch.full((len(latents),), t, device=device, dtype=torch.long)
+                noisy = noise_scheduler.add_noise(latents, noise, steps)
+                target = noise_scheduler.get_velocity(latents, noise, steps) if v_pred else noise
+                pred = unet(noisy.to(dtype), steps, cond.to(dtype), **extra).sample
             sums[t] += F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).sum().item()
         count += len(latents)
-    noise_scheduler.alphas_cumprod = alphas
+    if not flow:
+        noise_scheduler.alphas_cumprod = alphas
     unet.train(was_training)
     losses = {f"t{t}": sums[t] / count for t in timesteps}
     losses["mean"] = sum(losses.values()) / len(losses)

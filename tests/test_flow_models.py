@@ -1,0 +1,244 @@
+"""FLUX.1 and SD 3.5 on `tiny-flux` and `tiny-sd3`: the family read from the model, the text
+conditioning their pipelines compute, flow-matching sigmas and loss, training that resumes
+bit-exactly, LoRA files that load back to their trained deltas, and one-line errors for the settings
+that belong to the UNets."""
+import json
+import math
+import shutil
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+from diffusers.configuration_utils import FrozenDict
+from PIL import Image
+
+from stages.encode import encode_style
+from stages.generate import generate_model
+from stages.validate import loss_matrix
+from stylemix import params
+from stylemix.adapters.load_check import adapter_deltas, deltas
+from stylemix.adapters.loading import load_adapter, read_info
+from stylemix.data.latent_cache import LatentCache
+from stylemix.demo.sample import build_style
+from stylemix.errors import StyleMixError
+from stylemix.mixing.merging import merge_combo
+from stylemix.models.base_model import family, load_pipeline
+from stylemix.models.families import FLUX, SD3, architecture
+from stylemix.models.tiny_flow import build_tiny_flow
+from stylemix.paths import LATENTS_FILE, STRENGTH_IMAGES, image_name
+from stylemix.training import flow
+from stylemix.training.timesteps import sigmas
+from tests.test_train import killed_after, prepare, train, weights
+
+RESOLUTION = 32
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@pytest.fixture(scope="module", params=[FLUX, SD3])
+def model(request, tmp_path_factory):
+    return request.param, build_tiny_flow(tmp_path_factory.mktemp(request.param) / "model", request.param)
+
+
+def make_params(folder, source, **train) -> params.Params:
+    return params.validate({
+        "base": {"model": str(folder), "resolution": RESOLUTION, "buckets": {"enabled": True, "step": 16}},
+        "styles": {"openmoji": {"source": str(source), "trigger": "omstyle"}},
+        "lora": {"rank": 4, "alpha": 4, "targets": TARGETS},
+        "train": {"max_steps": 4, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "validation_steps": 2,
+                  "validation_prompts": ["a cat"], "caption_dropout": 0.3, "min_snr_gamma": None} | train,
+    })
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, model):
+    """Six openmojis (in three aspect ratios) filtered into 16-px buckets, captioned and encoded."""
+    arch, folder = model
+    root = tmp_path_factory.mktemp(f"data-{arch}")
+    (root / "src").mkdir()
+    build_style("openmoji", root / "src", count=6, seed=0)
+    prepare("openmoji", root, make_params(folder, root / "src"))
+    return root
+
+
+def test_the_family_comes_from_the_model(model):
+    arch, folder = model
+    pipe = load_pipeline(str(folder))
+    assert isinstance(pipe, {FLUX: FluxPipeline, SD3: StableDiffusion3Pipeline}[arch])
+    assert architecture(pipe) == architecture(pipe.transformer) == arch
+    assert family(params.Base(model=str(folder))) == arch  # read from model_index.json, before loading
+
+
+def test_cached_text_is_what_the_pipeline_computes(model, data):
+    arch, folder = model
+    cache = LatentCache(data / "latents/openmoji" / LATENTS_FILE)
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    first = cache.groups()[0]
+    captions = cache.group_captions()[0]
+    with torch.no_grad():
+        if arch == FLUX:
+            hidden, pooled, _ = pipe.encode_prompt(captions, prompt_2=None)
+        else:
+            hidden, _, pooled, _ = pipe.encode_prompt(captions, None, None, do_classifier_free_guidance=False)
+    assert torch.allclose(first["text_hidden"], hidden, atol=1e-6) and torch.allclose(first["text_pooled"], pooled, atol=1e-6)
+    assert first["mean"].shape[1] == 16 and "time_ids" not in first  # 16 latent channels; no SDXL micro-conditioning
+
+
+def test_sigmas_are_shifted_as_the_schedulers_shift_them():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    u = sigmas(params.Timesteps(shift=1.0), {}, torch.Size((64, 16, 4, 4)), gen())
+    sd3 = sigmas(params.Timesteps(), {"shift": 3.0}, torch.Size((64, 16, 4, 4)), gen())
+    assert torch.allclose(sd3, 3 * u / (1 + 2 * u))  # SD 3.5's static shift, on the same draws
+    config = {"use_dynamic_shifting": True, "base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5,
+              "max_shift": 1.15}
+
+    class Config(dict):
+        __getattr__ = dict.__getitem__
+    # FLUX.1 at 1024 px: 128 x 128 latents, 4096 patches, the largest shift mu = 1.15.
+    flux = sigmas(params.Timesteps(), Config(config), torch.Size((64, 16, 128, 128)), gen())
+    assert torch.allclose(flux, math.exp(1.15) / (math.exp(1.15) + (1 / u - 1)), atol=1e-6)
+    assert (flux > u).all() and (sd3 > u).all()  # both lean to the noisy end
+    mode = sigmas(params.Timesteps(sampling="logit_normal", shift=1.0), {}, torch.Size((4000, 1, 2, 2)), gen())
+    assert 0.45 < mode.median() < 0.55 and 0 < mode.min() and mode.max() < 1
+
+
+def test_the_loss_is_the_velocity_error_by_hand(model):
+    """noisy = (1 - s) x + s n, target n - x, at the sigmas the same generator draws."""
+    _, folder = model
+    pipe = load_pipeline(str(folder))
+    net, cfg = pipe.transformer, params.Train(min_snr_gamma=None)
+    x, n = torch.randn(2, 16, 4, 6), torch.randn(2, 16, 4, 6)
+    hidden, pooled = torch.randn(2, 7, net.config.joint_attention_dim), torch.randn(2, net.config.pooled_projection_dim)
+    with torch.no_grad():
+        error, weight = flow.loss(net, pipe.scheduler.config, x, n, hidden, pooled, cfg, torch.Generator().manual_seed(0))
+        s = sigmas(cfg.timesteps, pipe.scheduler.config, x.shape, torch.Generator().manual_seed(0))
+        pred = flow.predict(net, (1 - s.view(-1, 1, 1, 1)) * x + s.view(-1, 1, 1, 1) * n, s, hidden, pooled, 1.0)
+    assert pred.shape == x.shape and torch.equal(weight, torch.ones(2))
+    assert torch.allclose(error, (pred - (n - x)) ** 2, atol=1e-6)
+
+
+def test_flux_patches_go_back_where_they_came_from():
+    """FLUX.1's transformer reads 2x2 patches as tokens: a transformer that returns its tokens gives back the latents."""
+    class Echo(torch.nn.Module):
+        config = FrozenDict(joint_attention_dim=32, guidance_embeds=True)  # FLUX.1 [dev]'s
+
+        def forward(self, hidden_states, img_ids, guidance, **_):
+            assert img_ids.shape == (hidden_states.shape[1], 3) and guidance.tolist() == [3.5, 3.5]
+            return (hidden_states,)
+    x = torch.randn(2, 16, 4, 6)
+    assert torch.equal(flow.predict(Echo(), x, torch.rand(2), torch.randn(2, 7, 32), torch.randn(2, 32), 3.5), x)
+
+
+def test_training_resumes_bit_exactly_and_the_lora_loads_back(model, data, tmp_path):
+    arch, folder = model
+    p = make_params(folder, data / "src")
+    whole = weights(train(data, tmp_path, p, run="whole"))
+    killed_after(data, tmp_path, p, 3, "killed")
+    resumed = train(data, tmp_path, p, run="killed")
+    assert whole.keys() == weights(resumed).keys()
+    assert all(torch.equal(whole[k], v) for k, v in weights(resumed).items())
+    # The saved file, loaded into a fresh pipeline by diffusers' own loader, holds the trained update.
+    lora = tmp_path / "whole/lora/openmoji"
+    assert read_info(lora)["architecture"] == arch and (lora / "validation.png").is_file()
+    pipe = load_pipeline(str(folder))
+    load_adapter(pipe, lora, "style")
+    trained = adapter_deltas(resumed["pipe"])["transformer"]
+    got = deltas(pipe.transformer, "style")
+    assert got.keys() == trained.keys() and all(torch.allclose(got[m], trained[m], atol=1e-6) for m in trained)
+    assert any(d.abs().max() > 0 for d in got.values())
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"train": {"min_snr_gamma": 5.0}}, "train.min_snr_gamma: settings of SD 1.5 / SDXL's noise schedule"),
+    ({"lora": {"type": "loha"}}, "lora.type loha"),
+    ({"lora": {"targets": "style"}}, "lora.targets: style names a block"),
+])
+def test_unet_settings_are_one_line(model, data, tmp_path, edit, expected):
+    _, folder = model
+    p = make_params(folder, data / "src")
+    p = params.validate(p.model_dump() | {k: p.model_dump()[k] | v for k, v in edit.items()})
+    with pytest.raises(StyleMixError, match=expected.replace(".", r"\.")):
+        train(data, tmp_path, p)
+
+
+def test_clip_settings_are_one_line_at_encode(model, data, tmp_path):
+    _, folder = model
+    p = make_params(folder, data / "src")
+    style = p.styles["openmoji"].model_copy(update={"tokens": {"<om>": "emoji"}})
+    with pytest.raises(StyleMixError, match="styles.openmoji.tokens: a setting of the CLIP"):
+        encode_style("openmoji", style, p.base, data / "filtered", data / "captions", tmp_path)
+
+
+@pytest.mark.parametrize("name, weights", [
+    ("flux-dev", 11_901_408_320), ("flux-schnell", 11_891_178_560),  # BFL: "12 billion parameters"; schnell has no guidance embedder
+    ("sd35-medium", 2_469_663_936), ("sd35-large", 8_146_280_768),  # Stability: 2.5 and 8.1 billion (with the position table)
+])
+def test_shipped_configs_are_the_real_models(name, weights):
+    """Each config folder builds its model's transformer on the meta device with the real weight count,
+    its VAE (FLUX.1's autoencoder: 83.8 M) and its CLIP encoders (L: 123 M, G: 695 M)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    from stylemix.models.single_file import CONFIGS
+
+    folder = CONFIGS[name]
+    index = json.loads((folder / "model_index.json").read_text())
+    counts = {}
+    with init_empty_weights():
+        for component in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+            library, cls = index.get(component, (None, None))
+            if library == "diffusers":
+                model = getattr(diffusers, cls).from_config(getattr(diffusers, cls).load_config(folder / component))
+            elif cls and cls != "T5EncoderModel":  # T5-XXL: its shipped config only (4.76 B, with the embedding tied)
+                model = getattr(transformers, cls)(transformers.AutoConfig.from_pretrained(folder / component))
+            else:
+                continue
+            counts[component] = sum(v.numel() for v in model.state_dict().values())
+    clips = [123_060_480] if name.startswith("flux") else [123_650_304, 694_659_840]  # with SD 3.5's projections
+    assert counts == {"transformer": weights, "vae": 83_819_683} | dict(zip(("text_encoder", "text_encoder_2"), clips))
+
+
+def test_merge_generate_and_validate_on_the_flow_models(model, data, tmp_path):
+    """Downstream of training: two LoRAs merged exactly (the merged file loads back to the weighted sum),
+    drawn by generate@M with the model's own flow-matching sampler, and the held-out loss matrix."""
+    arch, folder = model
+    p = make_params(folder, data / "src", max_steps=2)
+    loras = tmp_path / "loras"
+    for run, seed in (("openmoji", 0), ("other", 1)):
+        train(data, tmp_path, p.model_copy(update={"train": p.train.model_copy(update={"seed": seed})}), run=run)
+        shutil.copytree(tmp_path / run / "lora/openmoji", loras / run)
+    pipe = load_pipeline(str(folder))
+    info = merge_combo("mix", params.Combo(weights={"openmoji": 0.6, "other": 0.4}), loras, tmp_path / "merged", check_with=pipe)
+    assert info["architecture"] == arch and info["rank"] == 8  # linear: the two rank-4 LoRAs stacked
+
+    cfg = params.Generate(prompts=["a cat"], seeds=[0], steps=2, scheduler="euler", strengths=[0.5])
+    drawn = {}
+    for name, lora in (("base", None), ("mix", tmp_path / "merged/mix")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        generate_model(pipe, name, lora, cfg, p.base, tmp_path / "images" / name)
+        drawn[name] = np.asarray(Image.open(tmp_path / "images" / name / image_name(0, 0)))
+    assert drawn["mix"].shape == (RESOLUTION, RESOLUTION, 3) and not np.array_equal(drawn["mix"], drawn["base"])
+    assert (tmp_path / "images/mix" / STRENGTH_IMAGES).is_dir()
+    with pytest.raises(StyleMixError, match="generate.scheduler = dpmsolver\\+\\+: .* set generate.scheduler: euler"):
+        generate_model(pipe, "base", None, cfg.model_copy(update={"scheduler": "dpmsolver++"}), p.base, tmp_path)
+
+    encode_style("openmoji", p.styles["openmoji"], p.base, data / "filtered", data / "captions", tmp_path / "latents", heldout=2)
+    rows = loss_matrix(pipe, ["openmoji", "other"], params.Validation(timesteps=[300, 700]), tmp_path / "latents", loras)
+    assert set(rows) == {"base", "openmoji", "other"} and rows["openmoji"]["openmoji"]["mean"] != rows["base"]["openmoji"]["mean"]
+
+
+@pytest.mark.parametrize("preset, arch", [("flux-dev", FLUX), ("sd35-medium", SD3)])
+def test_the_presets_fit_their_family(preset, arch, tmp_path):
+    """Every target layer of a preset exists in its family's transformer (the tiny one has the real one's
+    layer names), its settings are flow matching's, and it draws with the model's own sampler."""
+    from stylemix.adapters.lora_files import unet_targets
+    from stylemix.drawing.render import use_sampler
+    from tests.conftest import ROOT
+
+    p = params.load("base", "lora", "train", "generate", path=ROOT / "presets" / f"{preset}.yaml")
+    pipe = load_pipeline(str(build_tiny_flow(tmp_path / "model", arch)))
+    assert unet_targets(pipe.transformer, p.lora.targets) == p.lora.targets
+    flow.check_settings(p.train, arch)
+    use_sampler(pipe, p.generate.scheduler)
+    assert p.base.resolution == 1024 and p.train.mixed_precision == "bf16"
