@@ -6,8 +6,8 @@ from pathlib import Path
 
 from stylemix import params
 from stylemix.errors import run_stage
+from stylemix.families import FLUX, SD3
 from stylemix.models.base_model import build_tiny, copy_pretrained_tiny, identity
-from stylemix.models.families import FLUX, SD3
 from stylemix.models.tiny_flow import build_tiny_flow
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import BASE_DIR

@@ -27,8 +27,8 @@ from stylemix.data.encoding import encode_captions, encode_pictures, warn_cut
 from stylemix.data.latent_cache import LatentCache
 from stylemix.data.prompts import tag_variants, training_captions
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.families import NAMES, architecture, is_flow
 from stylemix.models.base_model import load_pipeline
-from stylemix.models.families import NAMES, architecture, is_flow
 from stylemix.outputs import atomic_dir, read_jsonl
 from stylemix.paths import CAPTIONS, FILTERED, HELDOUT_FILE, LATENTS, LATENTS_FILE
 from stylemix.training.validation import HELDOUT_KEYS, heldout_indices

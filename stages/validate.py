@@ -12,8 +12,8 @@ from stylemix.adapters.loading import load_adapter, read_info_for
 from stylemix.adapters.tokens import load_tokens, unload_tokens
 from stylemix.data.conditioning import text_encoders, tokenize
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.families import denoiser, is_flow
 from stylemix.models.base_model import load_pipeline
-from stylemix.models.families import denoiser, is_flow
 from stylemix.outputs import atomic_write, write_json
 from stylemix.paths import LATENTS, LORAS, VALIDATION, VALIDATION_PLOT
 from stylemix.progress import progress

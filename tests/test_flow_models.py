@@ -23,14 +23,14 @@ from stylemix.adapters.loading import load_adapter, read_info
 from stylemix.data.latent_cache import LatentCache
 from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
+from stylemix.families import FLUX, SD3, architecture
 from stylemix.mixing.merging import merge_combo
 from stylemix.models.base_model import family, load_pipeline
-from stylemix.models.families import FLUX, SD3, architecture
 from stylemix.models.tiny_flow import build_tiny_flow
 from stylemix.paths import LATENTS_FILE, STRENGTH_IMAGES, image_name
 from stylemix.training import flow
 from stylemix.training.timesteps import sigmas
-from tests.test_train import killed_after, prepare, train, weights
+from tests.test_train import killed_after, launch_two_processes, prepare, train, weights
 
 RESOLUTION = 32
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -242,3 +242,14 @@ def test_the_presets_fit_their_family(preset, arch, tmp_path):
     flow.check_settings(p.train, arch)
     use_sampler(pipe, p.generate.scheduler)
     assert p.base.resolution == 1024 and p.train.mixed_precision == "bf16"
+
+
+def test_two_cpu_processes_train_a_flow_lora(model, data, tmp_path):
+    """accelerate with 2 processes (gloo DDP), as users launch several GPUs: the wrapped transformer's
+    config is read through the wrapper, and the LoRA written once loads into the pipeline."""
+    arch, folder = model
+    p = make_params(folder, data / "src", max_steps=2)
+    log = launch_two_processes(tmp_path, data / "latents", p, "openmoji")
+    assert log.count("train openmoji: 2 of 2 steps") == 1
+    assert read_info(tmp_path / "models/lora/openmoji")["architecture"] == arch
+    load_adapter(load_pipeline(str(folder)), tmp_path / "models/lora/openmoji", "style")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from stylemix.adapters import lycoris
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, adapter_type, module_alpha
 from stylemix.errors import StyleMixError
-from stylemix.models.families import NAMES, PIPELINES, SD15, architecture
+from stylemix.families import NAMES, PIPELINES, SD15, architecture
 
 MAGNITUDE = ".lora_magnitude_vector"  # a DoRA layer's magnitude, peft's key
 # The layouts diffusers' lora_state_dict hands back: `.lora.down`, `.lora_linear_layer.down`, `.lora_A`.

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from stylemix import params
 from stylemix.adapters import dora, lycoris
 from stylemix.errors import StyleMixError
-from stylemix.models.families import FLOW, PIPELINES, SD15, SDXL, architecture, denoiser
+from stylemix.families import FLOW, PIPELINES, SD15, SDXL, architecture, denoiser
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"

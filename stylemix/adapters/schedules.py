@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from stylemix import params
 from stylemix.adapters import block_weights
-from stylemix.models.families import denoiser
+from stylemix.families import denoiser
 
 
 def factor(schedule: params.Schedule | None, fraction: float) -> float:

@@ -27,9 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from stylemix.drawing.drawer import Drawer, find_adapter
+    from stylemix.families import FLOW, NAMES
     from stylemix.models import single_file
     from stylemix.models.base_model import DTYPES, architecture, family
-    from stylemix.models.families import FLOW, NAMES
     from stylemix.outputs import atomic_dir
 
     out = args.fused

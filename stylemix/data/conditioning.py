@@ -12,7 +12,7 @@ is the first chunk's.
 """
 import torch
 
-from stylemix.models.families import FLUX, architecture
+from stylemix.families import FLUX, architecture
 
 IDS = ("input_ids", "input_ids_2")  # one id tensor per tokenizer, in the pipeline's order
 CHUNK = 75  # caption tokens a CLIP text encoder reads at once, between its BOS and EOS

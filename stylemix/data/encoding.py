@@ -10,8 +10,8 @@ from more_itertools import chunked
 from stylemix.data import buckets
 from stylemix.data.conditioning import CHUNK, encode_text, flow_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError
+from stylemix.families import SDXL, architecture, is_flow
 from stylemix.images import flat, load_image
-from stylemix.models.families import SDXL, architecture, is_flow
 from stylemix.progress import progress
 
 BATCH = 8

@@ -28,8 +28,8 @@ from stylemix.adapters.tokens import load_tokens, unload_tokens
 from stylemix.data.prompts import triggered
 from stylemix.drawing.render import render, use_sampler
 from stylemix.errors import StyleMixError
+from stylemix.families import denoiser
 from stylemix.models.base_model import load_pipeline
-from stylemix.models.families import denoiser
 from stylemix.paths import LORAS, MERGED
 
 WEIGHT_RANGE = (-1.0, 2.0)  # A1111's sliders allow negative weights (a style subtracted) and some overdrive

@@ -6,7 +6,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from stylemix import params
 from stylemix.errors import StyleMixError
-from stylemix.models.families import NAMES, architecture, is_flow
+from stylemix.families import NAMES, architecture, is_flow
 
 SCHEDULERS = {
     "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),

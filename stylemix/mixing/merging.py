@@ -29,7 +29,7 @@ from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config, update
 from stylemix.adapters.tokens import copy_token
 from stylemix.errors import StyleMixError
-from stylemix.models.families import FLOW, SD15
+from stylemix.families import FLOW, SD15
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 

@@ -4,7 +4,7 @@ checkpoints and the tiny models, and the builder of `tiny-sdxl` (stylemix.models
 
 Which family (SD 1.5, SDXL, FLUX.1, SD 3.5) is never a setting: diffusers picks the pipeline from
 model_index.json, a single file's keys tell which it is, and the stages ask the loaded model
-(stylemix.models.families.architecture).
+(stylemix.families.architecture).
 
 `tiny` is a small Stable Diffusion that has learned to draw the demo's emoji subjects by name in two
 looks, Noto's and Twemoji's (UNet, a VAE with 4x downsampling, CLIP text encoder, SD 1.5's noise
@@ -37,8 +37,8 @@ from huggingface_hub import constants as hub_constants
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from stylemix.errors import StyleMixError
+from stylemix.families import FLOW, FLUX, NAMES, PIPELINES, SD3, SD15, SDXL, architecture  # noqa: F401 (the library's names for them)
 from stylemix.models import single_file
-from stylemix.models.families import FLOW, FLUX, NAMES, PIPELINES, SD3, SD15, SDXL, architecture  # noqa: F401 (the library's names for them)
 from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
 

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from stylemix.errors import StyleMixError
-from stylemix.models.families import SD15, SDXL
+from stylemix.families import SD15, SDXL
 from stylemix.outputs import save_safetensors
 
 # The real models' configs (no weights): SD 1.5's and SDXL's for their single files; FLUX.1's and SD 3.5's

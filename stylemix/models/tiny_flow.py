@@ -25,7 +25,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5TokenizerFast
 
-from stylemix.models.families import FLUX, SD3
+from stylemix.families import FLUX, SD3
 
 
 def t5_tokenizer() -> T5TokenizerFast:

@@ -10,13 +10,14 @@ validation prompts are encoded, as kohya's trainer does: that is what lets FLUX.
 import gc
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from diffusers import FluxPipeline
 from diffusers.training_utils import compute_loss_weighting_for_sd3
 
 from stylemix import params
 from stylemix.data.conditioning import flow_text
 from stylemix.errors import StyleMixError
-from stylemix.models.families import FLOW, FLUX, NAMES, SD3, architecture
+from stylemix.families import FLOW, FLUX, NAMES, SD3, architecture
 from stylemix.training.timesteps import sigmas
 
 
@@ -37,8 +38,10 @@ def check_settings(cfg: params.Train, arch: str) -> None:
 def predict(transformer, noisy: torch.Tensor, sigma: torch.Tensor, hidden: torch.Tensor, pooled: torch.Tensor,
             guidance: float) -> torch.Tensor:
     """The transformer's velocity for (b, c, h, w) latents at `sigma`, in the latents' layout. FLUX.1's
-    transformer reads 2x2 patches as tokens with their positions, and [dev] a guidance value."""
-    if architecture(transformer) != FLUX:
+    transformer reads 2x2 patches as tokens with their positions, and [dev] a guidance value.
+    `transformer` may be wrapped (DDP, torch.compile): its config is read from the model inside."""
+    net = extract_model_from_parallel(transformer)
+    if architecture(net) != FLUX:
         return transformer(hidden_states=noisy, timestep=sigma * 1000, encoder_hidden_states=hidden,
                            pooled_projections=pooled, return_dict=False)[0]
     b, c, h, w = noisy.shape
@@ -49,7 +52,7 @@ def predict(transformer, noisy: torch.Tensor, sigma: torch.Tensor, hidden: torch
     packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
     image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
     text_ids = torch.zeros(hidden.shape[1], 3, device=device, dtype=dtype)
-    extra = {"guidance": torch.full((b,), guidance, device=device, dtype=dtype)} if transformer.config.guidance_embeds else {}
+    extra = {"guidance": torch.full((b,), guidance, device=device, dtype=dtype)} if net.config.guidance_embeds else {}
     out = transformer(hidden_states=packed, timestep=sigma, encoder_hidden_states=hidden, pooled_projections=pooled,
                       txt_ids=text_ids, img_ids=image_ids, return_dict=False, **extra)[0]
     return FluxPipeline._unpack_latents(out, h, w, 1)  # latent sides, at scale factor 1
@@ -61,7 +64,7 @@ def loss(transformer, scheduler_config, latents: torch.Tensor, noise: torch.Tens
     sigma = sigmas(cfg.timesteps, scheduler_config, latents.shape, gen).to(latents.device)
     s = sigma.view(-1, 1, 1, 1)
     noisy = (1 - s) * latents + s * noise
-    dtype = transformer.dtype
+    dtype = extract_model_from_parallel(transformer).dtype
     pred = predict(transformer, noisy.to(dtype), sigma.to(dtype), hidden.to(dtype), pooled.to(dtype), cfg.flux_guidance)
     error = (pred.float() - (noise - latents).float()) ** 2
     return error, compute_loss_weighting_for_sd3(cfg.timesteps.weighting, sigma).float()

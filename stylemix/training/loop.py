@@ -32,9 +32,9 @@ from stylemix.data.conditioning import IDS, encode_text, text_encoders, unet_kwa
 from stylemix.data.latent_cache import LatentCache
 from stylemix.data.prompts import with_trigger
 from stylemix.errors import StyleMixError
+from stylemix.families import FLOW, NAMES, architecture, denoiser, denoiser_name
 from stylemix.images import contact_sheet
 from stylemix.models.base_model import family, load_pipeline, pinned_source
-from stylemix.models.families import FLOW, NAMES, architecture, denoiser, denoiser_name
 from stylemix.outputs import atomic_dir, atomic_write
 from stylemix.paths import CHECKPOINTS, LATENTS, LATENTS_FILE, LORAS, PRIOR, TRAIN_LOGS, latents_file
 from stylemix.progress import progress

@@ -4,7 +4,7 @@ which A1111's, ComfyUI's and Civitai's readers show."""
 from stylemix import params
 from stylemix.adapters.tokens import a1111_file, diffusers_file
 from stylemix.data.prompts import with_trigger
-from stylemix.models.families import FLOW
+from stylemix.families import FLOW
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
