@@ -15,8 +15,9 @@ from stylemix.data import buckets, latent_cache
 from stylemix.data.encoding import encode_pictures
 from stylemix.drawing.render import render, use_sampler
 from stylemix.errors import StyleMixError, run_stage
+from stylemix.families import architecture, is_flow
 from stylemix.images import UnreadableImage, contact_sheet, image_files, load_rgb
-from stylemix.models.base_model import architecture, load_pipeline
+from stylemix.models.base_model import load_pipeline
 from stylemix.outputs import atomic_dir, write_json
 from stylemix.paths import LATENTS_FILE, PRIOR
 from stylemix.progress import progress
@@ -25,7 +26,8 @@ from stylemix.progress import progress
 def draw(pipe, cfg: params.Prior, base: params.Base, folder: Path) -> list[dict]:
     """cfg.images pictures, prompt after prompt, seed cfg.seed + i each; their index rows."""
     prompts = [cfg.prompts[i % len(cfg.prompts)] for i in range(cfg.images)]
-    settings = params.Generate(prompts=cfg.prompts, steps=cfg.steps, guidance_scale=cfg.guidance_scale)
+    settings = params.Generate(prompts=cfg.prompts, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                               **({"scheduler": "euler"} if is_flow(pipe) else {}))  # FLUX.1 / SD 3.5: their own sampler
     use_sampler(pipe, settings.scheduler)
     rows = []
     with progress(unit="images") as bar:

@@ -19,6 +19,7 @@ def flow_demo(model: str):
         raw["train"] |= {"min_snr_gamma": None, "timesteps": {"sampling": "logit_normal", "weighting": "cosmap"},
                          "masked_loss": {"enabled": True}}
         raw["generate"] |= {"scheduler": "euler", "guidance_scale": 3.5}
+        raw["prior"] |= {"images": 2, "steps": 2, "guidance_scale": 3.5}  # the base draws them with its own sampler
         raw["merge"]["combos"]["mix2"].pop("blocks")  # block weights name UNet blocks
         raw["merge"]["explore"]["pairs"]["ws2"].pop("blocks")
     return edit
@@ -37,5 +38,6 @@ def test_the_demo_runs_every_stage_on_the_flow_models(tmp_path, model, arch, pip
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)
+    assert len(list((repo / "data/prior/images").glob("*.png"))) == 2
     validation = json.loads((repo / "reports/validation.json").read_text())
     assert set(validation["loss"]) == {"base", *STYLES}
