@@ -14,7 +14,7 @@ def flow_demo(model: str):
     def edit(raw: dict) -> None:
         reduce(raw)
         raw["base"] |= {"model": model, "buckets": raw["base"]["buckets"] | {"step": 16}}  # 2x2 latent patches
-        raw["lora"] |= {"conv_rank": 0, "targets": ["to_q", "to_k", "to_v", "to_out.0"]}  # a transformer has no convolutions
+        raw["lora"] |= {"conv_rank": 0, "targets": ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]}  # a transformer has no convolutions
         raw["styles"]["lineart"].pop("tokens")  # new tokens are CLIP's, and T5 reads the captions
         raw["train"] |= {"min_snr_gamma": None, "timesteps": {"sampling": "logit_normal", "weighting": "cosmap"},
                          "masked_loss": {"enabled": True}}
@@ -35,6 +35,7 @@ def test_the_demo_runs_every_stage_on_the_flow_models(tmp_path, model, arch, pip
         weights = safe_open(folder / "pytorch_lora_weights.safetensors", "pt")
         assert json.loads(weights.metadata()["stylemix"])["architecture"] == arch, folder
         assert weights.keys() and all(k.startswith("transformer.") for k in weights.keys()), folder
+        assert (folder / f"{folder.name}_comfyui.safetensors").is_file(), folder  # read back by ComfyUI's formula at train / merge
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert list(metrics["models"]) == ["base", *STYLES, "mix", "mix2"]
     assert Image.open(repo / "reports/images/mix/p0_s0.png").size == (32, 32)

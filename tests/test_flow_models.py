@@ -4,6 +4,7 @@ bit-exactly, LoRA files that load back to their trained deltas, and one-line err
 that belong to the UNets."""
 import json
 import math
+import re
 import shutil
 
 import diffusers
@@ -13,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 from diffusers.configuration_utils import FrozenDict
 from PIL import Image
+from safetensors import safe_open
 
 from stages.encode import encode_style
 from stages.generate import generate_model
@@ -33,7 +35,13 @@ from stylemix.training.timesteps import sigmas
 from tests.test_train import killed_after, launch_two_processes, prepare, train, weights
 
 RESOLUTION = 32
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]  # not SD 3.5's attn2, which ComfyUI does not name
+# The diffusers layer names ComfyUI maps to `transformer.<name>` LoRA keys, as we read comfy/utils.py's
+# flux_to_diffusers and mmdit_to_diffusers (the blocks' linear layers).
+COMFYUI = {FLUX: r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out)|norm1(_context)?\.linear|"
+                 r"ff(_context)?\.net\.(0\.proj|2))|single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp|proj_out|norm\.linear)",
+           SD3: r"transformer_blocks\.\d+\.(attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out)|norm1(_context)?\.linear|"
+                r"ff(_context)?\.net\.(0\.proj|2))"}
 
 
 @pytest.fixture(scope="module", params=[FLUX, SD3])
@@ -141,6 +149,12 @@ def test_training_resumes_bit_exactly_and_the_lora_loads_back(model, data, tmp_p
     # The saved file, loaded into a fresh pipeline by diffusers' own loader, holds the trained update.
     lora = tmp_path / "whole/lora/openmoji"
     assert read_info(lora)["architecture"] == arch and (lora / "validation.png").is_file()
+    # ComfyUI's copy (train@S's load check read it back by the formula ComfyUI applies): every layer
+    # under a name ComfyUI maps, kohya's tensor names, each layer's alpha.
+    comfy = safe_open(lora / "openmoji_comfyui.safetensors", "pt")
+    layers = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in comfy.keys()}
+    assert layers and all(re.fullmatch(COMFYUI[arch], layer.removeprefix("transformer.")) for layer in layers), layers
+    assert {k.split(".")[-1] for k in comfy.keys()} == {"weight", "alpha"}
     pipe = load_pipeline(str(folder))
     load_adapter(pipe, lora, "style")
     trained = adapter_deltas(resumed["pipe"])["transformer"]
@@ -253,3 +267,15 @@ def test_two_cpu_processes_train_a_flow_lora(model, data, tmp_path):
     assert log.count("train openmoji: 2 of 2 steps") == 1
     assert read_info(tmp_path / "models/lora/openmoji")["architecture"] == arch
     load_adapter(load_pipeline(str(folder)), tmp_path / "models/lora/openmoji", "style")
+
+
+def test_layers_comfyui_cannot_name_are_said(model, data, tmp_path, capsys):
+    """SD 3.5 Medium's second attention (attn2, which `to_q` also targets) has no name in ComfyUI's SD 3
+    table: the ComfyUI copy keeps it and one line says ComfyUI will load the rest. FLUX.1's are all named."""
+    arch, folder = model
+    p = make_params(folder, data / "src", max_steps=1)
+    train(data, tmp_path, p.model_copy(update={"lora": p.lora.model_copy(update={"targets": ["to_q"]})}))
+    said = [line for line in capsys.readouterr().out.splitlines() if "ComfyUI's SD 3 key table" in line]
+    assert len(said) == (1 if arch == SD3 else 0), said
+    if said:
+        assert "1 layer(s) of SD 3.5 Medium's second attention (attn2, e.g. transformer.transformer_blocks.0.attn2.to_q)" in said[0]

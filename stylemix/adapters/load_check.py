@@ -25,7 +25,7 @@ from stylemix.adapters import dora, lycoris
 from stylemix.adapters.loading import load_adapter
 from stylemix.adapters.lora_files import kohya_name, update
 from stylemix.errors import StyleMixError
-from stylemix.models.base_model import architecture
+from stylemix.families import architecture, denoiser
 
 CHECK = "stylemix_load_check"
 
@@ -65,7 +65,7 @@ def kohya_deltas(path: Path, pipe, components: dict[str, list[str]]) -> dict[str
         model = getattr(pipe, component)
         out[component] = {}
         for module in modules:
-            name = kohya_name(component, module, arch, pipe.unet.config.layers_per_block)
+            name = kohya_name(component, module, arch, denoiser(pipe).config.get("layers_per_block"))
             layer = {k.removeprefix(name + "."): v for k, v in state.items() if k.startswith(name + ".")}
             if "alpha" not in layer or not ({"lora_down.weight", "lora_up.weight"} <= set(layer) or set(layer) & set(lycoris.FACTORS)):
                 continue  # compare() names it as not loaded
@@ -137,7 +137,8 @@ def check_lora_files(folder: Path, files: list[str], pipe, want: dict[str, dict[
     components = list(want)
     for file in files:
         label = f"{where}/{file}"
-        if file.endswith("_kohya.safetensors") and read_by_formula(folder / file):
+        # FLUX.1's / SD 3.5's ComfyUI copy: by the formula ComfyUI applies (diffusers reads other names for them)
+        if file.endswith("_comfyui.safetensors") or (file.endswith("_kohya.safetensors") and read_by_formula(folder / file)):
             got = kohya_deltas(folder / file, pipe, {c: list(want[c]) for c in components})
             for component in components:
                 compare(f"{label} ({component})", want[component], got[component], torch.finfo(torch.float32).eps, made)

@@ -9,6 +9,8 @@ Every LoRA stylemix writes is a folder with
   original (sgm) UNet's names kohya trains on, and `lora_te1_*` / `lora_te2_*`; a DoRA's magnitude
   as LyCORIS's `dora_scale` (diffusers drops that key from kohya files: its users take the other);
   LoHa and LoKr as LyCORIS writes them (`hada_w1_a` ..., `lokr_w1` ...; stylemix.adapters.lycoris);
+  FLUX.1 / SD 3.5: <name>_comfyui.safetensors, the `transformer.<layer>` names ComfyUI maps, with
+  kohya's tensor names and `.alpha` (kohya_name);
 - README.md: a model card.
 A LoHa or LoKr folder's diffusers-layout file holds peft's tensors and config the same way, but
 diffusers' loader reads neither type: stylemix.adapters.loading.load_adapter puts it on the UNet through peft.
@@ -29,7 +31,7 @@ from safetensors.torch import load_file
 from stylemix import params
 from stylemix.adapters import dora, lycoris
 from stylemix.errors import StyleMixError
-from stylemix.families import FLOW, PIPELINES, SD15, SDXL, architecture, denoiser
+from stylemix.families import FLOW, PIPELINES, SD3, SD15, SDXL, architecture, denoiser
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -173,9 +175,13 @@ KOHYA_PREFIXES = {SD15: {"unet": "lora_unet_", "text_encoder": "lora_te_"},
                   SDXL: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
 
 
-def kohya_name(component: str, module: str, arch: str, layers_per_block: int) -> str:
+def kohya_name(component: str, module: str, arch: str, layers_per_block: int | None) -> str:
     """A layer's name in the kohya layout: `lora_unet_` + the module path with underscores (SDXL: the
-    sgm UNet's path), `lora_te_` (SDXL: `lora_te1_` / `lora_te2_`) + the text model's own path."""
+    sgm UNet's path), `lora_te_` (SDXL: `lora_te1_` / `lora_te2_`) + the text model's own path.
+    FLUX.1 / SD 3.5: `transformer.` + the diffusers path, the name ComfyUI's LoRA loader maps for
+    both families (comfy/lora.py: flux_to_diffusers, mmdit_to_diffusers), with kohya's tensor names."""
+    if arch in FLOW:
+        return f"{component}.{module}"
     if component == "unet":
         module = sgm_name(module, layers_per_block) if arch == SDXL else module
     elif not module.startswith("text_model."):  # kohya names the text encoders after their `text_model.` path
@@ -247,16 +253,15 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
     with safe_open(path, "pt") as f:
         metadata = f.metadata() | {"stylemix": json.dumps(info)}
     save_safetensors(load_file(path), path, metadata)
-    if arch in FLOW:
-        return
     kohya = {}
     for component, (state, config) in states.items():
         kohya |= to_kohya(state, config, lambda m, c=component: kohya_name(c, m, arch, info.get("layers_per_block")))
-    unet_config = states["unet"][1]
+    unet_config = states["transformer" if arch in FLOW else "unet"][1]
     kind = adapter_type(unet_config)
     metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet_config["r"]),
-                "ss_network_alpha": str(unet_config.get("lora_alpha", unet_config.get("alpha"))), "stylemix": json.dumps(info),
-                "ss_base_model_version": "sdxl_base_v1-0" if arch == SDXL else "sd_v1"}
+                "ss_network_alpha": str(unet_config.get("lora_alpha", unet_config.get("alpha"))), "stylemix": json.dumps(info)}
+    if arch not in FLOW:
+        metadata["ss_base_model_version"] = "sdxl_base_v1-0" if arch == SDXL else "sd_v1"
     args = {}
     if kind in LYCORIS_CONFIGS:  # as LyCORIS names what it trained; each conv layer has its own alpha key
         metadata["ss_network_module"], args = "lycoris.kohya", {"algo": kind} | ({"factor": "-1"} if kind == "lokr" else {})
@@ -269,7 +274,11 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
         metadata["ss_network_module"], args = "lycoris.kohya", {"algo": "lora", "dora_wd": "True"} | args
     if args:
         metadata["ss_network_args"] = json.dumps(args)
-    save_safetensors(kohya, folder / kohya_file(name), (kohya_extra or {}) | metadata)
+    save_safetensors(kohya, folder / kohya_file(name, arch), ((kohya_extra or {}) if arch not in FLOW else {}) | metadata)
+    if arch == SD3 and (second := sorted(k.removesuffix(".alpha") for k in kohya if ".attn2." in k and k.endswith(".alpha"))):
+        print(f"warning: {name}: {len(second)} layer(s) of SD 3.5 Medium's second attention (attn2, e.g. {second[0]}) are in "
+              f"{kohya_file(name, arch)}, and ComfyUI's SD 3 key table names none of them, so ComfyUI loads the rest; "
+              "lora.targets attn.to_q (not to_q) and so on leave them out")
 
 
 def adapter_type(config: dict) -> str:
@@ -278,6 +287,6 @@ def adapter_type(config: dict) -> str:
     return "dora" if kind == "lora" and config.get("use_dora") else kind
 
 
-def kohya_file(name: str) -> str:
-    """The kohya-layout file's name in a LoRA folder."""
-    return f"{name}_kohya.safetensors"
+def kohya_file(name: str, arch: str = SD15) -> str:
+    """The kohya-layout file's name in a LoRA folder; FLUX.1's and SD 3.5's is ComfyUI's (kohya_name)."""
+    return f"{name}_comfyui.safetensors" if arch in FLOW else f"{name}_kohya.safetensors"

@@ -29,7 +29,7 @@ from stylemix.adapters.loading import folder_type, load_factors, load_magnitudes
 from stylemix.adapters.lora_files import LYCORIS_CONFIGS, WEIGHTS, kohya_file, module_alpha, module_rank, save_states, unit_scale_config, update
 from stylemix.adapters.tokens import copy_token
 from stylemix.errors import StyleMixError
-from stylemix.families import FLOW, SD15
+from stylemix.families import SD15
 from stylemix.outputs import atomic_dir
 from stylemix.paths import BASE_DIR, COMPONENTS, LORAS, MERGED
 
@@ -124,7 +124,7 @@ def merge_combo(name: str, combo: params.Combo, loras: Path = LORAS, out: Path =
     with atomic_dir(out / name) as tmp:
         save_states(tmp, name, states, info)
         if check_with is not None:
-            check_lora_files(tmp, [WEIGHTS] if info["architecture"] in FLOW else [WEIGHTS, kohya_file(name)], check_with,
+            check_lora_files(tmp, [WEIGHTS, kohya_file(name, info["architecture"])], check_with,
                              factor_deltas({prefix: modules for prefix, (modules, _) in merged.items()}), out / name, "merged")
         for token, (style, _) in tokens.items():
             copy_token(loras / style, tmp, token)

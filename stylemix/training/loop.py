@@ -421,7 +421,7 @@ def train_style(name: str, p: params.Params, on_step=None, out: Path = LORAS, ck
 
 def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Train, run: str, steps: int, images: int,
                  max_tokens: int = 75, prior_images: int = 0, prompts: dict | None = None) -> None:
-    """The LoRA in both layouts (FLUX.1 / SD 3.5: the diffusers layout), validation images (a flow
+    """The LoRA in both layouts (FLUX.1 / SD 3.5: diffusers' and ComfyUI's), validation images (a flow
     model's from its encoded `prompts`) and a model card, all or nothing."""
     style = params.style(p, name)
     info = {"style": name, "trigger": style.trigger, "template": style.template, "base_model": p.base.model,
@@ -438,8 +438,7 @@ def save_outputs(folder: Path, name: str, pipe, p: params.Params, cfg: params.Tr
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with atomic_dir(folder) as tmp:
         save_lora(tmp, name, pipe, info, kohya_metadata(p, cfg, info))
-        files = [WEIGHTS] if flow else [WEIGHTS, kohya_file(name)]
-        check_lora_files(tmp, files, pipe, adapter_deltas(pipe), folder)  # each loads back as trained, or stop
+        check_lora_files(tmp, [WEIGHTS, kohya_file(name, architecture(pipe))], pipe, adapter_deltas(pipe), folder)  # both load back as trained, or stop
         if style.tokens:
             save_tokens(tmp, pipe, list(style.tokens))
         device = next(denoiser(pipe).parameters()).device

@@ -21,8 +21,8 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
     conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
     dora = " (LyCORIS's dora_scale: diffusers drops it from kohya files)" if p.lora.type == "dora" else ""
     load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}'
-    if info.get("architecture") in FLOW:  # the kohya / ComfyUI layout of their transformers is not written yet
-        load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers (FluxPipeline / StableDiffusion3Pipeline)'
+    if info.get("architecture") in FLOW:
+        load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_comfyui.safetensors for ComfyUI'
     if p.lora.type in ("loha", "lokr"):  # diffusers' loader reads neither: peft does, from the file's own config
         config = "LoHaConfig" if p.lora.type == "loha" else "LoKrConfig"
         load = (f'# {name}_kohya.safetensors for A1111 / ComfyUI (LyCORIS {p.lora.type}); diffusers\' loader reads neither file:\n'
