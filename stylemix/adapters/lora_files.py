@@ -234,7 +234,7 @@ def save_states(folder: Path, name: str, states: dict[str, tuple[dict, dict]], i
                 kohya_extra: dict[str, str] | None = None) -> None:
     """Write peft-format LoRA state dicts ({"unet": (state, lora config dict), "text_encoder": ...,
     "text_encoder_2": ...}; FLUX.1 / SD 3.5: "transformer"); info["architecture"] says which pipeline's
-    layout. The kohya layout is written for SD 1.5 and SDXL; the flow models get the diffusers one only."""
+    layout, and of the kohya-layout copy (FLUX.1 / SD 3.5: ComfyUI's names, kohya_name)."""
     arch = info["architecture"]
     # peft keeps target_modules as a set, which diffusers writes in the process's string-hash order:
     # sorted, the same LoRA is the same bytes in every run (and DVC reruns nothing after it).

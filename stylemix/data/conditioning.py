@@ -14,6 +14,7 @@ import torch
 
 from stylemix.families import FLUX, architecture
 
+ALL_TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")  # SD 3.5's third: T5
 IDS = ("input_ids", "input_ids_2")  # one id tensor per tokenizer, in the pipeline's order
 CHUNK = 75  # caption tokens a CLIP text encoder reads at once, between its BOS and EOS
 VARIANTS = "variants_"  # prefix of the (images, tags.variants, ...) copies of a caption's tensors, for tag shuffling

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from more_itertools import chunked
 
 from stylemix.data import buckets
-from stylemix.data.conditioning import CHUNK, encode_text, flow_text, text_encoders, time_ids, tokenize
+from stylemix.data.conditioning import ALL_TEXT_ENCODERS, CHUNK, encode_text, flow_text, text_encoders, time_ids, tokenize
 from stylemix.errors import StyleMixError
 from stylemix.families import SDXL, architecture, is_flow
 from stylemix.images import flat, load_image
@@ -65,7 +65,7 @@ def encode_captions(pipe, captions: list[str], device, max_tokens: int = CHUNK) 
     first `max_tokens` tokens), plus the empty caption's (`empty_` keys) for caption dropout.
     FLUX.1 and SD 3.5: the encoders' output only (stylemix trains their transformer alone)."""
     if is_flow(pipe):
-        for component in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        for component in ALL_TEXT_ENCODERS:
             if (module := getattr(pipe, component, None)) is not None:
                 module.to(device)
         hidden, pooled = zip(*(flow_text(pipe, list(chunk), device) for chunk in chunked(captions + [""], BATCH)))

@@ -15,7 +15,8 @@ from diffusers import FluxPipeline
 from diffusers.training_utils import compute_loss_weighting_for_sd3
 
 from stylemix import params
-from stylemix.data.conditioning import flow_text
+from stylemix.data.conditioning import ALL_TEXT_ENCODERS
+from stylemix.data.encoding import encode_captions
 from stylemix.errors import StyleMixError
 from stylemix.families import FLOW, FLUX, NAMES, SD3, architecture
 from stylemix.training.timesteps import sigmas
@@ -71,21 +72,19 @@ def loss(transformer, scheduler_config, latents: torch.Tensor, noise: torch.Tens
 
 
 def encode_prompts(pipe, texts: list[str], device) -> dict[str, torch.Tensor]:
-    """The pipeline's inputs that draw `texts` without its text encoders: prompt_embeds and
-    pooled_prompt_embeds, and for SD 3.5 (which guides by a negative prompt) the empty prompt's."""
-    for component in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        if (module := getattr(pipe, component, None)) is not None:
-            module.to(device)
-    hidden, pooled = flow_text(pipe, texts + [""], device)
-    out = {"prompt_embeds": hidden[:-1], "pooled_prompt_embeds": pooled[:-1]}
+    """The pipeline's inputs that draw `texts` without its text encoders (encode_captions' output):
+    prompt_embeds and pooled_prompt_embeds, and for SD 3.5 (which guides by a negative prompt) the empty prompt's."""
+    encoded = encode_captions(pipe, texts, device)
+    out = {"prompt_embeds": encoded["text_hidden"], "pooled_prompt_embeds": encoded["text_pooled"]}
     if architecture(pipe) == SD3:
-        out |= {"negative_prompt_embeds": hidden[-1:].expand_as(hidden[:-1]), "negative_pooled_prompt_embeds": pooled[-1:].expand_as(pooled[:-1])}
-    return {k: v.cpu() for k, v in out.items()}
+        out |= {"negative_prompt_embeds": encoded["empty_text_hidden"].expand_as(out["prompt_embeds"]),
+                "negative_pooled_prompt_embeds": encoded["empty_text_pooled"].expand_as(out["pooled_prompt_embeds"])}
+    return out
 
 
 def drop_text_encoders(pipe) -> None:
     """Free the text encoders (T5-XXL: 9.5 GB in bf16) once what training reads of them is cached."""
-    for component in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+    for component in ALL_TEXT_ENCODERS:
         if getattr(pipe, component, None) is not None:
             setattr(pipe, component, None)
     gc.collect()
