@@ -16,7 +16,7 @@ from stylemix.paths import BASE_DIR
 def main() -> None:
     p = params.load("base")
     # A single file's configs and a prediction type or noise schedule override change the model as much as its weights.
-    source = identity(p.base.model, p.base.revision) | p.base.model_dump(include={"config", "prediction_type", "zero_terminal_snr"},
+    source = identity(p.base.model, p.base.revision) | p.base.model_dump(include={"config", "components", "prediction_type", "zero_terminal_snr"},
                                                                           exclude_defaults=True)
     with atomic_dir(BASE_DIR) as tmp:
         if p.base.model == "tiny":

@@ -49,7 +49,7 @@ def encode_style(name: str, style: params.Style, base: params.Base, filtered: Pa
     if stale := next((n for n, s in zip(names, sizes) if s not in allowed), None):
         raise StyleMixError(f"style {name}: {stale} was filtered to {buckets.name(sizes[names.index(stale)])}, not a bucket "
                             f"of base.resolution / base.buckets now; rerun `dvc repro filter@{name}`")
-    pipe = load_pipeline(base)
+    pipe = load_pipeline(base, transformer=False)
     tags = tags or params.Tags()
     if is_flow(pipe) and (style.tokens or tags.max_token_length != CHUNK):
         raise StyleMixError(f"{f'styles.{name}.tokens' if style.tokens else 'tags.max_token_length'}: a setting of the CLIP text "

@@ -26,6 +26,8 @@ def architecture(model) -> str:
     """SD15, SDXL, FLUX or SD3, from a pipeline, UNet or transformer: SDXL's UNet takes the pooled text
     and time ids; FLUX's transformer packs latents into 2x2 patches of its own (patch_size 1)."""
     net = denoiser(model)
+    if net is model and (arch := next((a for a, cls in PIPELINES.items() if isinstance(model, cls)), None)):
+        return arch  # a pipeline loaded without its denoiser (encode@S's FLUX.1 / SD 3.5)
     if "joint_attention_dim" in net.config:
         return FLUX if "guidance_embeds" in net.config else SD3
     return SDXL if net.config.get("addition_embed_type") == "text_time" else SD15

@@ -89,7 +89,9 @@ class Base(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     resolution: Annotated[int, Field(ge=32)] = 512
     vae: str | None = None  # a VAE to use instead of the model's (hub id or diffusers folder), e.g. an fp16-safe SDXL VAE
-    config: str | None = None  # a single-file model's configs: a diffusers folder (weights not needed); null = SD 1.5's or SDXL's
+    config: str | None = None  # a single-file model's configs: a diffusers folder (weights not needed); null = the real model's
+    components: str | None = None  # a FLUX.1 / SD 3.5 transformer file's VAE and text encoders: a hub id or diffusers
+                                   # folder of that family; null = the model's own hub id (black-forest-labs/FLUX.1-dev, ...)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None  # null = the model's own; v_prediction for v-models
     zero_terminal_snr: bool = False  # a v-model trained to reach pure noise (Lin et al. 2023): training and drawing
                                      # rescale its schedule so, with trailing timesteps; refused on an epsilon model
@@ -113,7 +115,7 @@ class Base(Section):
     def _config_folder(cls, value: str | None) -> str | None:
         if value is not None and not (Path(value).expanduser() / "model_index.json").is_file():
             raise ValueError(f"no model_index.json in {value}: point it at a diffusers model folder (only its configs "
-                             "are read) or null for the real SD 1.5 / SDXL configs")
+                             "are read) or null for the real model's configs")
         return value
 
     @field_validator("resolution")
@@ -201,6 +203,7 @@ class Train(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-2
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     mixed_precision: Precision = "no"
+    quantize_base: Literal["int8"] | None = None  # the frozen UNet / transformer's linear weights in 8 bits (torchao)
     min_snr_gamma: Annotated[float, Field(gt=0)] | None = 5.0
     debiased_estimation: bool = False  # kohya's: weight the loss by 1/sqrt(SNR), i.e. toward the noisy timesteps
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
@@ -359,7 +362,7 @@ class Lora(Section):
     type: Literal["lora", "dora", "loha", "lokr"] = "lora"
     rank: Positive = 4
     alpha: Annotated[float, Field(gt=0)] = 4.0
-    targets: by_shape(scalar=Literal["attn", "cross_attn_qv", "all", "style", "content"], list=Annotated[list[str], Field(min_length=1)]) = "attn"
+    targets: by_shape(scalar=Literal["attn", "cross_attn_qv", "all", "style", "content", "single_blocks"], list=Annotated[list[str], Field(min_length=1)]) = "attn"
     conv_rank: Annotated[int, Field(ge=0)] = 0  # LoCon: LoRA on the ResNets' 3x3 convolutions too (0 = off)
     conv_alpha: Annotated[float, Field(gt=0)] | None = None  # null = conv_rank
     text_encoder: bool = False

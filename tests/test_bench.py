@@ -59,10 +59,11 @@ def test_the_gpu_benchmark_runs_tiny_with_only_what_the_gpu_machine_has(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["setup"]["tiny"] and report["setup"]["train_style_logging"].startswith("none")
-    for arch, batches in (("sd15", [1, 4]), ("sdxl", [1])):
+    for arch, batches in (("sd15", [1, 4]), ("sdxl", [1]), ("flux-dev", [1]), ("sd35-medium", [1])):
         for batch in batches:
             row = report[arch][f"batch_{batch}"]
-            for variant in ("floor", "plain_floor", "reference", "ours", "ours_gradient_checkpointing"):
+            flow = ("ours_int8_base",) if arch in ("flux-dev", "sd35-medium") else ()
+            for variant in ("floor", "plain_floor", "reference", "ours", "ours_gradient_checkpointing", *flow):
                 assert row[variant]["s"] > 0, (arch, batch, variant)
             assert row["ratios"]["ours_over_floor"] > 0 and row["ratios"]["reference_over_ours"] > 0
 

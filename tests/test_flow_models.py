@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 
 import diffusers
 import numpy as np
@@ -15,6 +16,7 @@ from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stages.encode import encode_style
 from stages.generate import generate_model
@@ -27,12 +29,15 @@ from stylemix.demo.sample import build_style
 from stylemix.errors import StyleMixError
 from stylemix.families import FLUX, SD3, architecture
 from stylemix.mixing.merging import merge_combo
+from stylemix.models import flow_files
 from stylemix.models.base_model import family, load_pipeline
 from stylemix.models.tiny_flow import build_tiny_flow
 from stylemix.paths import LATENTS_FILE, STRENGTH_IMAGES, image_name
 from stylemix.training import flow
 from stylemix.training.timesteps import sigmas
+from tests.e2e import ENV
 from tests.test_train import killed_after, launch_two_processes, prepare, train, weights
+from tests.ui_workspace import COMBO, make_workspace
 
 RESOLUTION = 32
 TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]  # not SD 3.5's attn2, which ComfyUI does not name
@@ -163,10 +168,32 @@ def test_training_resumes_bit_exactly_and_the_lora_loads_back(model, data, tmp_p
     assert any(d.abs().max() > 0 for d in got.values())
 
 
+def test_an_8bit_base_trains_the_lora_the_full_one_does(model, data, tmp_path):
+    """train.quantize_base: int8 (torchao): the transformer's linear weights are int8 while the LoRA
+    trains in float32 beside them; after 4 steps the LoRA is within 2% of the one trained on the
+    full base (another seed's is 100% away), and a killed run resumes on it bit-exactly."""
+    arch, folder = model
+    flat = lambda result: torch.cat([v.flatten() for v in weights(result).values()])  # noqa: E731
+    full = flat(train(data, tmp_path, make_params(folder, data / "src"), run="full"))
+    other_seed = flat(train(data, tmp_path, make_params(folder, data / "src", seed=1), run="seed1"))
+    p = make_params(folder, data / "src", quantize_base="int8")
+    result = train(data, tmp_path, p, run="int8")
+    layer = result["pipe"].transformer.transformer_blocks[0].attn.to_q
+    assert layer.base_layer.weight.dtype == torch.float32 and "Int8" in type(layer.base_layer.weight).__name__
+    assert all(v.dtype == torch.float32 for v in result["trainables"].values())
+    distance = lambda a: ((a - full).norm() / full.norm()).item()  # noqa: E731
+    assert distance(flat(result)) < 0.02 and distance(other_seed) > 1.0, (distance(flat(result)), distance(other_seed))
+    killed_after(data, tmp_path, p, 3, "killed")
+    assert torch.equal(flat(train(data, tmp_path, p, run="killed")), flat(result))
+    p = make_params(folder, data / "src", quantize_base="int8")
+    with pytest.raises(StyleMixError, match=r"train.quantize_base = int8 with lora.type = dora: .* set lora.type: lora"):
+        train(data, tmp_path, p.model_copy(update={"lora": p.lora.model_copy(update={"type": "dora"})}), run="dora")
+
+
 @pytest.mark.parametrize("edit, expected", [
     ({"train": {"min_snr_gamma": 5.0}}, "train.min_snr_gamma: settings of SD 1.5 / SDXL's noise schedule"),
     ({"lora": {"type": "loha"}}, "lora.type loha"),
-    ({"lora": {"targets": "style"}}, "lora.targets: style names a block"),
+    ({"lora": {"targets": "style"}}, "lora.targets: style names layers of SD 1.5 / SDXL's UNet; FLUX.1 and SD 3.5 take attn, all, single_blocks"),
 ])
 def test_unet_settings_are_one_line(model, data, tmp_path, edit, expected):
     _, folder = model
@@ -190,15 +217,18 @@ def test_clip_settings_are_one_line_at_encode(model, data, tmp_path):
 ])
 def test_shipped_configs_are_the_real_models(name, weights):
     """Each config folder builds its model's transformer on the meta device with the real weight count,
-    its VAE (FLUX.1's autoencoder: 83.8 M) and its CLIP encoders (L: 123 M, G: 695 M)."""
+    its VAE (FLUX.1's autoencoder: 83.8 M) and its CLIP encoders (L: 123 M, G: 695 M); the transformer
+    written in the makers' single-file layout is what diffusers recognises as that model and converts
+    back weight for weight, shape for shape."""
     import transformers
     from accelerate import init_empty_weights
+    from diffusers.loaders import single_file_utils as diffusers_files
 
     from stylemix.models.single_file import CONFIGS
 
     folder = CONFIGS[name]
     index = json.loads((folder / "model_index.json").read_text())
-    counts = {}
+    counts, models = {}, {}
     with init_empty_weights():
         for component in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             library, cls = index.get(component, (None, None))
@@ -208,9 +238,38 @@ def test_shipped_configs_are_the_real_models(name, weights):
                 model = getattr(transformers, cls)(transformers.AutoConfig.from_pretrained(folder / component))
             else:
                 continue
-            counts[component] = sum(v.numel() for v in model.state_dict().values())
+            counts[component], models[component] = sum(v.numel() for v in model.state_dict().values()), model
     clips = [123_060_480] if name.startswith("flux") else [123_650_304, 694_659_840]  # with SD 3.5's projections
     assert counts == {"transformer": weights, "vae": 83_819_683} | dict(zip(("text_encoder", "text_encoder_2"), clips))
+    arch = FLUX if name.startswith("flux") else SD3
+    state = flow_files.original_state_dict(models["transformer"], arch)
+    assert flow_files.model_type(list(state)) == name
+    assert diffusers_files.infer_diffusers_model_type(state) == name.replace("sd35-", "sd35_")
+    convert = {FLUX: diffusers_files.convert_flux_transformer_checkpoint_to_diffusers,
+               SD3: diffusers_files.convert_sd3_transformer_checkpoint_to_diffusers}[arch]
+    shapes = lambda state: {k: tuple(v.shape) for k, v in state.items()}  # noqa: E731
+    assert shapes(convert(dict(state))) == shapes(models["transformer"].state_dict())
+
+
+def test_an_sd35_transformer_file_loads_with_its_components(model, tmp_path, no_network):
+    """A transformer-only file (ComfyUI's prefix and all) is read by diffusers' from_single_file with the
+    config of base.config, into the pipeline of base.components, weight for weight; a missing components
+    model is one line. (A tiny FLUX.1 file cannot be read back: diffusers' FLUX converter assumes the
+    real model's width, 3072, which the test above checks at the real shape.)"""
+    arch, folder = model
+    pipe = load_pipeline(str(folder))
+    path = tmp_path / f"{arch}.safetensors"
+    save_file({flow_files.PREFIX + k: v.contiguous() for k, v in flow_files.original_state_dict(pipe.transformer, arch).items()}, path)
+    base = params.Base(model=str(path), config=str(folder), components=str(folder))
+    assert family(base) == arch
+    if arch == FLUX:
+        return
+    loaded = load_pipeline(base)
+    assert isinstance(loaded, StableDiffusion3Pipeline)
+    mine, theirs = pipe.transformer.state_dict(), loaded.transformer.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    with pytest.raises(StyleMixError, match=r"^base.components = 'someone/sd35': not found .* HF_HUB_OFFLINE is set"):
+        load_pipeline(base.model_copy(update={"components": "someone/sd35"}))
 
 
 def test_merge_generate_and_validate_on_the_flow_models(model, data, tmp_path):
@@ -242,6 +301,87 @@ def test_merge_generate_and_validate_on_the_flow_models(model, data, tmp_path):
     assert set(rows) == {"base", "openmoji", "other"} and rows["openmoji"]["openmoji"]["mean"] != rows["base"]["openmoji"]["mean"]
 
 
+@pytest.fixture(scope="module")
+def workspace(model, tmp_path_factory):
+    arch, _ = model
+    return make_workspace(tmp_path_factory.mktemp(f"workspace-{arch}"), {FLUX: "tiny-flux", SD3: "tiny-sd3"}[arch])
+
+
+def test_the_web_uis_drawing_on_the_flow_models(model, workspace, monkeypatch):
+    """The UI's Studio on the flow model: the style's weight moves the picture, off draws the base, and
+    a UNet sampler or block weights are one line each."""
+    from stylemix.commands.ui import Studio
+
+    monkeypatch.chdir(workspace)
+    studio = Studio()
+    form = {"prompt": "omstyle, a zebra", "negative": "", "seed": 0, "steps": 2, "guidance": 3.5, "size": RESOLUTION,
+            "sampler": "euler", "blocks": "", "schedule": ""}
+    pixels = lambda image: np.asarray(image, dtype=float)  # noqa: E731
+    base, on = (pixels(studio.draw(form, {"openmoji": w})[0]) for w in (0.0, 1.0))
+    assert abs(on - base).mean() > 1 and (pixels(studio.draw(form, {})[0]) == base).all()
+    with pytest.raises(StyleMixError, match=r"^generate.scheduler = ddim: .* set generate.scheduler: euler"):
+        studio.draw(form | {"sampler": "ddim"}, {"openmoji": 1.0})
+    with pytest.raises(StyleMixError, match=r"^blocks of openmoji: block weights name the attention blocks of SD 1.5 / SDXL.s UNet, and this base is a transformer"):
+        studio.draw(form | {"blocks": "openmoji=down:0"}, {"openmoji": 1.0})
+
+
+def test_draw_export_and_publish_on_the_flow_models(model, workspace, monkeypatch):
+    """The commands a person types, in a workspace of the flow model with two random style LoRAs and
+    their combination: `stylemix draw` with both, `export --fused` (the transformer in its makers'
+    layout; SD 3.5's loads back through base.components as the fused model, weight for weight) and
+    `publish --dry-run` (both LoRA files, the family's hub tag, ComfyUI's file named on the card)."""
+    from stylemix.drawing.drawer import Drawer
+
+    arch, _ = model
+    root = workspace
+
+    def stylemix(*args: str) -> str:
+        result = subprocess.run(["stylemix", *args], cwd=root, env=ENV, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+    stylemix("draw", "zebra", "openmoji=0.6", "lineart=0.4", "--seed", "1", "-o", "zebra.png")
+    assert Image.open(root / "zebra.png").size == (RESOLUTION, RESOLUTION)
+    said = stylemix("export", "openmoji", "--fused", "out/openmoji.safetensors", "--dtype", "float32")
+    assert "load it with base.model: out/openmoji.safetensors with base.config: out/openmoji.configs and " \
+           "base.components: models/base" in said
+    keys = list(safe_open(root / "out/openmoji.safetensors", "pt").keys())
+    assert flow_files.model_type(keys) == {FLUX: "flux-dev", SD3: "sd35-medium"}[arch]  # guidance; MMDiT-X's attn2
+    stylemix("publish", COMBO, "--dry-run", "hub")
+    assert {f.name for f in (root / "hub").iterdir()} >= {"pytorch_lora_weights.safetensors", f"{COMBO}_comfyui.safetensors", "README.md"}
+    card = (root / "hub/README.md").read_text()
+    assert f"- {arch}\n" in card and f"{COMBO}_comfyui.safetensors for ComfyUI" in card
+    if arch == FLUX:  # diffusers' FLUX converter assumes the real width (see the test above)
+        return
+    monkeypatch.chdir(root)
+    back = load_pipeline(params.Base(model="out/openmoji.safetensors", config="out/openmoji.configs", components="models/base"))
+    drawer = Drawer(params.load("base").base)
+    drawer.fuse({"openmoji": 1.0})
+    fused, loaded = drawer.pipe.transformer.state_dict(), back.transformer.state_dict()
+    assert fused.keys() == loaded.keys() and all(torch.equal(fused[k], loaded[k]) for k in fused)
+    assert not torch.equal(fused["transformer_blocks.0.attn.to_q.weight"], load_pipeline("tiny-sd3").transformer.state_dict()
+                           ["transformer_blocks.0.attn.to_q.weight"])  # the LoRA is in it
+
+
+def test_the_target_presets_name_the_layers_comfyui_loads(model):
+    """lora.targets attn / all / single_blocks on a transformer: attention of both streams, then its MLPs
+    too, then FLUX.1's single blocks alone; every layer one ComfyUI names (so neither SD 3.5's attn2 nor
+    the model's final proj_out)."""
+    from stylemix.adapters.lora_files import unet_targets
+
+    arch, folder = model
+    net = load_pipeline(str(folder)).transformer
+    attn, every = unet_targets(net, "attn"), unet_targets(net, "all")
+    assert set(attn) < set(every) and all(re.fullmatch(COMFYUI[arch], n) for n in every), every
+    assert "proj_out" not in every and not any(".attn2." in n for n in every)
+    assert {n.split(".")[-1] for n in set(every) - set(attn)} >= {"proj", "2"} | ({"proj_mlp", "proj_out"} if arch == FLUX else set())
+    if arch == FLUX:
+        assert unet_targets(net, "single_blocks") == [n for n in every if n.startswith("single_transformer_blocks.")
+                                                       and not n.endswith("attn.to_out.0")]
+    else:
+        with pytest.raises(StyleMixError, match=r"^lora.targets: single_blocks: SD 3.5 has no such layers"):
+            unet_targets(net, "single_blocks")
+
+
 @pytest.mark.parametrize("preset, arch", [("flux-dev", FLUX), ("sd35-medium", SD3)])
 def test_the_presets_fit_their_family(preset, arch, tmp_path):
     """Every target layer of a preset exists in its family's transformer (the tiny one has the real one's
@@ -260,9 +400,10 @@ def test_the_presets_fit_their_family(preset, arch, tmp_path):
 
 def test_two_cpu_processes_train_a_flow_lora(model, data, tmp_path):
     """accelerate with 2 processes (gloo DDP), as users launch several GPUs: the wrapped transformer's
-    config is read through the wrapper, and the LoRA written once loads into the pipeline."""
+    config is read through the wrapper, and the LoRA written once loads into the pipeline. FLUX.1 on its
+    8-bit base, as its preset trains (DDP broadcasts the frozen int8 weights too)."""
     arch, folder = model
-    p = make_params(folder, data / "src", max_steps=2)
+    p = make_params(folder, data / "src", max_steps=2, quantize_base="int8" if arch == FLUX else None)
     log = launch_two_processes(tmp_path, data / "latents", p, "openmoji")
     assert log.count("train openmoji: 2 of 2 steps") == 1
     assert read_info(tmp_path / "models/lora/openmoji")["architecture"] == arch

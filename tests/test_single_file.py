@@ -1,7 +1,6 @@
 """Single-file checkpoints, offline: the shipped SD 1.5 / SDXL configs are the real models', tiny
 models written in the original layout load back through the base stage's path bit for bit with no
 network, and the options a community file needs (no VAE, no `text_model.` level, v-prediction)."""
-import socket
 import subprocess
 from types import SimpleNamespace
 
@@ -26,15 +25,6 @@ from tests.readme import commands
 from tests.ui_workspace import make_workspace
 
 COMPONENTS = ["unet", "vae", "text_encoder", "text_encoder_2"]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any connection attempt fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access tried: {args[1:] or kwargs}")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])

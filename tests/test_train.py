@@ -222,6 +222,7 @@ def test_bf16_mixed_precision_keeps_lora_in_float32(data, tmp_path, tiny_model):
     ({"batch_size": 100}, {}, r"style flat: 9 images x 1 repeats, fewer than one step's batch .* raise styles.flat.repeats"),
     ({"mixed_precision": "fp16"}, {}, r"fp16 needs a CUDA GPU"),
     ({}, {"targets": ["to_z"]}, r"lora.targets: to_z not in the UNet; its layers include: .*to_q"),
+    ({}, {"targets": "single_blocks"}, r"lora.targets: single_blocks names FLUX.1's single-stream blocks, and the base is a UNet"),
 ])
 def test_bad_input_is_one_clear_line(data, tmp_path, tiny_model, train_edits, lora_edits, expected):
     p = make_params(tiny_model, data / "src", **train_edits)
@@ -304,9 +305,10 @@ def test_two_cpu_processes_write_a_valid_lora(data, tmp_path, tiny_model):
 def test_training_options_run_together(data, tmp_path, tiny_model):
     options = {"max_steps": 2, "gradient_accumulation": 2, "gradient_checkpointing": True, "scheduler": "linear",
                "warmup_steps": 1, "noise_offset": 0.1, "min_snr_gamma": None, "random_flip": False,
-               "channels_last": False, "caption_dropout": 0.5, "validate_every": 1, "batch_size": 1}
+               "channels_last": False, "caption_dropout": 0.5, "validate_every": 1, "batch_size": 1, "quantize_base": "int8"}
     result = train(data, tmp_path, make_params(tiny_model, data / "src", **options))
     assert result["steps"] == 2 and torch.isfinite(torch.tensor(result["final_loss"]))
+    assert "Int8" in type(result["pipe"].unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.base_layer.weight).__name__
     images = sorted(q.parent.name for q in (tmp_path / "a/logs/flat").rglob("validation_0.png"))
     assert images == ["step-000001", "step-000002"]
 

@@ -18,6 +18,7 @@ Reading folders back (facts, factors, types) is stylemix.adapters.loading'.
 Never pickle.
 """
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from safetensors.torch import load_file
 from stylemix import params
 from stylemix.adapters import dora, lycoris
 from stylemix.errors import StyleMixError
-from stylemix.families import FLOW, PIPELINES, SD3, SD15, SDXL, architecture, denoiser
+from stylemix.families import FLOW, NAMES, PIPELINES, SD3, SD15, SDXL, architecture, denoiser
 from stylemix.outputs import save_safetensors
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -70,13 +71,35 @@ def block_layers(unet: torch.nn.Module, block: str) -> list[str]:
     return [n for n in _layers(unet) if n.startswith(block + ".") and any(_matches(n, t) for t in params.TARGET_PRESETS["all"])]
 
 
+# The flow transformers' presets, by full layer name: attention (both streams, double and single blocks;
+# not SD 3.5 Medium's attn2, which ComfyUI's loader does not name), attention + MLP (the layers
+# ai-toolkit's FLUX LoRA trains, the single blocks' output included but not the model's final layer of
+# the same name), and FLUX.1's single-stream blocks alone (ai-toolkit's `only_if_contains` example).
+_ATTN = r"(single_)?transformer_blocks\.\d+\.attn\.(to_[qkv]|to_out\.0|add_[qkv]_proj|to_add_out)"
+FLOW_PRESETS = {"attn": _ATTN,
+                "all": rf"{_ATTN}|transformer_blocks\.\d+\.ff(_context)?\.net\.(0\.proj|2)|single_transformer_blocks\.\d+\.(proj_mlp|proj_out)",
+                "single_blocks": r"single_transformer_blocks\.\d+\.(attn\.to_[qkv]|proj_mlp|proj_out)"}
+
+
+def flow_preset(net: torch.nn.Module, preset: str) -> list[str]:
+    """A FLUX.1 / SD 3.5 transformer's layers a preset names."""
+    if preset not in FLOW_PRESETS:
+        raise StyleMixError(f"lora.targets: {preset} names layers of SD 1.5 / SDXL's UNet; FLUX.1 and SD 3.5 take "
+                            f"{', '.join(FLOW_PRESETS)} or a list of layers, e.g. [attn.to_q, attn.to_k, attn.to_v, attn.to_out.0]")
+    if not (names := [n for n in _layers(net) if re.fullmatch(FLOW_PRESETS[preset], n)]):
+        raise StyleMixError(f"lora.targets: {preset}: {NAMES[architecture(net)]} has no such layers; use attn or all")
+    return names
+
+
 def unet_targets(unet: torch.nn.Module, targets: str | list[str]) -> list[str]:
     """Resolve a target preset or list; an unknown target names the ones that exist. A block preset
     gives full module names."""
+    if isinstance(targets, str) and architecture(unet) in FLOW:
+        return flow_preset(unet, targets)
+    if targets == "single_blocks":
+        raise StyleMixError("lora.targets: single_blocks names FLUX.1's single-stream blocks, and the base is a UNet; "
+                            "use attn, all, style or content")
     if isinstance(targets, str) and targets in params.BLOCK_PRESETS:
-        if architecture(unet) in FLOW:
-            raise StyleMixError(f"lora.targets: {targets} names a block of SD 1.5 / SDXL's UNet; FLUX.1 and SD 3.5 take a "
-                                "list of layers, e.g. [to_q, to_k, to_v, to_out.0]")
         return block_layers(unet, block_preset(unet, targets))
     names = _layers(unet)
     wanted = params.TARGET_PRESETS[targets] if isinstance(targets, str) else targets

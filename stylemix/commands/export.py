@@ -1,12 +1,14 @@
 """Export a trained style or combination as one checkpoint with the LoRA baked in, in the
-single-file layout (the original SD 1.5 / SDXL names) that A1111, ComfyUI and diffusers'
-`from_single_file` read: for tools that take checkpoints only.
+single-file layout that A1111, ComfyUI and diffusers' `from_single_file` read: for tools that take
+checkpoints only. SD 1.5 / SDXL: the whole model under the original names; FLUX.1 / SD 3.5: the
+transformer alone in its makers' layout (what ComfyUI loads from models/diffusion_models/), beside
+the base model's own VAE and text encoders.
 
     stylemix export openmoji --fused exports/openmoji.safetensors
     stylemix export flat_openmoji --fused exports/mix.safetensors --weight 0.8 --dtype float32
 
-A model of another shape than SD 1.5 / SDXL (the demo's tiny) gets its configs beside the file,
-OUT.configs/, which `base.config` takes to load it back.
+A model of another shape than the real ones (the demo's tiny models) gets its configs beside the
+file, OUT.configs/, which `base.config` takes to load it back.
 """
 import argparse
 from pathlib import Path
@@ -27,19 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from stylemix.drawing.drawer import Drawer, find_adapter
-    from stylemix.families import FLOW, NAMES
-    from stylemix.models import single_file
-    from stylemix.models.base_model import DTYPES, architecture, family
+    from stylemix.families import FLOW
+    from stylemix.models import flow_files, single_file
+    from stylemix.models.base_model import DTYPES, architecture
     from stylemix.outputs import atomic_dir
+    from stylemix.paths import BASE_DIR
 
     out = args.fused
     if out.suffix != ".safetensors":
         raise StyleMixError(f"--fused {out}: name the checkpoint OUT.safetensors")
     folder = find_adapter(args.name)
     base = params.load("base").base
-    if (kind := family(base)) in FLOW:
-        raise StyleMixError(f"export --fused writes SD 1.5 / SDXL's single-file layout; {NAMES[kind]}'s is not written yet: "
-                            f"use the LoRA folder {folder} with the base model")
     drawer = Drawer(base)
     info = drawer.infos([args.name])[args.name]  # loads it; fuse() then bakes it in
     drawer.fuse({args.name: args.weight})
@@ -48,11 +48,18 @@ def run(args: argparse.Namespace) -> None:
                 "stylemix.architecture": arch}
     load = f"base.model: {out}"
     configs = out.with_suffix(".configs")
-    if not single_file.is_real_shape(drawer.pipe, arch):  # the configs first: a finished file always has them
+    flow = arch in FLOW
+    real = flow_files.real_model(drawer.pipe.transformer, single_file.CONFIGS) if flow else single_file.is_real_shape(drawer.pipe, arch)
+    if not real:  # the configs first: a finished file always has them
         with atomic_dir(configs) as tmp:
             single_file.save_configs(drawer.pipe, tmp)
         load += f" with base.config: {configs}"
-    size = single_file.save(drawer.pipe, out, DTYPES[args.dtype], metadata)
+    if flow:  # the file holds the transformer: the VAE and text encoders stay the base model's
+        if not real or base.model != flow_files.MODELS[real][1]:
+            load += f" and base.components: {BASE_DIR if params.model_kind(base.model) == 'tiny' else base.model}"
+        size = flow_files.save(drawer.pipe.transformer, out, DTYPES[args.dtype], metadata)
+    else:
+        size = single_file.save(drawer.pipe, out, DTYPES[args.dtype], metadata)
     print(f"export: {args.name} at {args.weight:g} baked into {out} ({size / 2**20:.1f} MiB, {arch}, {args.dtype}); "
           f"load it with {load}")
     if info.get("tokens"):

@@ -13,12 +13,15 @@ from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 
 from stylemix.adapters.loading import read_info
+from stylemix.adapters.lora_files import kohya_file
 from stylemix.errors import StyleMixError
+from stylemix.families import FLOW, FLUX, SD3, SD15, SDXL
 from stylemix.outputs import atomic_dir
 from stylemix.params import model_kind
 from stylemix.paths import IMAGES, REPORTS, VALIDATION
 
 SAMPLES = 4  # images from the report shown on the card
+HUB_TAGS = {SD15: "stable-diffusion", SDXL: "stable-diffusion-xl", FLUX: "flux", SD3: "sd3"}  # the hub's model tags
 
 
 def scores_section(name: str, metrics: Path = REPORTS / "metrics.json", validation: Path = VALIDATION) -> str:
@@ -44,10 +47,10 @@ def scores_section(name: str, metrics: Path = REPORTS / "metrics.json", validati
 def card(name: str, folder: Path, samples: list[tuple[str, str]]) -> ModelCard:
     info = read_info(folder)
     triggers = list((info.get("triggers") or {name: info.get("trigger")}).values())
-    base = info.get("base_model", "")
+    base, arch = info.get("base_model", ""), info.get("architecture", SD15)
     data = ModelCardData(
         base_model=base if model_kind(base) == "hub" else None, library_name="diffusers", license="other",
-        tags=["text-to-image", "stable-diffusion", "lora", "diffusers", "template:sd-lora", "stylemix"],
+        tags=["text-to-image", HUB_TAGS[arch], "lora", "diffusers", "template:sd-lora", "stylemix"],
         instance_prompt=", ".join(t for t in triggers if t),
         widget=[{"text": prompt, "output": {"url": path}} for path, prompt in samples] or None)
     own = folder / "README.md"
@@ -57,7 +60,7 @@ def card(name: str, folder: Path, samples: list[tuple[str, str]]) -> ModelCard:
         parts = ", ".join(f"{s} x {w:g}" for s, w in info.get("components", {}).items())
         body = (f"# {name} LoRA (stylemix combination)\n\n{info.get('method', 'linear')} merge of {parts}; "
                 f"trigger words: {', '.join(f'`{t}`' for t in triggers)}.\n\n"
-                f"```python\npipe.load_lora_weights(\"{name}\")   # {name}_kohya.safetensors for A1111 / ComfyUI\n```\n")
+                f"```python\npipe.load_lora_weights(\"{name}\")   # {kohya_file(name, arch)} for {'ComfyUI' if arch in FLOW else 'A1111 / ComfyUI'}\n```\n")
     if base and model_kind(base) != "hub":
         body += f"\nTrained on `{base}`, which is not on the Hub: load it on the same base model.\n"
     pictures = "".join(f"![{prompt}]({path})\n" for path, prompt in samples)

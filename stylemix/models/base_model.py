@@ -38,7 +38,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from stylemix.errors import StyleMixError
 from stylemix.families import FLOW, FLUX, NAMES, PIPELINES, SD3, SD15, SDXL, architecture  # noqa: F401 (the library's names for them)
-from stylemix.models import single_file
+from stylemix.models import flow_files, single_file
 from stylemix.params import Base, model_kind
 from stylemix.paths import BASE_DIR, PRETRAINED_TINY
 
@@ -147,10 +147,12 @@ def _not_found(model: str, kind: str, err: Exception, key: str = "base.model") -
     return StyleMixError(f"{key} = {model!r}: cannot load from {Path(model).resolve()} ({err})")
 
 
-def load_pipeline(base: Base | str, dtype: str | None = None) -> DiffusionPipeline:
+def load_pipeline(base: Base | str, dtype: str | None = None, transformer: bool = True) -> DiffusionPipeline:
     """Load the `base` section's model (or just a model name, with the defaults) as a diffusers
     pipeline, safety checker off, in `dtype` (default base.dtype), with base.vae instead of its own
-    VAE and base.prediction_type in its scheduler when given."""
+    VAE and base.prediction_type in its scheduler when given. `transformer=False`: a FLUX.1 / SD 3.5
+    pipeline without its transformer (encode@S needs only the VAE and text encoders: FLUX.1's
+    transformer is 24 GB of memory)."""
     base = Base(model=base) if isinstance(base, str) else base
     model, kind, torch_dtype = base.model, model_kind(base.model), DTYPES[dtype or base.dtype]
     if kind == "tiny":
@@ -158,6 +160,8 @@ def load_pipeline(base: Base | str, dtype: str | None = None) -> DiffusionPipeli
             raise StyleMixError(f"base.model = {model!r}: {BASE_DIR}/ holds no model yet; run `dvc repro base`")
         model, kind = str(BASE_DIR), "local"
     extra = {"vae": load_vae(base.vae, torch_dtype)} if base.vae else {}
+    if not transformer and family(base) in FLOW:
+        extra["transformer"] = None
     try:
         if kind == "single_file":
             pipe = _from_single_file(base, torch_dtype, extra)
@@ -190,6 +194,8 @@ def _from_single_file(base: Base, torch_dtype: torch.dtype, extra: dict) -> Diff
     if not path.is_file():
         raise StyleMixError(f"base.model = {base.model!r}: no such file ({path.resolve()})")
     keys = single_file.file_keys(path)
+    if name := flow_files.model_type(keys):
+        return _transformer_file(base, name, torch_dtype, extra)
     arch = single_file.architecture_of(keys)
     config = Path(base.config) if base.config else single_file.CONFIGS[arch]
     if "vae" not in extra and not any(k.startswith(single_file.VAE) for k in keys):
@@ -204,12 +210,29 @@ def _from_single_file(base: Base, torch_dtype: torch.dtype, extra: dict) -> Diff
                                             **parts, **extra)
 
 
+def _transformer_file(base: Base, name: str, torch_dtype: torch.dtype, extra: dict) -> DiffusionPipeline:
+    """A FLUX.1 / SD 3.5 transformer file through diffusers' from_single_file with its real config (or
+    base.config's), in the pipeline of base.components (or the model's own hub id), whose VAE and text
+    encoders it lacks."""
+    arch, hub_id = flow_files.MODELS[name]
+    config = str(base.config or single_file.CONFIGS[name])
+    if "transformer" not in extra:  # else None: load_pipeline's transformer=False
+        extra["transformer"] = flow_files.TRANSFORMERS[arch].from_single_file(
+            base.model, config=config, subfolder="transformer", local_files_only=True, dtype=torch_dtype)
+    components = base.components or hub_id
+    try:
+        return PIPELINES[arch].from_pretrained(components, dtype=torch_dtype, **extra)
+    except (OSError, ValueError) as err:
+        raise _not_found(components, model_kind(components), err, key="base.components") from None
+
+
 def family(base: Base) -> str:
     """The base's family (SD15, SDXL, FLUX, SD3) before loading it: its model_index.json's pipeline, or
     a single file's keys."""
     kind = model_kind(base.model)
     if kind == "single_file":
-        return single_file.architecture_of(single_file.file_keys(Path(base.model)))
+        keys = single_file.file_keys(Path(base.model))
+        return flow_files.MODELS[name][0] if (name := flow_files.model_type(keys)) else single_file.architecture_of(keys)
     folder = str(BASE_DIR) if kind == "tiny" else base.model
     try:
         pipeline = DiffusionPipeline.load_config(folder, revision=base.revision)["_class_name"]

@@ -169,7 +169,7 @@ def is_real_shape(pipe, arch: str) -> bool:
     return all(json.loads(json.dumps(pipe.unet.config.get(k))) == shipped.get(k, 1) for k in keys)
 
 
-def save_configs(pipe, folder: Path) -> None:
+def save_configs(pipe, folder: Path) -> Path:
     """The pipeline's configs without weights: what `base.config` needs for a file of another shape."""
     pipe.save_config(folder)
     for name, component in pipe.components.items():
@@ -177,3 +177,4 @@ def save_configs(pipe, folder: Path) -> None:
             component.save_config(folder / name)
         elif name.startswith("text_encoder") and component is not None:
             component.config.save_pretrained(folder / name)
+    return folder

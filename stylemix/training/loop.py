@@ -42,6 +42,7 @@ from stylemix.training import batches, checkpoints
 from stylemix.training import flow as flow_matching
 from stylemix.training.batches import Batches
 from stylemix.training.model_card import kohya_metadata, model_card
+from stylemix.training.quantize import frozen_out_of_ddp, quantize_frozen
 from stylemix.training.timesteps import sample_timesteps
 from stylemix.training.validation import adapters_off, heldout_loss, load_heldout
 
@@ -94,10 +95,14 @@ def prepare_models(p: params.Params, cfg: params.Train, device: torch.device, na
         module.requires_grad_(False)
     if tokens:
         add_tokens(pipe, tokens, name)
+    if cfg.quantize_base:  # cast where it is, then quantized a layer at a time on the device
+        quantize_frozen(net.to(weight_dtype), cfg.quantize_base, p.lora.type, device)
     for module in (net, *encoders):
         module.to(device) if weight_dtype == torch.float32 else module.to(device, weight_dtype)
     set_seed(cfg.seed)  # the LoRA's random initialisation
     add_lora(net, encoders, p.lora)
+    if cfg.quantize_base:
+        frozen_out_of_ddp(net)
     trained = [net, *encoders] if p.lora.text_encoder or tokens else [net]
     cast_training_params(trained, dtype=torch.float32)
     if cfg.channels_last and not flow:

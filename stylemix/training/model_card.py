@@ -47,7 +47,7 @@ Trigger word: **`{style.trigger}`**, used as `{style.template}`.
 {tokens}
 | base model | resolution | images x repeats | type | rank / alpha | targets | text encoder | steps | lr | precision |
 |---|---|---|---|---|---|---|---|---|---|
-| {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.type} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision} |
+| {p.base.model} | {p.base.resolution} | {info['images']} x {info['repeats']} | {p.lora.type} | {p.lora.rank} / {p.lora.alpha:g}{conv} | {p.lora.targets} | {p.lora.text_encoder} | {info['steps']} | {cfg.lr:g} | {cfg.mixed_precision}{', base in int8' if cfg.quantize_base else ''} |
 
 {trained}
 
