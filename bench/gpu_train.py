@@ -263,8 +263,9 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         pipe = with_lora(p, device)
         # A flow model's plain floor differs only by unfused AdamW (no convolutions): the same model, not a second one.
         plain = pipe if is_flow else with_lora(p, device, channels_last=False)
-        # Training dropped a flow model's text encoders: the reference loop's come from a second load of the base.
-        text_pipe = load_pipeline(p.base, "bfloat16").to(device) if is_flow else None
+        # Training dropped a flow model's text encoders: the reference loop's come from a second load of the
+        # base, without its transformer (FLUX.1's would be 24 GB more on the GPU).
+        text_pipe = load_pipeline(p.base, "bfloat16", transformer=False).to(device) if is_flow else None
         vae = (text_pipe or pipe).vae.to(device, torch.bfloat16)
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e]  # on the device, bf16
         tokenizers = [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t]
