@@ -24,6 +24,7 @@ the device's name and the torch and CUDA versions. The device machine has no dvc
 logs to a no-op logger (the JSON says so); bench/gpu_wheels.sh fetches what else it lacks.
 """
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -293,9 +294,9 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
         row["ours_gradient_checkpointing"] = ours(p, work, f"b{batch}gc", cuda, gradient_checkpointing=True, **common)
         if cuda:  # compiling the UNet's backward takes minutes on a CPU: --tiny leaves this variant out
             row["ours_compile"] = ours(p, work, f"b{batch}c", cuda, compile=True, **common)
-        if cuda and bitsandbytes():
+        if cuda and importable("bitsandbytes"):
             row["ours_adamw8bit"] = ours(p, work, f"b{batch}8", cuda, optimizer="adamw8bit", **common)
-        if is_flow:  # what fits FLUX.1 on a 24 GB card
+        if is_flow and importable("torchao"):  # what fits FLUX.1 on a 24 GB card
             row["ours_int8_base"] = ours(p, work, f"b{batch}q", cuda, quantize_base="int8", **common)
         f = row["floor"]["s"]
         row["ratios"] = {"ours_over_floor": row["ours"]["s"] / f, "reference_over_ours": row["reference"]["s"] / row["ours"]["s"],
@@ -306,9 +307,10 @@ def bench_model(arch: str, resolution: int, batches: list[int], work: Path, args
     return {"resolution": resolution, **results}
 
 
-def bitsandbytes() -> bool:
+def importable(package: str) -> bool:
+    """Whether an optional package imports here (bitsandbytes, torchao: the GPU machine may lack them)."""
     try:
-        import bitsandbytes  # noqa: F401
+        importlib.import_module(package)
     except ImportError:
         return False
     return True
