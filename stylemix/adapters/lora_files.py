@@ -313,3 +313,8 @@ def adapter_type(config: dict) -> str:
 def kohya_file(name: str, arch: str = SD15) -> str:
     """The kohya-layout file's name in a LoRA folder; FLUX.1's and SD 3.5's is ComfyUI's (kohya_name)."""
     return f"{name}_comfyui.safetensors" if arch in FLOW else f"{name}_kohya.safetensors"
+
+
+def kohya_readers(arch: str) -> str:
+    """Who loads that file, as the model cards say it."""
+    return "ComfyUI" if arch in FLOW else "A1111 / ComfyUI"

@@ -13,9 +13,9 @@ from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 
 from stylemix.adapters.loading import read_info
-from stylemix.adapters.lora_files import kohya_file
+from stylemix.adapters.lora_files import kohya_file, kohya_readers
 from stylemix.errors import StyleMixError
-from stylemix.families import FLOW, FLUX, SD3, SD15, SDXL
+from stylemix.families import FLUX, SD3, SD15, SDXL
 from stylemix.outputs import atomic_dir
 from stylemix.params import model_kind
 from stylemix.paths import IMAGES, REPORTS, VALIDATION
@@ -60,7 +60,7 @@ def card(name: str, folder: Path, samples: list[tuple[str, str]]) -> ModelCard:
         parts = ", ".join(f"{s} x {w:g}" for s, w in info.get("components", {}).items())
         body = (f"# {name} LoRA (stylemix combination)\n\n{info.get('method', 'linear')} merge of {parts}; "
                 f"trigger words: {', '.join(f'`{t}`' for t in triggers)}.\n\n"
-                f"```python\npipe.load_lora_weights(\"{name}\")   # {kohya_file(name, arch)} for {'ComfyUI' if arch in FLOW else 'A1111 / ComfyUI'}\n```\n")
+                f"```python\npipe.load_lora_weights(\"{name}\")   # {kohya_file(name, arch)} for {kohya_readers(arch)}\n```\n")
     if base and model_kind(base) != "hub":
         body += f"\nTrained on `{base}`, which is not on the Hub: load it on the same base model.\n"
     pictures = "".join(f"![{prompt}]({path})\n" for path, prompt in samples)

@@ -2,9 +2,10 @@
 settings, how to load it) and the settings under the `ss_*` metadata names kohya's trainer writes,
 which A1111's, ComfyUI's and Civitai's readers show."""
 from stylemix import params
+from stylemix.adapters.lora_files import kohya_file, kohya_readers
 from stylemix.adapters.tokens import a1111_file, diffusers_file
 from stylemix.data.prompts import with_trigger
-from stylemix.families import FLOW
+from stylemix.families import FLOW, SD15
 
 
 def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Train, info: dict) -> str:
@@ -20,12 +21,12 @@ def model_card(name: str, style: params.Style, p: params.Params, cfg: params.Tra
         loads = "# SDXL: also each tokens/<name>_2.safetensors, with text_encoder_2 and tokenizer_2\n" + loads
     conv = f", convolutions {p.lora.conv_rank} / {p.lora.conv_alpha_or_rank:g}" if p.lora.conv_rank else ""
     dora = " (LyCORIS's dora_scale: diffusers drops it from kohya files)" if p.lora.type == "dora" else ""
-    load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_kohya.safetensors for A1111 / ComfyUI{dora}'
-    if info.get("architecture") in FLOW:
-        load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {name}_comfyui.safetensors for ComfyUI'
+    arch = info.get("architecture", SD15)
+    kohya = f"{kohya_file(name, arch)} for {kohya_readers(arch)}"
+    load = f'pipe.load_lora_weights("models/lora/{name}")   # diffusers; {kohya}{"" if arch in FLOW else dora}'
     if p.lora.type in ("loha", "lokr"):  # diffusers' loader reads neither: peft does, from the file's own config
         config = "LoHaConfig" if p.lora.type == "loha" else "LoKrConfig"
-        load = (f'# {name}_kohya.safetensors for A1111 / ComfyUI (LyCORIS {p.lora.type}); diffusers\' loader reads neither file:\n'
+        load = (f'# {kohya} (LyCORIS {p.lora.type}); diffusers\' loader reads neither file:\n'
                 f'import json\nfrom peft import {config}, set_peft_model_state_dict\nfrom safetensors import safe_open\n'
                 f'from safetensors.torch import load_file\n\npath = "models/lora/{name}/pytorch_lora_weights.safetensors"\n'
                 f'config = json.loads(safe_open(path, "pt").metadata()["lora_adapter_metadata"])\n'
