@@ -94,16 +94,16 @@ def test_the_pretrain_script_writes_what_the_base_stage_copies(tmp_path):
     """The README's pretraining command, at a few steps instead of thousands."""
     few = "--vae-steps 2 --vae-views 1 --unet-steps 2 --watch-every 0 --decoder-steps 2 --decoder-views 1"
     full, decoder = commands("pretrain", {"--out /tmp/tiny": f"--out {tmp_path / 'tiny'} {few}"})
+    run = lambda line: subprocess.run(["bash", "-c", line], cwd=ROOT, check=True, timeout=600, capture_output=True,  # noqa: E731
+                                      env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     files = lambda folder: {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}  # noqa: E731
-    for line in (full, decoder):
-        subprocess.run(["bash", "-c", line], cwd=ROOT, check=True, timeout=600, capture_output=True,
-                       env=os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-        if line == full:
-            assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["model_index.json", "samples.png", "scheduler",
-                                                                             "text_encoder", "unet", "vae"]
-            committed = json.loads((PRETRAINED_TINY / "unet/config.json").read_text())
-            assert json.loads((tmp_path / "tiny/unet/config.json").read_text()) == committed  # the same architecture
-            before = files(tmp_path / "tiny")
+    run(full)
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["model_index.json", "samples.png", "scheduler",
+                                                                     "text_encoder", "unet", "vae"]
+    committed = json.loads((PRETRAINED_TINY / "unet/config.json").read_text())
+    assert json.loads((tmp_path / "tiny/unet/config.json").read_text()) == committed  # the same architecture
+    before = files(tmp_path / "tiny")
+    run(decoder)
     after = files(tmp_path / "tiny")
     changed = {str(name) for name in after if after[name] != before[name]}
     assert changed == {"vae/diffusion_pytorch_model.safetensors", "samples.png"}, changed  # the decoder alone moved

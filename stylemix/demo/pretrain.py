@@ -3,10 +3,10 @@ Twemoji, stylemix.emoji), so that "zebra" draws a zebra, and the style LoRAs hav
 
     python -m stylemix.demo.pretrain --out /tmp/tiny  # ~60 min on 2 CPU cores; compare its samples.png first
     python -m stylemix.demo.pretrain                  # writes stylemix/pretrained/tiny/ (what the base stage copies)
-    python -m stylemix.demo.pretrain --decoder-only   # phase 4 alone on the stored folder (~25 min)
+    python -m stylemix.demo.pretrain --decoder-only   # phase 4 alone on the stored folder (~30 min)
 
 Seeded; the pipeline never runs it (`make repro` copies the committed result), and it reads nothing
-the pipeline writes. Three phases:
+the pipeline writes. Four phases:
 1. the VAE (diffusers AutoencoderKL, 4x downsampling) as an autoencoder of every look, the styles'
    too (the LoRAs' pictures must be encodable; the VAE learns no words): a bank of random zooms and
    offsets of every subject in all six looks (L1 + MSE + an image-gradient term for edges, a small KL);
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
 from more_itertools import chunked
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -99,6 +100,12 @@ def build(a) -> tuple[AutoencoderKL, UNet2DConditionModel, CLIPTextModel]:
     return vae, unet, text_encoder
 
 
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE + an image-gradient term for edges: the VAE's and the decoder's phases."""
+    edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (-1, -2))
+    return (rec - x).abs().mean() + F.mse_loss(rec, x) + 0.5 * edges
+
+
 def train_vae(a, vae: AutoencoderKL, subjects: list[str]) -> None:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng([a.seed, 1])
@@ -113,9 +120,8 @@ def train_vae(a, vae: AutoencoderKL, subjects: list[str]) -> None:
         x = torch.where(torch.from_numpy(rng.random(len(x)) < 0.5)[:, None, None, None], x.flip(-1), x)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample()).sample
-        edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (-1, -2))
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + 0.5 * edges + 5e-4 * kl
+        loss = reconstruction_loss(rec, x) + 5e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -127,7 +133,7 @@ def train_vae(a, vae: AutoencoderKL, subjects: list[str]) -> None:
 
 def refine_decoder(a, vae: AutoencoderKL, subjects: list[str]) -> None:
     """Phase 4: the decoder (and the convolution in front of it) learns from the frozen encoder's
-    latents of random views of every look; L1 + MSE + the image-gradient term, as in phase 1."""
+    latents of random views of every look, with phase 1's reconstruction loss."""
     noise, rng = torch.Generator().manual_seed(a.seed + 4), np.random.default_rng([a.seed, 4])
     pairs = [(look, s) for s in subjects for look in emoji.LOOKS if look in BASE_LOOKS or s not in emoji.HELDOUT]
     bank = to_tensor([emoji.random_view(look, s, RES, rng) for look, s in pairs for _ in range(a.decoder_views)])
@@ -147,8 +153,7 @@ def refine_decoder(a, vae: AutoencoderKL, subjects: list[str]) -> None:
         i = torch.from_numpy(rng.integers(0, len(bank), a.decoder_batch))
         x = bank[i]
         rec = vae.decode(mean[i] + std[i] * torch.randn(std[i].shape, generator=noise)).sample
-        edges = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (-1, -2))
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x) + 0.5 * edges
+        loss = reconstruction_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
@@ -239,13 +244,14 @@ def looks_kept(vae: AutoencoderKL) -> dict[str, float]:
     from stylemix.evaluation.scoring import embed_images, load_scorer
 
     scorer = load_scorer(params.Score(clip_model=f"local-dir:{PRETRAINED_TINY_CLIP}"))
-    real_views = {look: to_tensor([real(look, s) for s in emoji.HELDOUT]) for look in emoji.LOOKS}
-    pictures = lambda x: [Image.fromarray(a) for a in ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()]  # noqa: E731
-    centroids = F.normalize(torch.stack([embed_images(scorer, pictures(x)).mean(0) for x in real_views.values()]), dim=-1)
+    reals = {look: [real(look, s) for s in emoji.HELDOUT] for look in emoji.LOOKS}
+    centroids = F.normalize(torch.stack([embed_images(scorer, [Image.fromarray(a) for a in arrays]).mean(0)
+                                         for arrays in reals.values()]), dim=-1)
     kept = {}
-    for i, (look, x) in enumerate(real_views.items()):
-        decoded = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mean).sample.float()
-        kept[look] = float(((embed_images(scorer, pictures(decoded)) @ centroids.T).argmax(-1) == i).float().mean())
+    for i, (look, arrays) in enumerate(reals.items()):
+        decoded = vae.decode(vae.encode(to_tensor(arrays).to(vae.dtype)).latent_dist.mean).sample.float()
+        pictures = VaeImageProcessor().postprocess(decoded, output_type="pil")
+        kept[look] = float(((embed_images(scorer, pictures) @ centroids.T).argmax(-1) == i).float().mean())
     return kept
 
 
